@@ -1,0 +1,104 @@
+// inspect, verify, convert: commands about one file, set or directory.
+#include <cstdio>
+#include <iostream>
+
+#include <nlohmann/json.hpp>
+
+#include "lorakeep/error.h"
+#include "lorakeep/safetensors.h"
+#include "lorakeep/tensor_source.h"
+#include "cli/cli.h"
+#include "format/json_util.h"
+
+namespace lorakeep::cli {
+namespace {
+
+nlohmann::json shape_json(const std::vector<std::int64_t>& shape) {
+  nlohmann::json j = nlohmann::json::array();
+  for (std::int64_t d : shape) j.push_back(d);
+  return j;
+}
+
+int run_inspect(const std::string& path, bool json) {
+  const auto source = open_tensor_source(path);
+  if (json) {
+    nlohmann::json j;
+    j["path"] = source->path();
+    j["kind"] = source->kind();
+    j["metadata"] = source->metadata();
+    j["tensors"] = nlohmann::json::array();
+    for (const std::string& name : source->names()) {
+      const TensorInfo& t = source->info(name);
+      nlohmann::json row = {{"name", name}, {"dtype", std::string(dtype_name(t.dtype))},
+                            {"shape", shape_json(t.shape)}, {"bytes", t.byte_size()}};
+      if (source->file_of(name) != source->path()) row["file"] = source->file_of(name);
+      j["tensors"].push_back(std::move(row));
+    }
+    j["total_bytes"] = source->total_bytes();
+    std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+    return kExitOk;
+  }
+  std::printf("%s: %s, %zu tensors, %s\n", source->path().c_str(), source->kind().c_str(), source->names().size(),
+              detail::format_bytes(source->total_bytes()).c_str());
+  if (!source->metadata().empty()) {
+    std::printf("metadata:\n");
+    for (const auto& [k, v] : source->metadata()) std::printf("  %s: %s\n", k.c_str(), v.c_str());
+  }
+  std::size_t width = 4;
+  for (const std::string& name : source->names()) width = std::max(width, name.size());
+  std::printf("%-*s  %-7s  %-20s  %s\n", static_cast<int>(width), "name", "dtype", "shape", "bytes");
+  for (const std::string& name : source->names()) {
+    const TensorInfo& t = source->info(name);
+    std::printf("%-*s  %-7s  %-20s  %llu\n", static_cast<int>(width), name.c_str(),
+                std::string(dtype_name(t.dtype)).c_str(), format_shape(t.shape).c_str(),
+                static_cast<unsigned long long>(t.byte_size()));
+  }
+  return kExitOk;
+}
+
+int run_verify(const std::string& path) {
+  const auto source = open_tensor_source(path);
+  std::printf("ok: %s (%s, %zu tensors, %s)\n", source->path().c_str(), source->kind().c_str(),
+              source->names().size(), detail::format_bytes(source->total_bytes()).c_str());
+  return kExitOk;
+}
+
+int run_convert(const std::string& in, const std::string& out) {
+  const auto source = open_tensor_source(in);
+  NamedTensors tensors;
+  for (const std::string& name : source->names()) tensors.emplace_back(name, source->tensor(name));
+  const SaveReport report = save_safetensors(out, tensors, {{"format", "pt"}});
+  std::printf("wrote %s: %zu tensors, %s\n", report.path.c_str(), report.tensors.size(),
+              detail::format_bytes(report.file_size).c_str());
+  return kExitOk;
+}
+
+}  // namespace
+
+void add_file_commands(CLI::App& app, std::vector<Command>& commands) {
+  {
+    auto* sub = app.add_subcommand("inspect", "list the tensors (name, dtype, shape, bytes) and metadata of a "
+                                              "file, sharded set, adapter directory or checkpoint");
+    auto path = std::make_shared<std::string>();
+    auto json = std::make_shared<bool>(false);
+    sub->add_option("PATH", *path, "file, index, or directory")->required();
+    sub->add_flag("--json", *json, "print JSON");
+    commands.push_back({sub, [path, json] { return run_inspect(*path, *json); }, json, path});
+  }
+  {
+    auto* sub = app.add_subcommand("verify", "check the format and, for checkpoints, every checksum");
+    auto path = std::make_shared<std::string>();
+    sub->add_option("PATH", *path, "file, index, or directory")->required();
+    commands.push_back({sub, [path] { return run_verify(*path); }, nullptr, path});
+  }
+  {
+    auto* sub = app.add_subcommand("convert", "convert a .bin / .pt state dict to safetensors");
+    auto in = std::make_shared<std::string>();
+    auto out = std::make_shared<std::string>();
+    sub->add_option("IN", *in, ".bin or .pt file")->required();
+    sub->add_option("OUT", *out, "safetensors file to write")->required();
+    commands.push_back({sub, [in, out] { return run_convert(*in, *out); }, nullptr, in});
+  }
+}
+
+}  // namespace lorakeep::cli

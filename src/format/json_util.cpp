@@ -1,0 +1,157 @@
+#include "format/json_util.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <set>
+#include <vector>
+
+#include "lorakeep/error.h"
+#include "format/utf8.h"
+
+namespace lorakeep::detail {
+
+OrderedJson parse_json_strict(std::string_view text, const std::string& path) {
+  const auto* bytes = reinterpret_cast<const std::uint8_t*>(text.data());
+  const std::size_t bad = find_invalid_utf8(bytes, text.size());
+  if (bad != text.size()) {
+    throw Error(ErrorCode::kCorruption, "'" + path + "' is not valid UTF-8 at byte " + std::to_string(bad));
+  }
+  std::vector<std::set<std::string>> keys;  // one set per open object
+  std::string duplicate;
+  auto callback = [&](int, OrderedJson::parse_event_t event, OrderedJson& parsed) {
+    switch (event) {
+      case OrderedJson::parse_event_t::object_start:
+        keys.emplace_back();
+        break;
+      case OrderedJson::parse_event_t::object_end:
+        keys.pop_back();
+        break;
+      case OrderedJson::parse_event_t::key:
+        if (!keys.back().insert(parsed.get<std::string>()).second && duplicate.empty()) {
+          duplicate = parsed.get<std::string>();
+        }
+        break;
+      default:
+        break;
+    }
+    return true;
+  };
+  OrderedJson j;
+  try {
+    j = OrderedJson::parse(text.begin(), text.end(), callback, /*allow_exceptions=*/true, /*ignore_comments=*/false);
+  } catch (const OrderedJson::exception& e) {
+    throw Error(ErrorCode::kCorruption, "'" + path + "' is not valid JSON: " + e.what());
+  }
+  if (!duplicate.empty()) {
+    throw Error(ErrorCode::kCorruption, "'" + path + "' has the key '" + duplicate + "' twice in one object");
+  }
+  return j;
+}
+
+std::string read_small_file(const std::string& path, std::uint64_t max_bytes) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int e = errno;
+    throw Error(e == ENOENT ? ErrorCode::kNotFound : ErrorCode::kIOError,
+                "cannot open '" + path + "': " + std::strerror(e));
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
+    const int e = S_ISDIR(st.st_mode) ? EISDIR : errno;
+    ::close(fd);
+    throw Error(ErrorCode::kIOError, "cannot read '" + path + "': " + std::strerror(e));
+  }
+  if (static_cast<std::uint64_t>(st.st_size) > max_bytes) {
+    ::close(fd);
+    throw Error(ErrorCode::kCorruption, "'" + path + "' is " + std::to_string(st.st_size) +
+                                            " bytes, more than the " + std::to_string(max_bytes) + " expected");
+  }
+  std::string text;
+  char buf[65536];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int e = errno;
+      ::close(fd);
+      throw Error(ErrorCode::kIOError, "cannot read '" + path + "': " + std::strerror(e));
+    }
+    if (n == 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+    if (text.size() > max_bytes) {
+      ::close(fd);
+      throw Error(ErrorCode::kCorruption, "'" + path + "' grew past " + std::to_string(max_bytes) + " bytes while read");
+    }
+  }
+  ::close(fd);
+  return text;
+}
+
+std::string read_file_prefix(const std::string& path, std::size_t n) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int e = errno;
+    throw Error(e == ENOENT ? ErrorCode::kNotFound : ErrorCode::kIOError,
+                "cannot open '" + path + "': " + std::strerror(e));
+  }
+  std::string head(n, '\0');
+  std::size_t got = 0;
+  while (got < n) {
+    const ssize_t r = ::read(fd, head.data() + got, n - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;
+    got += static_cast<std::size_t>(r);
+  }
+  ::close(fd);
+  head.resize(got);
+  return head;
+}
+
+OrderedJson read_json_file(const std::string& path, std::uint64_t max_bytes) {
+  return parse_json_strict(read_small_file(path, max_bytes), path);
+}
+
+bool parse_byte_size(std::string_view text, std::uint64_t* bytes) {
+  std::size_t i = 0;
+  std::uint64_t value = 0;
+  if (text.empty() || text[0] < '0' || text[0] > '9') return false;
+  while (i < text.size() && text[i] >= '0' && text[i] <= '9') {
+    if (__builtin_mul_overflow(value, 10u, &value) ||
+        __builtin_add_overflow(value, static_cast<std::uint64_t>(text[i] - '0'), &value)) {
+      return false;
+    }
+    ++i;
+  }
+  std::string unit(text.substr(i));
+  for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  static const std::pair<const char*, std::uint64_t> kUnits[] = {
+      {"", 1},          {"B", 1},          {"KB", 1000ull},     {"MB", 1000ull * 1000},
+      {"GB", 1000ull * 1000 * 1000},       {"TB", 1000ull * 1000 * 1000 * 1000},
+      {"KIB", 1ull << 10}, {"MIB", 1ull << 20}, {"GIB", 1ull << 30}, {"TIB", 1ull << 40}};
+  for (const auto& [name, scale] : kUnits) {
+    if (unit == name) return !__builtin_mul_overflow(value, scale, bytes);
+  }
+  return false;
+}
+
+std::string format_bytes(std::uint64_t bytes) {
+  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  if (u == 0) std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
+  else std::snprintf(buf, sizeof buf, "%.1f %s", v, kUnits[u]);
+  return buf;
+}
+
+}  // namespace lorakeep::detail

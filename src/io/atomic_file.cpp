@@ -1,0 +1,132 @@
+#include "io/atomic_file.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+
+#include <boost/filesystem.hpp>
+
+#include "lorakeep/error.h"
+#include "logging.h"
+
+namespace lorakeep::detail {
+namespace {
+
+[[noreturn]] void io_fail(const std::string& what, int err) {
+  throw Error(ErrorCode::kIOError, what + ": " + std::strerror(err));
+}
+
+std::string parent_of(const std::string& path) {
+  const std::string parent = boost::filesystem::path(path).parent_path().string();
+  return parent.empty() ? "." : parent;
+}
+
+void fsync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) io_fail("cannot open '" + path + "' to sync it", errno);
+  if (::fsync(fd) != 0) {
+    const int e = errno;
+    ::close(fd);
+    io_fail("cannot sync '" + path + "'", e);
+  }
+  ::close(fd);
+}
+
+}  // namespace
+
+WritableFile WritableFile::create(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) io_fail("cannot create '" + path + "'", errno);
+  return WritableFile(path, fd);
+}
+
+WritableFile::WritableFile(WritableFile&& other) noexcept
+    : path_(std::move(other.path_)), fd_(other.fd_), size_(other.size_) {
+  other.fd_ = -1;
+}
+
+WritableFile::~WritableFile() {
+  if (fd_ >= 0 && ::close(fd_) != 0) logger()->warn("cannot close '{}': {}", path_, std::strerror(errno));
+}
+
+void WritableFile::append(const void* data, std::uint64_t size) {
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    // Linux writes at most 0x7ffff000 bytes per call.
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(size, 1u << 30));
+    const ssize_t w = ::write(fd_, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      io_fail("cannot write '" + path_ + "' at byte " + std::to_string(size_), errno);
+    }
+    if (w == 0) io_fail("cannot write '" + path_ + "' at byte " + std::to_string(size_), ENOSPC);
+    p += w;
+    size -= static_cast<std::uint64_t>(w);
+    size_ += static_cast<std::uint64_t>(w);
+  }
+}
+
+void WritableFile::sync() {
+  if (::fsync(fd_) != 0) io_fail("cannot sync '" + path_ + "'", errno);
+}
+
+void WritableFile::close() {
+  const int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0) io_fail("cannot close '" + path_ + "'", errno);
+}
+
+std::string temp_path_beside(const std::string& final_path) {
+  static std::atomic<unsigned> counter{0};
+  const boost::filesystem::path p(final_path);
+  const std::string name = "." + p.filename().string() + ".tmp-" + std::to_string(::getpid()) + "-" +
+                           std::to_string(counter.fetch_add(1));
+  return (p.parent_path() / name).string();
+}
+
+void publish(const std::string& tmp, const std::string& final_path, bool replace) {
+  fsync_path(tmp);
+  int rc = replace ? ::rename(tmp.c_str(), final_path.c_str())
+                   : ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_path.c_str(), RENAME_NOREPLACE);
+  if (rc != 0 && !replace && errno == EINVAL) {
+    // The file system cannot refuse to replace: check, then rename (racy only
+    // against another writer, which the run directory lock excludes).
+    struct stat st;
+    if (::lstat(final_path.c_str(), &st) == 0) io_fail("cannot rename '" + tmp + "' to '" + final_path + "'", EEXIST);
+    rc = ::rename(tmp.c_str(), final_path.c_str());
+  }
+  if (rc != 0) io_fail("cannot rename '" + tmp + "' to '" + final_path + "'", errno);
+  sync_directory(parent_of(final_path));
+}
+
+void sync_directory(const std::string& dir) { fsync_path(dir); }
+
+void write_file_atomically(const std::string& path, const std::function<void(WritableFile&)>& fill) {
+  const std::string tmp = temp_path_beside(path);
+  try {
+    WritableFile file = WritableFile::create(tmp);
+    fill(file);
+    file.close();  // publish() syncs it
+    publish(tmp, path, /*replace=*/true);
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
+}
+
+bool remove_all_logged(const std::string& path) {
+  boost::system::error_code ec;
+  boost::filesystem::remove_all(path, ec);
+  if (ec) {
+    logger()->error("cannot remove '{}': {}", path, ec.message());
+    return false;
+  }
+  return true;
+}
+
+}  // namespace lorakeep::detail

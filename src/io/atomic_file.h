@@ -1,0 +1,66 @@
+// Writing files so that readers see all of them or nothing.
+//
+// Every temp-then-rename in lorakeep goes through publish(): a file or a
+// directory is prepared under a temporary name in the same directory, and
+// publish() makes it durable and visible in one step.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace lorakeep::detail {
+
+// An open file being written. Not thread-safe; move-only.
+class WritableFile {
+ public:
+  // Creates `path`, which must not exist. Throws Error(kIOError) naming it.
+  static WritableFile create(const std::string& path);
+
+  WritableFile(WritableFile&& other) noexcept;
+  WritableFile& operator=(WritableFile&&) = delete;
+  WritableFile(const WritableFile&) = delete;
+  ~WritableFile();  // closes without syncing; never throws
+
+  // Writes all of [data, data + size). Throws Error(kIOError) with the path and
+  // the system's reason (e.g. "No space left on device").
+  void append(const void* data, std::uint64_t size);
+  // fsync(2). Throws Error(kIOError).
+  void sync();
+  // close(2), reporting its error. Throws Error(kIOError).
+  void close();
+
+  const std::string& path() const { return path_; }
+  std::uint64_t size() const { return size_; }
+
+ private:
+  WritableFile(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+
+  std::string path_;
+  int fd_;
+  std::uint64_t size_ = 0;
+};
+
+// "<dir>/.<name>.tmp-<pid>-<n>": a fresh temporary name beside `final_path`.
+std::string temp_path_beside(const std::string& final_path);
+
+// The one publishing step: fsync `tmp` (a file or a directory whose files the
+// caller already synced), rename it to `final_path`, fsync the parent
+// directory. With replace=false an existing `final_path` is an error
+// (kIOError, "File exists") and is left untouched.
+// Throws Error(kIOError) naming both paths.
+void publish(const std::string& tmp, const std::string& final_path, bool replace);
+
+// Writes `path` atomically: `fill` writes into a temp file beside it, which is
+// then published (replacing `path` if it exists). On any failure the temp file
+// is removed and `path` is unchanged.
+void write_file_atomically(const std::string& path, const std::function<void(WritableFile&)>& fill);
+
+// fsync(2) of a directory. Throws Error(kIOError).
+void sync_directory(const std::string& dir);
+
+// Removes a file or directory tree; logs (never throws) on failure and
+// returns whether it is gone.
+bool remove_all_logged(const std::string& path);
+
+}  // namespace lorakeep::detail

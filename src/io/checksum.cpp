@@ -1,0 +1,80 @@
+#include "io/checksum.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include <xxhash.h>
+
+#include "lorakeep/error.h"
+
+namespace lorakeep::detail {
+
+std::uint64_t xxh3_64(const void* data, std::uint64_t size) { return XXH3_64bits(data, size); }
+
+Xxh3Stream::Xxh3Stream() : state_(XXH3_createState()) {
+  if (state_ == nullptr) throw std::bad_alloc();
+  XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_));
+}
+
+Xxh3Stream::~Xxh3Stream() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
+
+void Xxh3Stream::update(const void* data, std::uint64_t size) {
+  XXH3_64bits_update(static_cast<XXH3_state_t*>(state_), data, size);
+}
+
+std::uint64_t Xxh3Stream::digest() const { return XXH3_64bits_digest(static_cast<XXH3_state_t*>(state_)); }
+
+std::string format_checksum(std::uint64_t value) {
+  static const char kHex[] = "0123456789abcdef";
+  std::string s(16, '0');
+  for (int i = 15; i >= 0; --i, value >>= 4) s[static_cast<std::size_t>(i)] = kHex[value & 0xF];
+  return s;
+}
+
+bool parse_checksum(const std::string& text, std::uint64_t* value) {
+  if (text.size() != 16) return false;
+  std::uint64_t v = 0;
+  for (char c : text) {
+    int d;
+    if (c >= '0' && c <= '9') d = c - '0';
+    else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
+    else return false;
+    v = (v << 4) | static_cast<std::uint64_t>(d);
+  }
+  *value = v;
+  return true;
+}
+
+std::uint64_t checksum_file(const std::string& path, std::uint64_t* size) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int e = errno;
+    throw Error(e == ENOENT ? ErrorCode::kNotFound : ErrorCode::kIOError,
+                "cannot open '" + path + "': " + std::strerror(e));
+  }
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  Xxh3Stream hash;
+  std::vector<char> buf(1 << 20);
+  std::uint64_t total = 0;
+  for (;;) {
+    const ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      const int e = errno;
+      ::close(fd);
+      throw Error(ErrorCode::kIOError, "cannot read '" + path + "': " + std::strerror(e));
+    }
+    if (n == 0) break;
+    hash.update(buf.data(), static_cast<std::uint64_t>(n));
+    total += static_cast<std::uint64_t>(n);
+  }
+  ::close(fd);
+  if (size) *size = total;
+  return hash.digest();
+}
+
+}  // namespace lorakeep::detail

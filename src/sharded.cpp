@@ -1,0 +1,154 @@
+#include "lorakeep/sharded.h"
+
+#include <chrono>
+#include <unordered_map>
+
+#include <boost/filesystem.hpp>
+
+#include "lorakeep/error.h"
+#include "format/header.h"
+#include "format/shard_index.h"
+#include "sharded_writer.h"
+
+namespace lorakeep {
+namespace detail {
+namespace {
+
+namespace fs = boost::filesystem;
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+ShardedWriter::ShardedWriter(std::string dir, std::vector<TensorInfo> tensors,
+                             std::map<std::string, std::string> metadata, const ShardOptions& options)
+    : dir_(std::move(dir)), metadata_(std::move(metadata)), options_(options), started_(now_seconds()) {
+  boost::system::error_code ec;
+  if (fs::exists(dir_, ec) && !(fs::is_directory(dir_, ec) && fs::is_empty(dir_, ec))) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "output directory '" + dir_ + "' already exists and is not empty (hint: choose a new path)");
+  }
+  // Hugging Face's split: in the given order, a new shard when the next tensor
+  // would overflow the current one; an oversized tensor gets its own shard.
+  std::vector<std::vector<TensorInfo>> groups(1);
+  std::uint64_t current = 0;
+  for (TensorInfo& t : tensors) {
+    std::uint64_t bytes;
+    std::vector<std::uint64_t> shape(t.shape.begin(), t.shape.end());
+    if (!checked_byte_size(t.dtype, shape, &bytes)) {
+      throw Error(ErrorCode::kInvalidArgument, "tensor '" + t.name + "' has no valid byte size");
+    }
+    if (bytes > options_.max_shard_size) {
+      groups.insert(groups.end() - 1, std::vector<TensorInfo>{std::move(t)});
+      continue;
+    }
+    if (current + bytes > options_.max_shard_size && !groups.back().empty()) {
+      groups.emplace_back();
+      current = 0;
+    }
+    groups.back().push_back(std::move(t));
+    current += bytes;
+  }
+  if (groups.back().empty() && groups.size() > 1) groups.pop_back();
+  const std::size_t count = groups.size();
+  for (std::size_t i = 0; i < count; ++i) {
+    Shard shard;
+    shard.file = count == 1 ? options_.base_name + ".safetensors" : shard_file_name(options_.base_name, i + 1, count);
+    shard.tensors = layout_safetensors_header(std::move(groups[i]), metadata_).tensors;
+    for (const TensorInfo& t : shard.tensors) order_.push_back(t);
+    shards_.push_back(std::move(shard));
+  }
+  std::unordered_map<std::string, int> seen;
+  for (const TensorInfo& t : order_) {
+    if (seen[t.name]++) throw Error(ErrorCode::kInvalidArgument, "tensor name '" + t.name + "' is given twice");
+  }
+  tmp_dir_ = temp_path_beside(dir_);
+  if (!fs::create_directory(tmp_dir_, ec)) {
+    throw Error(ErrorCode::kIOError, "cannot create directory '" + tmp_dir_ + "': " + ec.message());
+  }
+}
+
+ShardedWriter::~ShardedWriter() {
+  if (finished_) return;
+  writer_.reset();
+  remove_all_logged(tmp_dir_);
+}
+
+void ShardedWriter::write(const at::Tensor& tensor) {
+  if (next_ >= order_.size()) throw Error(ErrorCode::kInvalidArgument, "all tensors of '" + dir_ + "' are written");
+  if (!writer_) {
+    const Shard& shard = shards_[shard_];
+    writer_ = std::make_unique<SafetensorsWriter>((fs::path(tmp_dir_) / shard.file).string(), shard.tensors,
+                                                  metadata_, SafetensorsWriter::Mode::kDirect, options_.chunk_bytes);
+  }
+  writer_->write(tensor);
+  ++next_;
+  if (writer_->next_name().empty()) {
+    reports_.push_back(writer_->finish());
+    reports_.back().path = (fs::path(dir_) / shards_[shard_].file).string();
+    writer_.reset();
+    ++shard_;
+  }
+}
+
+ShardedSaveReport ShardedWriter::finish() {
+  if (next_ != order_.size()) {
+    throw Error(ErrorCode::kInvalidArgument, "'" + dir_ + "' is missing tensor '" + order_[next_].name + "'");
+  }
+  // A set with no tensors at all still gets its one (empty) file.
+  if (reports_.empty()) {
+    SafetensorsWriter empty((fs::path(tmp_dir_) / shards_[0].file).string(), {}, metadata_,
+                            SafetensorsWriter::Mode::kDirect, options_.chunk_bytes);
+    reports_.push_back(empty.finish());
+    reports_.back().path = (fs::path(dir_) / shards_[0].file).string();
+  }
+  ShardedSaveReport report;
+  report.dir = dir_;
+  if (shards_.size() > 1) {
+    std::vector<std::pair<std::string, std::string>> weight_map;
+    std::uint64_t total = 0;
+    for (const Shard& shard : shards_) {
+      for (const TensorInfo& t : shard.tensors) {
+        weight_map.emplace_back(t.name, shard.file);
+        total += t.byte_size();
+      }
+    }
+    const std::string index_name = options_.base_name + ".safetensors.index.json";
+    const std::string text = render_shard_index(total, weight_map);
+    WritableFile index = WritableFile::create((fs::path(tmp_dir_) / index_name).string());
+    index.append(text.data(), text.size());
+    index.sync();
+    index.close();
+    report.index_path = (fs::path(dir_) / index_name).string();
+  }
+  boost::system::error_code ec;
+  if (fs::exists(dir_, ec)) fs::remove(dir_, ec);  // checked empty in the constructor
+  publish(tmp_dir_, dir_, /*replace=*/false);
+  finished_ = true;
+  report.shards = std::move(reports_);
+  report.seconds = now_seconds() - started_;
+  return report;
+}
+
+}  // namespace detail
+
+ShardedSaveReport save_sharded(const std::string& dir, const NamedTensors& tensors,
+                               const std::map<std::string, std::string>& metadata, const ShardOptions& options) {
+  std::vector<TensorInfo> specs;
+  std::unordered_map<std::string, const at::Tensor*> by_name;
+  for (const auto& [name, tensor] : tensors) {
+    TensorInfo info;
+    info.name = name;
+    info.dtype = from_scalar_type(tensor.scalar_type(), name);
+    info.shape = tensor.sizes().vec();
+    specs.push_back(std::move(info));
+    by_name[name] = &tensor;
+  }
+  detail::ShardedWriter writer(dir, std::move(specs), metadata, options);
+  for (const TensorInfo& t : writer.order()) writer.write(*by_name.at(t.name));
+  return writer.finish();
+}
+
+}  // namespace lorakeep

@@ -1,0 +1,55 @@
+// Private: streams tensors into a sharded safetensors set published as one
+// directory (used by save_sharded and the offline merges).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lorakeep/sharded.h"
+#include "safetensors_writer.h"
+
+namespace lorakeep::detail {
+
+// Not thread-safe; not copyable.
+class ShardedWriter {
+ public:
+  // Plans the shards for `tensors` (name, dtype, shape; in the given order)
+  // and creates the temporary directory beside `dir`.
+  // Throws Error(kInvalidArgument) if `dir` exists and is not empty.
+  ShardedWriter(std::string dir, std::vector<TensorInfo> tensors, std::map<std::string, std::string> metadata,
+                const ShardOptions& options);
+  ~ShardedWriter();  // unfinished: removes the temporary directory
+  ShardedWriter(const ShardedWriter&) = delete;
+  ShardedWriter& operator=(const ShardedWriter&) = delete;
+
+  // Every tensor, in the order write() expects them.
+  const std::vector<TensorInfo>& order() const { return order_; }
+
+  // Writes the next tensor of order().
+  void write(const at::Tensor& tensor);
+
+  // Syncs everything, writes the index, publishes `dir`.
+  ShardedSaveReport finish();
+
+ private:
+  struct Shard {
+    std::string file;
+    std::vector<TensorInfo> tensors;
+  };
+
+  std::string dir_;
+  std::string tmp_dir_;
+  std::map<std::string, std::string> metadata_;
+  ShardOptions options_;
+  std::vector<Shard> shards_;
+  std::vector<TensorInfo> order_;
+  std::size_t next_ = 0;
+  std::size_t shard_ = 0;
+  std::unique_ptr<SafetensorsWriter> writer_;
+  std::vector<SaveReport> reports_;
+  bool finished_ = false;
+  double started_;
+};
+
+}  // namespace lorakeep::detail

@@ -1,0 +1,23 @@
+// The one place for code that differs between LibTorch versions. lorakeep
+// builds against LibTorch 1.13 (Debian) and current 2.x; everything else in
+// the tree stays on the API the two share.
+#pragma once
+
+#include <c10/core/ScalarType.h>
+#include <torch/version.h>
+
+#define LORAKEEP_TORCH_AT_LEAST(major, minor) \
+  (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
+
+// float8 (E5M2, E4M3FN) arrived in 2.1; unsigned 16/32/64-bit in 2.3;
+// float8 E8M0 in 2.7.
+#define LORAKEEP_HAS_FLOAT8 LORAKEEP_TORCH_AT_LEAST(2, 1)
+#define LORAKEEP_HAS_UINT_WIDE LORAKEEP_TORCH_AT_LEAST(2, 3)
+#define LORAKEEP_HAS_FLOAT8_E8M0 LORAKEEP_TORCH_AT_LEAST(2, 7)
+
+namespace lorakeep::detail {
+
+// The LibTorch version this translation unit was compiled against: "1.13.0".
+inline const char* torch_version_string() { return TORCH_VERSION; }
+
+}  // namespace lorakeep::detail

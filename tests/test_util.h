@@ -1,0 +1,68 @@
+// Helpers shared by the tests: per-test temporary directories, fixture paths,
+// child processes, and error capture.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "lorakeep/error.h"
+
+namespace lorakeep::test {
+
+// A fresh directory under $TMPDIR (or /tmp), removed with everything in it
+// when the object dies. Each test makes its own: tests never share scratch.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// "<repo>/../shared/fixtures/<relative>".
+std::string fixture(const std::string& relative);
+
+// The built lorakeep tool, and the Python of the test venv.
+std::string cli_path();
+std::string python_path();
+// "<repo>/tests/python/<name>".
+std::string python_script(const std::string& name);
+
+struct ProcessResult {
+  int exit_code = -1;   // -1 if killed by a signal
+  int signal = 0;
+  std::string out;      // stdout
+  std::string err;      // stderr
+};
+
+// Runs argv[0] with the given arguments (no shell), waits, collects output.
+ProcessResult run_process(const std::vector<std::string>& argv);
+
+// Runs a shell command line with bash -c.
+ProcessResult run_shell(const std::string& command);
+
+// Runs `f`, which must throw lorakeep::Error, and returns the error.
+template <class F>
+Error capture_error(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e;
+  }
+  FAIL("expected a lorakeep::Error");
+  return Error(ErrorCode::kInvalidArgument, "unreachable");
+}
+
+std::string read_file(const std::string& path);
+void write_file(const std::string& path, const std::string& bytes);
+
+}  // namespace lorakeep::test
