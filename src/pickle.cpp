@@ -11,7 +11,7 @@
 
 namespace lorakeep::detail {
 
-NamedTensors load_torch_pickle(const std::string& path) {
+c10::IValue load_torch_archive(const std::string& path) {
   // Sniff first, so a wrong file gets a useful message instead of a zip error.
   const std::string head = read_file_prefix(path, 4);
   if (head != std::string("PK\x03\x04", 4)) {
@@ -35,6 +35,11 @@ NamedTensors load_torch_pickle(const std::string& path) {
     why = why.substr(0, why.find('\n'));
     throw Error(ErrorCode::kCorruption, "cannot read torch archive '" + path + "': " + why);
   }
+  return value;
+}
+
+NamedTensors load_torch_pickle(const std::string& path) {
+  const c10::IValue value = load_torch_archive(path);
   if (!value.isGenericDict()) {
     throw Error(ErrorCode::kNotSupported,
                 "'" + path + "' holds a " + value.tagKind() + ", not a state dict of tensors");

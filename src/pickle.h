@@ -5,9 +5,16 @@
 
 #include <string>
 
+#include <ATen/core/ivalue.h>
+
 #include "lorakeep/safetensors.h"
 
 namespace lorakeep::detail {
+
+// Any torch.save'd object (zip format) with every storage mapped to the CPU.
+// Throws Error(kNotFound), Error(kNotSupported) for the legacy format,
+// Error(kCorruption) for anything unreadable, naming the path.
+c10::IValue load_torch_archive(const std::string& path);
 
 // Loads a flat {name: tensor} dict (an OrderedDict from torch.save, as in
 // PEFT's adapter_model.bin) with every tensor on the CPU and contiguous,

@@ -163,9 +163,10 @@ at::Tensor SafetensorsFile::tensor(const std::string& name) const {
   return at::from_blob(data, t.shape, [keep](void*) {}, options);
 }
 
-void SafetensorsFile::release(const std::string& name) const {
+void SafetensorsFile::release(const std::string& name, std::uint64_t begin, std::uint64_t end) const {
   const TensorInfo& t = impl_->find(name);
-  impl_->map->release(impl_->file_offset(t), t.byte_size());
+  end = std::min(end, t.byte_size());
+  if (begin < end) impl_->map->release(impl_->file_offset(t) + begin, end - begin);
 }
 
 void SafetensorsFile::prefetch(const std::string& name) const {

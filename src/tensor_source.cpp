@@ -49,7 +49,9 @@ class SafetensorsSource final : public TensorSource {
   const std::map<std::string, std::string>& metadata() const override { return file_.metadata(); }
   at::Tensor tensor(const std::string& name) const override { return file_.tensor(name); }
   SafetensorsFile::Bytes bytes(const std::string& name) const override { return file_.bytes(name); }
-  void release(const std::string& name) const override { file_.release(name); }
+  void release(const std::string& name, std::uint64_t begin, std::uint64_t end) const override {
+    file_.release(name, begin, end);
+  }
   void prefetch(const std::string& name) const override { file_.prefetch(name); }
 
  private:
@@ -127,7 +129,9 @@ class ShardedSource final : public TensorSource {
   }
   at::Tensor tensor(const std::string& name) const override { return shard(name).tensor(name); }
   SafetensorsFile::Bytes bytes(const std::string& name) const override { return shard(name).bytes(name); }
-  void release(const std::string& name) const override { shard(name).release(name); }
+  void release(const std::string& name, std::uint64_t begin, std::uint64_t end) const override {
+    shard(name).release(name, begin, end);
+  }
   void prefetch(const std::string& name) const override { shard(name).prefetch(name); }
 
  private:

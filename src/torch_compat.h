@@ -21,3 +21,13 @@ namespace lorakeep::detail {
 inline const char* torch_version_string() { return TORCH_VERSION; }
 
 }  // namespace lorakeep::detail
+
+// c10::Allocator::allocate lost its const in 2.3, which also added the pure
+// virtual copy_data.
+#if LORAKEEP_TORCH_AT_LEAST(2, 3)
+#define LORAKEEP_ALLOCATE_CONST
+#define LORAKEEP_ALLOCATOR_HAS_COPY_DATA 1
+#else
+#define LORAKEEP_ALLOCATE_CONST const
+#define LORAKEEP_ALLOCATOR_HAS_COPY_DATA 0
+#endif

@@ -75,9 +75,10 @@ class SafetensorsFile {
   // The stored little-endian bytes of one tensor; valid while this handle lives.
   Bytes bytes(const std::string& name) const;
 
-  // Drops the resident pages of one tensor's bytes (see MappedFile::release):
-  // the process RSS stops counting them; a later read faults them back in.
-  void release(const std::string& name) const;
+  // Drops the resident pages of bytes [begin, end) of one tensor: the process
+  // RSS stops counting them; a later read faults them back in from the file
+  // (in-place changes made through views of them are lost).
+  void release(const std::string& name, std::uint64_t begin = 0, std::uint64_t end = UINT64_MAX) const;
 
   // Hints that one tensor's bytes are about to be read.
   void prefetch(const std::string& name) const;

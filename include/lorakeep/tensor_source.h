@@ -47,8 +47,12 @@ class TensorSource {
   // The stored bytes (little-endian, C order), for checksums.
   virtual SafetensorsFile::Bytes bytes(const std::string& name) const = 0;
 
-  // Drops the host pages holding `name` once a reader is done with it.
-  virtual void release(const std::string& name) const { (void)name; }
+  // Drops the host pages holding bytes [begin, end) of `name` once a reader
+  // is done with them (the whole tensor by default).
+  virtual void release(const std::string& name, std::uint64_t begin = 0,
+                       std::uint64_t end = UINT64_MAX) const {
+    (void)name, (void)begin, (void)end;
+  }
   // Hints that `name` is about to be read.
   virtual void prefetch(const std::string& name) const { (void)name; }
 

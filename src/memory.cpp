@@ -1,0 +1,215 @@
+#include "lorakeep/memory.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <mutex>
+
+#include <c10/core/Allocator.h>
+#include <c10/core/CPUAllocator.h>
+#include <c10/util/Exception.h>
+
+#ifdef LORAKEEP_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+#include "lorakeep/error.h"
+#include "torch_compat.h"
+
+namespace lorakeep {
+namespace {
+
+constexpr int kMaxProbes = 64;
+constexpr std::int64_t kNoLimit = std::numeric_limits<std::int64_t>::max();
+
+struct Slot {
+  std::atomic<bool> used{false};
+  std::atomic<std::int64_t> base{0};
+  std::atomic<std::int64_t> peak{0};
+};
+
+// Bytes allocated through the wrapper and not yet freed.
+std::atomic<std::int64_t> g_live{0};
+std::atomic<int> g_active{0};
+Slot g_slots[kMaxProbes];
+std::atomic<std::int64_t> g_limit{kNoLimit};
+std::atomic<std::int64_t> g_limit_base{0};
+
+void raise_peak(std::atomic<std::int64_t>& peak, std::int64_t value) {
+  std::int64_t seen = peak.load(std::memory_order_relaxed);
+  while (value > seen && !peak.compare_exchange_weak(seen, value, std::memory_order_relaxed)) {
+  }
+}
+
+// Wraps LibTorch's CPU allocator; each allocation carries its size in its
+// context so frees can be counted.
+class CountingAllocator final : public c10::Allocator {
+ public:
+  explicit CountingAllocator(c10::Allocator* base) : base_(base) {}
+
+  c10::DataPtr allocate(size_t n) LORAKEEP_ALLOCATE_CONST override {
+    const auto bytes = static_cast<std::int64_t>(n);
+    const std::int64_t live = g_live.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+    const std::int64_t limit = g_limit.load(std::memory_order_relaxed);
+    if (limit != kNoLimit && live - g_limit_base.load(std::memory_order_relaxed) > limit) {
+      g_live.fetch_sub(bytes, std::memory_order_relaxed);
+      TORCH_CHECK(false, "CPU out of memory: tried to allocate ", n, " bytes past the ", limit,
+                  "-byte limit (lorakeep::CpuAllocationLimit)");
+    }
+    if (g_active.load(std::memory_order_relaxed) > 0) {
+      for (Slot& s : g_slots) {
+        if (s.used.load(std::memory_order_relaxed)) raise_peak(s.peak, live - s.base.load(std::memory_order_relaxed));
+      }
+    }
+    c10::DataPtr inner;
+    try {
+      inner = base_->allocate(n);
+    } catch (...) {
+      g_live.fetch_sub(bytes, std::memory_order_relaxed);
+      throw;
+    }
+    void* data = const_cast<void*>(static_cast<const void*>(inner.get()));
+    const c10::Device device = inner.device();
+    auto* ctx = new Context{std::move(inner), bytes};
+    return c10::DataPtr(data, ctx, &CountingAllocator::release, device);
+  }
+
+#if LORAKEEP_ALLOCATOR_HAS_COPY_DATA
+  void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
+#endif
+
+ private:
+  struct Context {
+    c10::DataPtr inner;
+    std::int64_t bytes;
+  };
+
+  static void release(void* p) {
+    auto* ctx = static_cast<Context*>(p);
+    g_live.fetch_sub(ctx->bytes, std::memory_order_relaxed);
+    delete ctx;
+  }
+
+  c10::Allocator* base_;
+};
+
+void install_counting_allocator() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    // Never freed: allocations made through it may outlive every probe.
+    static auto* counting = new CountingAllocator(c10::GetCPUAllocator());
+    c10::SetCPUAllocator(counting, /*priority=*/200);
+  });
+}
+
+std::uint64_t status_kib(const char* field) {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (f == nullptr) return 0;
+  char line[256];
+  std::uint64_t value = 0;
+  const std::size_t len = std::strlen(field);
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    if (std::strncmp(line, field, len) == 0 && line[len] == ':') {
+      value = std::strtoull(line + len + 1, nullptr, 10);
+      break;
+    }
+  }
+  std::fclose(f);
+  return value * 1024;
+}
+
+}  // namespace
+
+AllocationProbe::AllocationProbe(c10::Device device) : device_(device) {
+  if (device_.is_cpu()) {
+    install_counting_allocator();
+    for (int i = 0; i < kMaxProbes; ++i) {
+      bool expected = false;
+      if (g_slots[i].used.compare_exchange_strong(expected, true)) {
+        const std::int64_t live = g_live.load();
+        g_slots[i].base.store(live);
+        g_slots[i].peak.store(0);
+        slot_ = i;
+        g_active.fetch_add(1);
+        return;
+      }
+    }
+    throw Error(ErrorCode::kInvalidArgument, "more than 64 allocation probes at once");
+  }
+#ifdef LORAKEEP_WITH_CUDA
+  if (device_.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index());
+    base_ = stats.allocated_bytes[0].current;
+    cuda_peak_at_start_ = stats.allocated_bytes[0].peak;
+  }
+#endif
+}
+
+AllocationProbe::~AllocationProbe() {
+  if (slot_ >= 0) {
+    g_active.fetch_sub(1);
+    g_slots[slot_].used.store(false);
+  }
+}
+
+std::int64_t AllocationProbe::peak_bytes() const {
+  if (slot_ >= 0) return g_slots[slot_].peak.load();
+#ifdef LORAKEEP_WITH_CUDA
+  if (device_.is_cuda()) {
+    // The allocator's peak is process-wide and not reset here (that would
+    // disturb the application's own statistics). If it rose during the probe,
+    // it is the probe's peak; otherwise the probe never went above the
+    // earlier peak, and the current level is the best lower bound we have.
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index());
+    const std::int64_t peak = stats.allocated_bytes[0].peak;
+    const std::int64_t current = stats.allocated_bytes[0].current;
+    return std::max<std::int64_t>(0, (peak > cuda_peak_at_start_ ? peak : current) - base_);
+  }
+#endif
+  return -1;
+}
+
+std::int64_t AllocationProbe::current_bytes() const {
+  if (slot_ >= 0) return g_live.load() - g_slots[slot_].base.load();
+#ifdef LORAKEEP_WITH_CUDA
+  if (device_.is_cuda()) {
+    return c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index()).allocated_bytes[0].current - base_;
+  }
+#endif
+  return -1;
+}
+
+CpuAllocationLimit::CpuAllocationLimit(std::int64_t max_extra_bytes) {
+  install_counting_allocator();
+  g_limit_base.store(g_live.load());
+  g_limit.store(max_extra_bytes);
+}
+
+CpuAllocationLimit::~CpuAllocationLimit() { g_limit.store(kNoLimit); }
+
+std::uint64_t current_rss_bytes() { return status_kib("VmRSS"); }
+std::uint64_t peak_rss_bytes() { return status_kib("VmHWM"); }
+
+bool reset_peak_rss() {
+  const int fd = ::open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool ok = ::write(fd, "5", 1) == 1;
+  ::close(fd);
+  return ok;
+}
+
+RssProbe::RssProbe() {
+  valid_ = reset_peak_rss();
+  base_ = current_rss_bytes();
+}
+
+std::int64_t RssProbe::peak_extra_bytes() const {
+  const std::uint64_t peak = peak_rss_bytes();
+  return peak > base_ ? static_cast<std::int64_t>(peak - base_) : 0;
+}
+
+}  // namespace lorakeep

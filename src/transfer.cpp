@@ -1,0 +1,501 @@
+#include "lorakeep/transfer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <set>
+#include <unordered_map>
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include "lorakeep/error.h"
+#include "lorakeep/memory.h"
+#include "format/json_util.h"
+#include "io/checksum.h"
+#include "logging.h"
+#include "transfer_device.h"
+
+namespace lorakeep {
+namespace {
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string quoted_list(const std::vector<std::string>& names, std::size_t limit = 8) {
+  std::string out;
+  for (std::size_t i = 0; i < names.size() && i < limit; ++i) {
+    if (i) out += ", ";
+    out += "'" + names[i] + "'";
+  }
+  if (names.size() > limit) out += ", ... and " + std::to_string(names.size() - limit) + " more";
+  return out;
+}
+
+// One source tensor matched to one live tensor.
+struct Planned {
+  std::string source_name;
+  std::string target_name;
+  at::Tensor target;
+  const TensorInfo* info;
+  c10::ScalarType source_type;
+};
+
+bool convertible(c10::ScalarType from, c10::ScalarType to, const LoadOptions& o) {
+  const bool float_from = c10::isFloatingType(from), float_to = c10::isFloatingType(to);
+  const bool int_from = c10::isIntegralType(from, /*includeBool=*/false);
+  const bool int_to = c10::isIntegralType(to, /*includeBool=*/false);
+  if (o.op == TransferOp::kAdd) {
+    if (float_from && float_to) return true;
+    if (c10::isComplexType(from) && c10::isComplexType(to)) return true;
+    return int_from && int_to && o.scale == 1.0;
+  }
+  if (from == to) return true;
+  return (float_from && float_to) || (int_from && int_to) || (c10::isComplexType(from) && c10::isComplexType(to));
+}
+
+// Suggests the prefix change that would match names the source has and the
+// targets lack: "base_model.model.lin0.lora_A.weight" vs "lin0.lora_A.weight".
+std::string prefix_hint(const std::vector<std::string>& unexpected, const std::vector<std::string>& missing) {
+  std::map<std::string, int> strip, add;
+  for (const std::string& u : unexpected) {
+    for (const std::string& m : missing) {
+      if (u.size() > m.size() && u.compare(u.size() - m.size(), m.size(), m) == 0) {
+        ++strip[u.substr(0, u.size() - m.size())];
+      } else if (m.size() > u.size() && m.compare(m.size() - u.size(), u.size(), u) == 0) {
+        ++add[m.substr(0, m.size() - u.size())];
+      }
+    }
+  }
+  auto best = [](const std::map<std::string, int>& counts) {
+    return std::max_element(counts.begin(), counts.end(),
+                            [](const auto& a, const auto& b) { return a.second < b.second; });
+  };
+  if (!strip.empty()) {
+    auto b = best(strip);
+    return "the file's names carry the prefix '" + b->first + "' that the model's lack: set strip_prefix = \"" +
+           b->first + "\"";
+  }
+  if (!add.empty()) {
+    auto b = best(add);
+    return "the model's names carry the prefix '" + b->first + "' that the file's lack: set add_prefix = \"" +
+           b->first + "\"";
+  }
+  return "";
+}
+
+std::vector<Planned> plan(const NamedTensors& targets, const TensorSource& source, const LoadOptions& o,
+                          double* verify_seconds) {
+  std::unordered_map<std::string, const at::Tensor*> by_name;
+  for (const auto& [name, t] : targets) {
+    if (!t.defined()) continue;
+    if (!by_name.emplace(name, &t).second) {
+      throw Error(ErrorCode::kInvalidArgument, "target '" + name + "' is given twice");
+    }
+  }
+  std::vector<std::string> missing, unexpected, shape, dtype, checksum, duplicate;
+  std::vector<Planned> planned;
+  std::set<std::string> covered;
+  for (const std::string& name : source.names()) {
+    std::string mapped = name;
+    if (!o.strip_prefix.empty() && mapped.compare(0, o.strip_prefix.size(), o.strip_prefix) == 0) {
+      mapped = mapped.substr(o.strip_prefix.size());
+    }
+    mapped = o.add_prefix + mapped;
+    auto it = by_name.find(mapped);
+    if (it == by_name.end()) {
+      unexpected.push_back(name);
+      continue;
+    }
+    if (!covered.insert(mapped).second) {
+      duplicate.push_back("'" + name + "' maps to '" + mapped + "', which another file tensor already fills");
+      continue;
+    }
+    const at::Tensor& target = *it->second;
+    const TensorInfo& info = source.info(name);
+    const std::string label = name == mapped ? "'" + name + "'" : "'" + name + "' (model: '" + mapped + "')";
+    if (target.sizes() != at::IntArrayRef(info.shape)) {
+      std::string problem = label + " is " + format_shape(info.shape) + " in the file but " +
+                            format_shape(target.sizes().vec()) + " in the model";
+      if (info.shape.size() == 2 && target.dim() == 2 && info.shape[0] == target.size(1) &&
+          info.shape[1] == target.size(0)) {
+        problem += " (hint: transposed: a fan_in_fan_out layer?)";
+      }
+      shape.push_back(problem);
+      continue;
+    }
+    c10::ScalarType source_type;
+    try {
+      source_type = to_scalar_type(info.dtype, name);
+    } catch (const Error& e) {
+      dtype.push_back(e.what());
+      continue;
+    }
+    if (!convertible(source_type, target.scalar_type(), o)) {
+      dtype.push_back(label + " is " + std::string(dtype_name(info.dtype)) + " in the file; cannot " +
+                      (o.op == TransferOp::kAdd ? "add it to " : "convert it to ") +
+                      c10::toString(target.scalar_type()) + " in the model");
+      continue;
+    }
+    planned.push_back(Planned{name, mapped, target, &info, source_type});
+  }
+  for (const auto& [name, t] : by_name) {
+    if (!covered.count(name)) missing.push_back(name);
+  }
+  std::sort(missing.begin(), missing.end());
+
+  // Checksums: read every byte once before anything is written.
+  const double t0 = now_seconds();
+  if (o.verify_checksums && !o.checksums.empty()) {
+    for (const Planned& p : planned) {
+      auto want = o.checksums.find(p.source_name);
+      if (want == o.checksums.end()) continue;
+      const auto bytes = source.bytes(p.source_name);
+      source.prefetch(p.source_name);
+      detail::Xxh3Stream hash;
+      for (std::uint64_t off = 0; off < bytes.size; off += o.chunk_bytes) {
+        const std::uint64_t n = std::min(o.chunk_bytes, bytes.size - off);
+        hash.update(bytes.data + off, n);
+        if (o.release_pages) source.release(p.source_name, off, off + n);
+      }
+      if (hash.digest() != want->second) {
+        checksum.push_back("'" + p.source_name + "' in '" + source.file_of(p.source_name) +
+                           "' fails its checksum (recorded " + detail::format_checksum(want->second) + ", read " +
+                           detail::format_checksum(hash.digest()) + ")");
+      }
+    }
+  }
+  *verify_seconds = now_seconds() - t0;
+
+  const bool hard = !shape.empty() || !dtype.empty() || !checksum.empty() || !duplicate.empty();
+  const bool soft = !missing.empty() || !unexpected.empty();
+  if (!hard && (!soft || !o.strict)) {
+    if (soft) {
+      detail::logger()->info("loading '{}' non-strictly: {} model tensors not in the file, {} file tensors not in the "
+                             "model",
+                             source.path(), missing.size(), unexpected.size());
+      if (!unexpected.empty()) detail::logger()->debug("not in the model: {}", quoted_list(unexpected, 100));
+    }
+    return planned;
+  }
+  std::size_t count = shape.size() + dtype.size() + checksum.size() + duplicate.size();
+  if (o.strict) count += missing.size() + unexpected.size();
+  std::string msg = "cannot load '" + source.path() + "' into " + std::to_string(by_name.size()) +
+                    " live tensors: " + std::to_string(count) + (count == 1 ? " problem" : " problems") +
+                    " (nothing was changed)";
+  auto section = [&msg](const char* title, const std::vector<std::string>& items, bool quote) {
+    if (items.empty()) return;
+    msg += "\n  " + std::string(title) + " (" + std::to_string(items.size()) + "): ";
+    if (quote) {
+      msg += quoted_list(items);
+      return;
+    }
+    for (std::size_t i = 0; i < items.size() && i < 8; ++i) msg += (i ? "; " : "") + items[i];
+    if (items.size() > 8) msg += "; ... and " + std::to_string(items.size() - 8) + " more";
+  };
+  section("checksum", checksum, false);
+  if (o.strict) {
+    section("in the model but not in the file", missing, true);
+    section("in the file but not in the model", unexpected, true);
+  }
+  section("shape", shape, false);
+  section("dtype", dtype, false);
+  section("duplicate", duplicate, false);
+  if (!checksum.empty()) msg += "\n  hint: the file changed after it was written; use another checkpoint";
+  const std::string hint = prefix_hint(unexpected, missing);
+  if (!hint.empty()) msg += "\n  hint: " + hint;
+  if (!shape.empty() && checksum.empty()) msg += "\n  hint: wrong base model, or a different LoRA rank?";
+  throw Error(checksum.empty() ? ErrorCode::kIncompatible : ErrorCode::kCorruption, msg);
+}
+
+// RSS sampled as the load goes: non-intrusive (the process's VmHWM is left
+// alone) and exact enough for allocations that live across samples.
+class RssSampler {
+ public:
+  RssSampler() : base_(current_rss_bytes()) {}
+  void sample() {
+    const std::uint64_t now = current_rss_bytes();
+    if (now > peak_) peak_ = now;
+  }
+  std::int64_t peak_extra() const {
+    if (base_ == 0) return -1;
+    return peak_ > base_ ? static_cast<std::int64_t>(peak_ - base_) : 0;
+  }
+
+ private:
+  std::uint64_t base_;
+  std::uint64_t peak_ = 0;
+};
+
+// Elements per piece: a piece of source or target is at most chunk_bytes.
+std::int64_t piece_elements(const Planned& p, const LoadOptions& o) {
+  const std::uint64_t widest = std::max<std::uint64_t>(c10::elementSize(p.source_type), p.target.element_size());
+  return static_cast<std::int64_t>(std::max<std::uint64_t>(1, o.chunk_bytes / widest));
+}
+
+// Everything the apply phase allocates, allocated before it starts.
+struct Staging {
+  at::Tensor unaligned;  // aligned copy of a source piece at an odd address
+  at::Tensor convert;    // a CPU piece converted to the target dtype (kAdd with mixed dtypes)
+  std::map<std::string, std::unique_ptr<detail::DeviceStager>> stagers;  // by device
+};
+
+at::Tensor bytes_buffer(std::uint64_t bytes) {
+  return at::empty({static_cast<std::int64_t>(std::max<std::uint64_t>(bytes, 64))}, at::kByte);
+}
+
+at::Tensor piece_of(const at::Tensor& buffer, c10::ScalarType type, at::IntArrayRef shape) {
+  return at::from_blob(buffer.data_ptr(), shape, at::TensorOptions().dtype(type));
+}
+
+Staging allocate_staging(const std::vector<Planned>& planned, const TensorSource& source, const LoadOptions& o) {
+  std::uint64_t unaligned = 0, convert = 0;
+  struct DeviceNeeds {
+    c10::Device device;
+    detail::StagingNeeds needs;
+  };
+  std::map<std::string, DeviceNeeds> devices;
+  for (const Planned& p : planned) {
+    const std::uint64_t src_size = c10::elementSize(p.source_type);
+    const std::uint64_t dst_size = p.target.element_size();
+    const auto piece = static_cast<std::uint64_t>(std::min(piece_elements(p, o), p.target.numel()));
+    const auto address = reinterpret_cast<std::uintptr_t>(source.bytes(p.source_name).data);
+    if (address % src_size != 0) unaligned = std::max(unaligned, piece * src_size);
+    const bool mixed = p.source_type != p.target.scalar_type();
+    if (p.target.device().is_cpu()) {
+      if (o.op == TransferOp::kAdd && mixed) convert = std::max(convert, piece * dst_size);
+      continue;
+    }
+    auto& d = devices.emplace(p.target.device().str(), DeviceNeeds{p.target.device(), {}}).first->second;
+    d.needs.piece_bytes = std::max(d.needs.piece_bytes, piece * dst_size);
+    d.needs.convert = d.needs.convert || mixed;
+    d.needs.add = d.needs.add || o.op == TransferOp::kAdd;
+  }
+  Staging s;
+  if (unaligned) s.unaligned = bytes_buffer(unaligned);
+  if (convert) s.convert = bytes_buffer(convert);
+  for (const auto& [name, d] : devices) s.stagers[name] = detail::make_stager(d.device, d.needs);
+  return s;
+}
+
+class Applier {
+ public:
+  Applier(const TensorSource& source, const LoadOptions& o, Staging& staging, RssSampler& rss)
+      : source_(source), o_(o), staging_(staging), rss_(rss) {}
+
+  void apply(const Planned& p) {
+    if (p.target.numel() == 0) return;
+    p_ = &p;
+    bytes_ = source_.bytes(p.source_name);
+    src_size_ = c10::elementSize(p.source_type);
+    per_ = piece_elements(p, o_);
+    consumed_ = 0;
+    source_.prefetch(p.source_name);
+    process(p.target, 0);
+    if (o_.release_pages) source_.release(p.source_name);
+  }
+
+ private:
+  // Splits `dst` (a view of the live tensor whose elements come from source
+  // element `offset` on, in C order) into pieces of at most per_ elements.
+  void process(const at::Tensor& dst, std::int64_t offset) {
+    const std::int64_t n = dst.numel();
+    if (n == 0) return;
+    if (dst.is_contiguous()) {
+      const at::Tensor flat = dst.view({-1});
+      for (std::int64_t e = 0; e < n; e += per_) {
+        const std::int64_t k = std::min(per_, n - e);
+        piece(flat.narrow(0, e, k), offset + e);
+      }
+      return;
+    }
+    if (n <= per_) {
+      piece(dst, offset);
+      return;
+    }
+    const std::int64_t rows = dst.size(0);
+    const std::int64_t row = n / rows;
+    if (row > per_) {
+      for (std::int64_t i = 0; i < rows; ++i) process(dst.select(0, i), offset + i * row);
+      return;
+    }
+    const std::int64_t block = per_ / row;
+    for (std::int64_t i = 0; i < rows; i += block) {
+      process(dst.narrow(0, i, std::min(block, rows - i)), offset + i * row);
+    }
+  }
+
+  void piece(const at::Tensor& dst, std::int64_t offset) {
+    const std::uint64_t begin = static_cast<std::uint64_t>(offset) * src_size_;
+    const std::uint64_t size = static_cast<std::uint64_t>(dst.numel()) * src_size_;
+    const std::uint8_t* data = bytes_.data + begin;
+    at::Tensor src;
+    if (reinterpret_cast<std::uintptr_t>(data) % src_size_ != 0) {
+      std::memcpy(staging_.unaligned.data_ptr(), data, size);
+      src = piece_of(staging_.unaligned, p_->source_type, dst.sizes());
+    } else {
+      src = at::from_blob(const_cast<std::uint8_t*>(data), dst.sizes(), at::TensorOptions().dtype(p_->source_type));
+    }
+    if (dst.device().is_cpu()) {
+      apply_cpu(dst, src);
+    } else {
+      staging_.stagers.at(dst.device().str())->apply(dst, src, o_.op, o_.scale);
+    }
+    // The piece has been read (stagers copy it into their own buffers before
+    // returning): the pages behind us can go.
+    if (o_.release_pages) source_.release(p_->source_name, consumed_, begin + size);
+    consumed_ = begin + size;
+    progress_ += size;
+    if (progress_ >= (16u << 20)) {
+      rss_.sample();
+      progress_ = 0;
+    }
+  }
+
+  void apply_cpu(const at::Tensor& dst, const at::Tensor& src) {
+    if (o_.op == TransferOp::kCopy) {
+      dst.copy_(src);  // casts in the kernel: no temporary
+      return;
+    }
+    if (src.scalar_type() == dst.scalar_type()) {
+      dst.add_(src, o_.scale);
+      return;
+    }
+    // Mixed-dtype add_ would cast through a temporary of the piece: convert
+    // into the preallocated buffer instead.
+    at::Tensor converted = piece_of(staging_.convert, dst.scalar_type(), dst.sizes());
+    converted.copy_(src);
+    dst.add_(converted, o_.scale);
+  }
+
+  const TensorSource& source_;
+  const LoadOptions& o_;
+  Staging& staging_;
+  RssSampler& rss_;
+  const Planned* p_ = nullptr;
+  SafetensorsFile::Bytes bytes_{nullptr, 0};
+  std::uint64_t src_size_ = 1;
+  std::int64_t per_ = 1;
+  std::uint64_t consumed_ = 0;
+  std::uint64_t progress_ = 0;
+};
+
+}  // namespace
+
+std::string TransferReport::summary() const {
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "loaded %zu tensors (%s) from '%s' in %.3f s (%.2f GB/s, checksums %.3f s); extra %s allocator peak "
+                "%s (a full temporary copy: %s); extra RSS peak %s",
+                tensors, detail::format_bytes(bytes).c_str(), source.c_str(), seconds, gb_per_s, verify_seconds,
+                device.c_str(),
+                peak_device_bytes < 0 ? "n/a" : detail::format_bytes(static_cast<std::uint64_t>(peak_device_bytes)).c_str(),
+                detail::format_bytes(naive_device_bytes).c_str(),
+                peak_rss_bytes < 0 ? "n/a" : detail::format_bytes(static_cast<std::uint64_t>(peak_rss_bytes)).c_str());
+  return buf;
+}
+
+TransferReport load_into(const NamedTensors& targets, const TensorSource& source, const LoadOptions& options) {
+  if (options.chunk_bytes < 64) {
+    throw Error(ErrorCode::kInvalidArgument, "chunk_bytes must be at least 64, not " +
+                                                 std::to_string(options.chunk_bytes));
+  }
+  const double start = now_seconds();
+  TransferReport report;
+  report.source = source.path();
+  std::set<std::string> devices;
+  for (const auto& [name, t] : targets) {
+    if (t.defined()) devices.insert(t.device().str());
+  }
+  report.device = devices.size() == 1 ? *devices.begin() : devices.empty() ? "cpu" : "mixed";
+  const c10::Device probe_device = devices.size() == 1 ? c10::Device(*devices.begin()) : c10::Device(c10::kCPU);
+  AllocationProbe probe(probe_device);
+  RssSampler rss;
+
+  const std::vector<Planned> planned = plan(targets, source, options, &report.verify_seconds);
+  Staging staging = allocate_staging(planned, source, options);
+  rss.sample();
+
+  // From here on nothing allocates a tensor of a parameter's size, and the
+  // staging is in place: writes begin.
+  {
+    c10::NoGradGuard no_grad;
+    Applier applier(source, options, staging, rss);
+    for (const Planned& p : planned) {
+      applier.apply(p);
+      report.bytes += p.info->byte_size();
+      report.naive_device_bytes += static_cast<std::uint64_t>(p.target.numel()) * p.target.element_size();
+    }
+    for (auto& [device, stager] : staging.stagers) stager->finish();
+  }
+  rss.sample();
+  report.tensors = planned.size();
+  report.seconds = now_seconds() - start;
+  report.gb_per_s = report.seconds > 0 ? static_cast<double>(report.bytes) / report.seconds / 1e9 : 0;
+  report.peak_device_bytes = probe.peak_bytes();
+  report.peak_rss_bytes = rss.peak_extra();
+  detail::logger()->info("{}", report.summary());
+  return report;
+}
+
+TransferReport load_into(torch::nn::Module& module, const TensorSource& source, const LoadOptions& options) {
+  NamedTensors targets;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) targets.emplace_back(item.key(), item.value());
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) targets.emplace_back(item.key(), item.value());
+  return load_into(targets, source, options);
+}
+
+TransferReport apply_delta(torch::nn::Module& base, const TensorSource& delta, double scale, LoadOptions options) {
+  options.op = TransferOp::kAdd;
+  options.scale = scale;
+  return load_into(base, delta, options);
+}
+
+namespace detail {
+namespace {
+
+class GenericStager final : public DeviceStager {
+ public:
+  GenericStager(const c10::Device& device, const StagingNeeds& needs) {
+    if (needs.convert) host_ = bytes_buffer(needs.piece_bytes);
+    if (needs.add) {
+      device_ = at::empty({static_cast<std::int64_t>(std::max<std::uint64_t>(needs.piece_bytes, 64))},
+                          at::TensorOptions(at::kByte).device(device));
+    }
+  }
+
+  void apply(const at::Tensor& dst, const at::Tensor& src, TransferOp op, double scale) override {
+    at::Tensor host = src;
+    if (src.scalar_type() != dst.scalar_type()) {
+      host = piece_of(host_, dst.scalar_type(), dst.sizes());
+      host.copy_(src);  // dtype conversion on the host
+    }
+    if (op == TransferOp::kCopy) {
+      dst.copy_(host);  // straight into the live storage
+      return;
+    }
+    at::Tensor on_device = at::from_blob(device_.data_ptr(), dst.sizes(),
+                                         at::TensorOptions().dtype(dst.scalar_type()).device(dst.device()));
+    on_device.copy_(host);
+    dst.add_(on_device, scale);
+  }
+
+  void finish() override {}
+
+ private:
+  at::Tensor host_;
+  at::Tensor device_;
+};
+
+}  // namespace
+
+std::unique_ptr<DeviceStager> make_stager(const c10::Device& device, const StagingNeeds& needs) {
+#ifdef LORAKEEP_WITH_CUDA
+  if (device.is_cuda()) return make_cuda_stager(device, needs);
+#endif
+  return std::make_unique<GenericStager>(device, needs);
+}
+
+}  // namespace detail
+}  // namespace lorakeep

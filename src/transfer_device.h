@@ -1,0 +1,52 @@
+// Private to the transfer engine: moving host pieces into tensors on an
+// accelerator. The CPU path never comes here.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include <ATen/core/Tensor.h>
+
+#include "lorakeep/transfer.h"
+
+namespace lorakeep::detail {
+
+// Applies host pieces to pieces of live tensors on one device. Owns the
+// staging it needs, all of it allocated by the factory (before any live
+// tensor is written). Not thread-safe.
+class DeviceStager {
+ public:
+  virtual ~DeviceStager() = default;
+
+  // dst_piece (on the device) = / += scale * src_piece (a CPU tensor of any
+  // dtype, same shape, at most chunk_bytes in dst_piece's dtype). May return
+  // before the device is done with it: src_piece must stay valid until
+  // finish() (it points into the mapped file, which outlives the load).
+  virtual void apply(const at::Tensor& dst_piece, const at::Tensor& src_piece, TransferOp op, double scale) = 0;
+
+  // Waits for the device and orders later work on the device's current
+  // stream after every write made here.
+  virtual void finish() = 0;
+};
+
+// What the pieces bound for one device need.
+struct StagingNeeds {
+  std::uint64_t piece_bytes = 0;  // largest piece, in the target dtype (<= chunk_bytes)
+  bool convert = false;           // some source dtype differs from its target's
+  bool add = false;               // op is kAdd
+};
+
+// The stager for `device`, with all its staging allocated now. CUDA (where
+// LibTorch has it): pinned, double-buffered host staging and copies on a side
+// stream, so the host converts piece i+1 while the device copies piece i (see
+// cuda_stager.cpp for its memory bound). Other devices: synchronous copies
+// through one host buffer (only if dtypes differ) and, for kAdd, one device
+// buffer. Either way the extra device memory is 0 for kCopy and one piece for
+// kAdd.
+std::unique_ptr<DeviceStager> make_stager(const c10::Device& device, const StagingNeeds& needs);
+
+#ifdef LORAKEEP_WITH_CUDA
+std::unique_ptr<DeviceStager> make_cuda_stager(const c10::Device& device, const StagingNeeds& needs);
+#endif
+
+}  // namespace lorakeep::detail
