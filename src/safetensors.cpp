@@ -251,24 +251,47 @@ void SafetensorsWriter::append(const void* data, std::uint64_t size) {
   file_hash_.update(data, size);
 }
 
-void SafetensorsWriter::write(const at::Tensor& tensor) {
+const TensorInfo& SafetensorsWriter::expect_next() const {
   if (next_ >= order_.size()) {
     throw Error(ErrorCode::kInvalidArgument, "all tensors of '" + path_ + "' are already written");
   }
-  const TensorInfo& spec = order_[next_];
+  return order_[next_];
+}
+
+void SafetensorsWriter::write_pieces(const std::function<void(const PieceSink&)>& produce) {
+  const TensorInfo& spec = expect_next();
+  Xxh3Stream tensor_hash;
+  std::uint64_t written = 0;
+  produce([&](const at::Tensor& piece) {
+    if (from_scalar_type(piece.scalar_type(), spec.name) != spec.dtype) {
+      throw Error(ErrorCode::kInvalidArgument, "a piece of tensor '" + spec.name + "' is " +
+                                                   std::string(c10::toString(piece.scalar_type())) + ", not " +
+                                                   std::string(dtype_name(spec.dtype)));
+    }
+    for_each_host_piece(piece, chunk_bytes_, &staging_, [&](const void* p, std::uint64_t n) {
+      append(p, n);
+      tensor_hash.update(p, n);
+      written += n;
+    });
+  });
+  if (written != spec.byte_size()) {
+    throw Error(ErrorCode::kInvalidArgument, "tensor '" + spec.name + "' was streamed with " +
+                                                 std::to_string(written) + " bytes, not " +
+                                                 std::to_string(spec.byte_size()));
+  }
+  tensor_checksums_.push_back(tensor_hash.digest());
+  ++next_;
+}
+
+void SafetensorsWriter::write(const at::Tensor& tensor) {
+  const TensorInfo& spec = expect_next();
   if (from_scalar_type(tensor.scalar_type(), spec.name) != spec.dtype || tensor.sizes() != at::IntArrayRef(spec.shape)) {
     throw Error(ErrorCode::kInvalidArgument,
                 "tensor '" + spec.name + "' for '" + path_ + "' was announced as " + std::string(dtype_name(spec.dtype)) +
                     " " + format_shape(spec.shape) + " but is " + std::string(c10::toString(tensor.scalar_type())) +
                     " " + format_shape(tensor.sizes().vec()));
   }
-  Xxh3Stream tensor_hash;
-  for_each_host_piece(tensor, chunk_bytes_, &staging_, [&](const void* p, std::uint64_t n) {
-    append(p, n);
-    tensor_hash.update(p, n);
-  });
-  tensor_checksums_.push_back(tensor_hash.digest());
-  ++next_;
+  write_pieces([&](const PieceSink& sink) { sink(tensor); });
 }
 
 SaveReport SafetensorsWriter::finish() {

@@ -50,11 +50,22 @@ class SafetensorsWriter {
   // Throws Error(kInvalidArgument) on a mismatch, Error(kIOError) on failure.
   void write(const at::Tensor& tensor);
 
+  // Receives one piece of a tensor being streamed: a CPU tensor of the
+  // announced dtype whose elements follow the previous piece's in C order.
+  using PieceSink = std::function<void(const at::Tensor& piece)>;
+
+  // Writes the next tensor of order() without it ever existing whole:
+  // `produce` calls the sink with consecutive pieces that together hold
+  // exactly the tensor's elements. Throws Error(kInvalidArgument) if they do
+  // not add up, Error(kIOError) on failure.
+  void write_pieces(const std::function<void(const PieceSink&)>& produce);
+
   // Closes, syncs and (kAtomic) publishes. REQUIRES: every tensor written.
   SaveReport finish();
 
  private:
   void append(const void* data, std::uint64_t size);
+  const TensorInfo& expect_next() const;
 
   std::string path_;
   std::string write_path_;

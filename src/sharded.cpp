@@ -76,14 +76,27 @@ ShardedWriter::~ShardedWriter() {
   remove_all_logged(tmp_dir_);
 }
 
-void ShardedWriter::write(const at::Tensor& tensor) {
+SafetensorsWriter& ShardedWriter::current() {
   if (next_ >= order_.size()) throw Error(ErrorCode::kInvalidArgument, "all tensors of '" + dir_ + "' are written");
   if (!writer_) {
     const Shard& shard = shards_[shard_];
     writer_ = std::make_unique<SafetensorsWriter>((fs::path(tmp_dir_) / shard.file).string(), shard.tensors,
                                                   metadata_, SafetensorsWriter::Mode::kDirect, options_.chunk_bytes);
   }
-  writer_->write(tensor);
+  return *writer_;
+}
+
+void ShardedWriter::write(const at::Tensor& tensor) {
+  current().write(tensor);
+  after_write();
+}
+
+void ShardedWriter::write_pieces(const std::function<void(const SafetensorsWriter::PieceSink&)>& produce) {
+  current().write_pieces(produce);
+  after_write();
+}
+
+void ShardedWriter::after_write() {
   ++next_;
   if (writer_->next_name().empty()) {
     reports_.push_back(writer_->finish());

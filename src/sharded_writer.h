@@ -26,13 +26,18 @@ class ShardedWriter {
   // Every tensor, in the order write() expects them.
   const std::vector<TensorInfo>& order() const { return order_; }
 
-  // Writes the next tensor of order().
+  // Writes the next tensor of order(), whole or in pieces (see
+  // SafetensorsWriter::write_pieces).
   void write(const at::Tensor& tensor);
+  void write_pieces(const std::function<void(const SafetensorsWriter::PieceSink&)>& produce);
 
   // Syncs everything, writes the index, publishes `dir`.
   ShardedSaveReport finish();
 
  private:
+  SafetensorsWriter& current();
+  void after_write();
+
   struct Shard {
     std::string file;
     std::vector<TensorInfo> tensors;

@@ -5,6 +5,7 @@
 #include "lorakeep/error.h"
 #include "lorakeep/logging.h"
 #include "lorakeep/memory.h"
+#include "lorakeep/merge.h"
 #include "lorakeep/safetensors.h"
 #include "lorakeep/sharded.h"
 #include "lorakeep/tensor_info.h"

@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
   app.add_flag("-v,--verbose", verbose, "log at debug level");
   std::vector<lorakeep::cli::Command> commands;
   lorakeep::cli::add_file_commands(app, commands);
+  lorakeep::cli::add_merge_commands(app, commands);
 
   try {
     app.parse(argc, argv);

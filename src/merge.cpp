@@ -1,0 +1,337 @@
+#include "lorakeep/merge.h"
+
+#include <chrono>
+#include <cstring>
+#include <unordered_map>
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include "lorakeep/error.h"
+#include "lorakeep/tensor_source.h"
+#include "logging.h"
+#include "merge_util.h"
+#include "sharded_writer.h"
+
+namespace lorakeep {
+namespace detail {
+
+at::Tensor piece_view(const TensorSource& source, const std::string& name, c10::ScalarType type, std::int64_t begin,
+                      std::int64_t count, at::Tensor* scratch) {
+  const std::uint64_t size = c10::elementSize(type);
+  const std::uint8_t* data = source.bytes(name).data + static_cast<std::uint64_t>(begin) * size;
+  const auto options = at::TensorOptions().dtype(type);
+  if (reinterpret_cast<std::uintptr_t>(data) % size == 0) {
+    return at::from_blob(const_cast<std::uint8_t*>(data), {count}, options);
+  }
+  const std::uint64_t bytes = static_cast<std::uint64_t>(count) * size;
+  if (!scratch->defined() || static_cast<std::uint64_t>(scratch->numel()) < bytes) {
+    *scratch = at::empty({static_cast<std::int64_t>(bytes)}, at::kByte);
+  }
+  std::memcpy(scratch->data_ptr(), data, bytes);
+  return at::from_blob(scratch->data_ptr(), {count}, options);
+}
+
+}  // namespace detail
+
+namespace {
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Elements per computed piece: a few temporaries of this many F64 values stay
+// within about one 64 MiB chunk.
+constexpr std::int64_t kPieceElements = 4 << 20;
+
+// Reusable piece buffers. Every temporary of a merge lives in one of these,
+// allocated on first use: allocating fresh piece-sized tensors over and over
+// fragments the heap, and glibc then keeps hundreds of MiB resident that the
+// program no longer uses.
+class Scratch {
+ public:
+  // A flat tensor of `n` elements of `type` in buffer `slot`.
+  at::Tensor get(int slot, c10::ScalarType type, std::int64_t n) {
+    at::Tensor& buf = buffers_[slot];
+    const auto bytes = static_cast<std::int64_t>(c10::elementSize(type)) * n;
+    if (!buf.defined() || buf.numel() < bytes) {
+      buf = at::Tensor();
+      buf = at::empty({bytes}, at::kByte);
+    }
+    return at::from_blob(buf.data_ptr(), {n}, at::TensorOptions().dtype(type));
+  }
+  // `src` as `type`: itself if it already is, else converted into `slot`.
+  at::Tensor as(const at::Tensor& src, c10::ScalarType type, int slot) {
+    if (src.scalar_type() == type) return src;
+    at::Tensor out = get(slot, type, src.numel());
+    out.copy_(src);
+    return out;
+  }
+
+ private:
+  at::Tensor buffers_[6];
+};
+
+// One output tensor and where its inputs are.
+struct Job {
+  std::string name;
+  bool in_a = false;  // base (merge) or base (make)
+  bool in_b = false;  // delta (merge) or tuned (make)
+  c10::ScalarType a_type = c10::kFloat;
+  c10::ScalarType b_type = c10::kFloat;
+  std::int64_t a_numel = 0;  // elements of the output covered by the base (fewer when grown)
+  TensorInfo out;
+};
+
+struct Plan {
+  std::vector<Job> jobs;
+  std::unordered_map<std::string, std::size_t> index;
+};
+
+struct Rules {
+  bool allow_missing, allow_new, allow_grow;
+  double scale;
+  std::optional<Dtype> dtype;
+  bool make;  // make-delta: the delta dtype defaults to a lossless one
+  const char* b_label;  // "delta" or "tuned"
+};
+
+Dtype lossless_delta_dtype(Dtype tuned) {
+  return tuned == Dtype::kF16 || tuned == Dtype::kBF16 ? Dtype::kF32 : Dtype::kF64;
+}
+
+Plan plan(const TensorSource& a, const TensorSource& b, const Rules& r) {
+  std::vector<std::string> problems;
+  Plan plan;
+  auto numeric = [&](const TensorSource& s, const std::string& name, c10::ScalarType* type) {
+    try {
+      *type = to_scalar_type(s.info(name).dtype, name);
+    } catch (const Error& e) {
+      problems.push_back(e.what());
+      return false;
+    }
+    if (*type == c10::kBool || c10::isComplexType(*type)) {
+      problems.push_back("'" + name + "' is " + std::string(dtype_name(s.info(name).dtype)) +
+                         ", which has no meaningful difference");
+      return false;
+    }
+    return true;
+  };
+  for (const std::string& name : a.names()) {
+    Job job;
+    job.name = name;
+    job.in_a = true;
+    if (!numeric(a, name, &job.a_type)) continue;
+    const TensorInfo& ai = a.info(name);
+    job.out = ai;
+    job.a_numel = ai.numel();
+    if (!b.contains(name)) {
+      if (!r.allow_missing) {
+        problems.push_back("'" + name + "' is in the base but not in the " + r.b_label + " (hint: --allow-missing)");
+      }
+      if (!r.allow_missing || r.make) continue;  // make-delta leaves such tensors out
+    } else {
+      job.in_b = true;
+      if (!numeric(b, name, &job.b_type)) continue;
+      const TensorInfo& bi = b.info(name);
+      if (c10::isFloatingType(job.a_type) != c10::isFloatingType(job.b_type)) {
+        problems.push_back("'" + name + "' is " + std::string(dtype_name(ai.dtype)) + " in the base but " +
+                           std::string(dtype_name(bi.dtype)) + " in the " + r.b_label);
+        continue;
+      }
+      if (bi.shape != ai.shape) {
+        const bool grows = r.allow_grow && !ai.shape.empty() && bi.shape.size() == ai.shape.size() &&
+                           bi.shape[0] > ai.shape[0] &&
+                           std::equal(ai.shape.begin() + 1, ai.shape.end(), bi.shape.begin() + 1);
+        if (!grows) {
+          problems.push_back("'" + name + "' is " + format_shape(ai.shape) + " in the base but " +
+                             format_shape(bi.shape) + " in the " + r.b_label +
+                             (bi.shape.size() == ai.shape.size() && !ai.shape.empty() && bi.shape[0] > ai.shape[0]
+                                  ? " (hint: --allow-grow for an added vocabulary)"
+                                  : ""));
+          continue;
+        }
+        job.out.shape = bi.shape;
+      }
+      if (!c10::isFloatingType(job.a_type) && r.scale != 1.0 && !r.make) {
+        problems.push_back("'" + name + "' is an integer tensor: it can only be merged with scale 1");
+        continue;
+      }
+    }
+    plan.jobs.push_back(std::move(job));
+  }
+  for (const std::string& name : b.names()) {
+    if (a.contains(name)) continue;
+    if (!r.allow_new) {
+      problems.push_back("'" + name + "' is in the " + r.b_label + " but not in the base (hint: --allow-new)");
+      continue;
+    }
+    Job job;
+    job.name = name;
+    job.in_b = true;
+    if (!numeric(b, name, &job.b_type)) continue;
+    job.out = b.info(name);
+    plan.jobs.push_back(std::move(job));
+  }
+  if (!problems.empty()) {
+    std::string msg = "cannot combine '" + a.path() + "' with '" + b.path() + "': " +
+                      std::to_string(problems.size()) + (problems.size() == 1 ? " problem" : " problems") +
+                      " (nothing was written)";
+    for (std::size_t i = 0; i < problems.size() && i < 20; ++i) msg += "\n  " + problems[i];
+    if (problems.size() > 20) msg += "\n  ... and " + std::to_string(problems.size() - 20) + " more";
+    throw Error(ErrorCode::kIncompatible, msg);
+  }
+  for (Job& job : plan.jobs) {
+    if (r.make) {
+      const Dtype tuned = job.in_b ? from_scalar_type(job.b_type) : job.out.dtype;
+      job.out.dtype = r.dtype ? *r.dtype : c10::isFloatingType(job.b_type) ? lossless_delta_dtype(tuned) : tuned;
+    } else if (r.dtype) {
+      job.out.dtype = *r.dtype;
+    }
+    job.out.data_begin = job.out.data_end = 0;
+    plan.index[job.name] = &job - plan.jobs.data();
+  }
+  return plan;
+}
+
+// Bitwise equality, NaNs included.
+std::int64_t count_bit_differences(const at::Tensor& x, const at::Tensor& y) {
+  const std::int64_t n = x.numel();
+  const std::size_t size = x.element_size();
+  const auto* p = static_cast<const std::uint8_t*>(x.data_ptr());
+  const auto* q = static_cast<const std::uint8_t*>(y.data_ptr());
+  std::int64_t diff = 0;
+  for (std::int64_t i = 0; i < n; ++i) diff += std::memcmp(p + i * size, q + i * size, size) != 0;
+  return diff;
+}
+
+c10::ScalarType compute_type(std::initializer_list<c10::ScalarType> types) {
+  bool any_float = false, any_double = false;
+  for (c10::ScalarType t : types) {
+    any_float = any_float || c10::isFloatingType(t);
+    any_double = any_double || t == c10::kDouble;
+  }
+  if (!any_float) return c10::kLong;
+  return any_double ? c10::kDouble : c10::kFloat;
+}
+
+// Runs the plan: for each output tensor, pieces of a and b are combined by
+// `combine(a_piece or undefined, b_piece or undefined, out_type)`.
+template <class Combine>
+MergeReport run(const TensorSource& a, const TensorSource& b, const std::string& out_dir, Plan plan,
+                const std::map<std::string, std::string>& metadata, const ShardOptions& shards,
+                const MergeProgress& progress, Combine combine) {
+  const double start = now_seconds();
+  std::vector<TensorInfo> specs;
+  for (const Job& job : plan.jobs) specs.push_back(job.out);
+  detail::ShardedWriter writer(out_dir, std::move(specs), metadata, shards);
+  MergeReport report;
+  at::Tensor scratch_a, scratch_b;
+  Scratch scratch;
+  c10::NoGradGuard no_grad;
+  const std::vector<TensorInfo> order = writer.order();
+  for (const TensorInfo& spec : order) {
+    const Job& job = plan.jobs[plan.index.at(spec.name)];
+    const c10::ScalarType out_type = to_scalar_type(spec.dtype, spec.name);
+    const std::int64_t n = spec.numel();
+    if (job.in_a) a.prefetch(job.name);
+    if (job.in_b) b.prefetch(job.name);
+    writer.write_pieces([&](const detail::SafetensorsWriter::PieceSink& sink) {
+      for (std::int64_t e = 0; e < n;) {
+        // Pieces never straddle the end of the base's part of a grown tensor.
+        std::int64_t end = std::min(n, e + kPieceElements);
+        if (job.in_a && e < job.a_numel) end = std::min(end, job.a_numel);
+        const std::int64_t k = end - e;
+        at::Tensor pa, pb;
+        if (job.in_a && e < job.a_numel) pa = detail::piece_view(a, job.name, job.a_type, e, k, &scratch_a);
+        if (job.in_b) pb = detail::piece_view(b, job.name, job.b_type, e, k, &scratch_b);
+        sink(combine(job, pa, pb, out_type, scratch, report));
+        const std::uint64_t a_size = c10::elementSize(job.a_type), b_size = c10::elementSize(job.b_type);
+        if (pa.defined()) a.release(job.name, 0, static_cast<std::uint64_t>(end) * a_size);
+        if (pb.defined()) b.release(job.name, 0, static_cast<std::uint64_t>(end) * b_size);
+        e = end;
+      }
+    });
+    if (job.in_a) report.bytes_read += a.info(job.name).byte_size();
+    if (job.in_b) report.bytes_read += b.info(job.name).byte_size();
+    report.bytes_written += spec.byte_size();
+    report.elements += static_cast<std::uint64_t>(n);
+    ++report.tensors;
+    if (progress) progress(report.tensors, order.size(), report.bytes_read);
+  }
+  report.output = writer.finish();
+  report.seconds = now_seconds() - start;
+  return report;
+}
+
+}  // namespace
+
+MergeReport merge_delta_files(const std::string& base, const std::string& delta, const std::string& out_dir,
+                              const MergeDeltaOptions& options) {
+  const auto a = open_tensor_source(base);
+  const auto b = open_tensor_source(delta);
+  Plan p = plan(*a, *b,
+                Rules{options.allow_missing, options.allow_new, options.allow_grow, options.scale, options.dtype,
+                      /*make=*/false, "delta"});
+  const double scale = options.scale;
+  MergeReport report = run(*a, *b, out_dir, std::move(p), options.metadata, options.shards, options.progress,
+                           [scale](const Job& job, const at::Tensor& pa, const at::Tensor& pb, c10::ScalarType out,
+                                   Scratch& s, MergeReport&) {
+                             // Never in place: pieces may be views of the mapped inputs.
+                             if (!pb.defined()) return s.as(pa, out, 0);
+                             const c10::ScalarType c = compute_type({job.a_type, job.b_type, out});
+                             const at::Scalar alpha = c == c10::kLong ? at::Scalar(static_cast<std::int64_t>(scale))
+                                                                      : at::Scalar(scale);
+                             at::Tensor sum = s.get(2, c, pb.numel());
+                             if (pa.defined()) {
+                               at::add_out(sum, s.as(pa, c, 0), s.as(pb, c, 1), alpha);
+                             } else {
+                               at::mul_out(sum, s.as(pb, c, 1), alpha);
+                             }
+                             return s.as(sum, out, 3);
+                           });
+  detail::logger()->info("merged '{}' + {} * '{}' into '{}': {} tensors in {:.1f} s", base, scale, delta, out_dir,
+                         report.tensors, report.seconds);
+  return report;
+}
+
+MergeReport make_delta_files(const std::string& base, const std::string& tuned, const std::string& out_dir,
+                             const MakeDeltaOptions& options) {
+  const auto a = open_tensor_source(base);
+  const auto b = open_tensor_source(tuned);
+  Plan p = plan(*a, *b,
+                Rules{options.allow_missing, options.allow_new, options.allow_grow, 1.0, options.dtype,
+                      /*make=*/true, "tuned model"});
+  MergeReport report = run(
+      *a, *b, out_dir, std::move(p), options.metadata, options.shards, options.progress,
+      [](const Job& job, const at::Tensor& pa, const at::Tensor& pb, c10::ScalarType out, Scratch& s,
+         MergeReport& rep) {
+        if (!pa.defined()) {  // new or grown rows: stored whole
+          at::Tensor d = s.as(pb, out, 3);
+          rep.inexact_elements += static_cast<std::uint64_t>(count_bit_differences(s.as(d, job.b_type, 4), pb));
+          return d;
+        }
+        // The delta, in the widest of the three dtypes, then stored as `out`.
+        const c10::ScalarType c = compute_type({job.a_type, job.b_type, out});
+        at::Tensor diff = s.get(2, c, pb.numel());
+        at::sub_out(diff, s.as(pb, c, 1), s.as(pa, c, 0));
+        at::Tensor d = s.as(diff, out, 3);
+        // The round trip exactly as merge_delta_files will compute it (the
+        // same compute dtype: that of base, delta and tuned), back in the
+        // tuned dtype.
+        at::Tensor back = s.get(2, c, pb.numel());
+        at::add_out(back, s.as(pa, c, 0), s.as(d, c, 5));
+        rep.inexact_elements += static_cast<std::uint64_t>(count_bit_differences(s.as(back, job.b_type, 4), pb));
+        return d;
+      });
+  if (report.inexact_elements > 0) {
+    detail::logger()->warn("{} of {} elements of the delta '{}' will not reproduce the tuned model exactly "
+                           "(a narrower --dtype, or extreme value ratios)",
+                           report.inexact_elements, report.elements, out_dir);
+  }
+  detail::logger()->info("wrote the delta '{}' = '{}' - '{}': {} tensors in {:.1f} s", out_dir, tuned, base,
+                         report.tensors, report.seconds);
+  return report;
+}
+
+}  // namespace lorakeep

@@ -1,0 +1,152 @@
+// Offline merges: make-delta + merge-delta round trips, validation before
+// writing, and the memory bound of a merge measured on a real process.
+#include <cstring>
+#include <regex>
+
+#include <ATen/ATen.h>
+#include <boost/filesystem.hpp>
+
+#include "lorakeep/merge.h"
+#include "lorakeep/tensor_source.h"
+#include "lorakeep/transfer.h"
+#include "test_util.h"
+
+namespace lorakeep {
+namespace {
+
+using Catch::Matchers::Contains;
+namespace fs = boost::filesystem;
+constexpr std::uint64_t kMiB = 1ull << 20;
+
+bool same_bits(const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
+  const at::Tensor x = a.contiguous(), y = b.contiguous();
+  return std::memcmp(x.data_ptr(), y.data_ptr(), static_cast<std::size_t>(x.numel()) * x.element_size()) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("make-delta then merge-delta reproduces the tuned tensors exactly", "[merge]") {
+  test::TempDir dir;
+  at::manual_seed(11);
+  NamedTensors base, tuned;
+  auto pair = [&](const std::string& name, const at::Tensor& b, const at::Tensor& t) {
+    base.emplace_back(name, b);
+    tuned.emplace_back(name, t);
+  };
+  const at::Tensor w = at::randn({300, 257});
+  pair("f32", w, w + 0.01 * at::randn({300, 257}));
+  const at::Tensor h = at::randn({64, 33}).to(at::kHalf);
+  pair("f16", h, (h.to(at::kFloat) * 1.01).to(at::kHalf));
+  const at::Tensor bf = at::randn({50, 40}).to(at::kBFloat16);
+  pair("bf16", bf, (bf.to(at::kFloat) - 0.003).to(at::kBFloat16));
+  pair("ids", at::arange(100, at::kLong), at::arange(100, at::kLong) * 3 - 7);
+  pair("zeroed", at::randn({10}), at::zeros({10}));
+  // An added vocabulary: the tuned embedding has 4 more rows.
+  const at::Tensor emb = at::randn({20, 8});
+  base.emplace_back("embed", emb);
+  tuned.emplace_back("embed", at::cat({emb + 0.5, at::randn({4, 8})}));
+  tuned.emplace_back("new_head", at::randn({3, 8}));
+  save_safetensors(dir / "base.safetensors", base);
+  save_safetensors(dir / "tuned.safetensors", tuned);
+
+  MakeDeltaOptions make;
+  make.allow_grow = true;
+  make.allow_new = true;
+  make.shards.max_shard_size = 100'000;  // several shards
+  const MergeReport made = make_delta_files(dir / "base.safetensors", dir / "tuned.safetensors", dir / "delta", make);
+  CHECK(made.inexact_elements == 0);
+  CHECK(made.output.shards.size() > 1);
+  const auto delta = open_tensor_source(dir / "delta");
+  CHECK(delta->info("f32").dtype == Dtype::kF64);   // lossless by default
+  CHECK(delta->info("f16").dtype == Dtype::kF32);
+  CHECK(delta->info("ids").dtype == Dtype::kI64);
+
+  MergeDeltaOptions merge;
+  merge.allow_grow = true;
+  merge.allow_new = true;
+  merge_delta_files(dir / "base.safetensors", dir / "delta", dir / "merged", merge);
+  const auto merged = open_tensor_source(dir / "merged");
+  REQUIRE(merged->names().size() == tuned.size());
+  for (const auto& [name, t] : tuned) {
+    INFO(name);
+    // Output dtypes follow the base; the new tensor takes the delta's.
+    const at::Tensor got = merged->tensor(name);
+    CHECK(same_bits(name == "new_head" ? got.to(at::kFloat) : got, t));
+  }
+}
+
+TEST_CASE("merge-delta validates everything before writing anything", "[merge]") {
+  test::TempDir dir;
+  save_safetensors(dir / "base.safetensors", {{"a", at::ones({4, 4})}, {"b", at::ones({3})}, {"emb", at::ones({5, 2})}});
+  save_safetensors(dir / "delta.safetensors", {{"a", at::ones({4, 5})}, {"c", at::ones({3})}, {"emb", at::ones({7, 2})}});
+  const Error e = test::capture_error(
+      [&] { merge_delta_files(dir / "base.safetensors", dir / "delta.safetensors", dir / "out"); });
+  CHECK(e.code() == ErrorCode::kIncompatible);
+  CHECK_THAT(e.what(), Contains("4 problems") && Contains("'a' is [4, 4] in the base but [4, 5] in the delta") &&
+                           Contains("'b' is in the base but not in the delta (hint: --allow-missing)") &&
+                           Contains("'c' is in the delta but not in the base (hint: --allow-new)") &&
+                           Contains("--allow-grow"));
+  CHECK_FALSE(fs::exists(dir / "out"));
+  for (const auto& entry : fs::directory_iterator(dir.path())) {
+    CHECK(entry.path().filename().string().find(".tmp-") == std::string::npos);
+  }
+}
+
+TEST_CASE("merge-delta scales the delta and converts the output dtype", "[merge]") {
+  test::TempDir dir;
+  save_safetensors(dir / "base.safetensors", {{"w", at::full({2, 3}, 1.0, at::kHalf)}});
+  save_safetensors(dir / "delta.safetensors", {{"w", at::full({2, 3}, 4.0)}});
+  MergeDeltaOptions o;
+  o.scale = 0.25;
+  o.dtype = Dtype::kF32;
+  merge_delta_files(dir / "base.safetensors", dir / "delta.safetensors", dir / "out", o);
+  const at::Tensor w = open_tensor_source(dir / "out")->tensor("w");
+  CHECK(w.scalar_type() == at::kFloat);
+  CHECK(at::equal(w, at::full({2, 3}, 2.0)));
+}
+
+TEST_CASE("a delta made from files applies in place to a live model", "[merge][transfer]") {
+  test::TempDir dir;
+  at::manual_seed(5);
+  const NamedTensors base = {{"l.weight", at::randn({16, 16})}, {"l.bias", at::randn({16})}};
+  const NamedTensors tuned = {{"l.weight", base[0].second * 1.1}, {"l.bias", base[1].second - 1}};
+  save_safetensors(dir / "base.safetensors", base);
+  save_safetensors(dir / "tuned.safetensors", tuned);
+  make_delta_files(dir / "base.safetensors", dir / "tuned.safetensors", dir / "delta");
+  NamedTensors live = {{"l.weight", base[0].second.clone()}, {"l.bias", base[1].second.clone()}};
+  LoadOptions add;
+  add.op = TransferOp::kAdd;
+  load_into(live, *open_tensor_source(dir / "delta"), add);  // F64 delta into F32 parameters, on the host
+  CHECK(same_bits(live[0].second, tuned[0].second));
+  CHECK(same_bits(live[1].second, tuned[1].second));
+}
+
+TEST_CASE("lorakeep merge-delta on a 1 GiB base keeps peak RSS under 2 x largest tensor + 128 MiB", "[merge][cli]") {
+  test::TempDir dir;
+  NamedTensors base, delta;
+  for (int i = 0; i < 8; ++i) {  // 8 x 128 MiB
+    base.emplace_back("layer." + std::to_string(i), at::full({8192, 4096}, static_cast<double>(i)));
+    delta.emplace_back("layer." + std::to_string(i), at::full({8192, 4096}, 0.5));
+  }
+  save_safetensors(dir / "base.safetensors", base);
+  save_safetensors(dir / "delta.safetensors", delta);
+  base.clear();
+  delta.clear();
+  const std::uint64_t largest = 128 * kMiB;
+  const auto r = test::run_process({"/usr/bin/time", "-v", test::cli_path(), "merge-delta", "--base",
+                                    dir / "base.safetensors", "--delta", dir / "delta.safetensors", "--out",
+                                    dir / "out", "--max-shard-size", "300MB"});
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  std::smatch m;
+  REQUIRE(std::regex_search(r.err, m, std::regex("Maximum resident set size \\(kbytes\\): (\\d+)")));
+  const std::uint64_t peak = std::stoull(m[1]) * 1024;
+  INFO("peak RSS of merge-delta: " << peak / kMiB << " MiB; bound " << (2 * largest + 128 * kMiB) / kMiB << " MiB");
+  CHECK(peak <= 2 * largest + 128 * kMiB);
+  const auto out = open_tensor_source(dir / "out");
+  CHECK(out->names().size() == 8);
+  CHECK(out->tensor("layer.7")[8191][4095].item<float>() == 7.5f);
+}
+
+}  // namespace lorakeep
