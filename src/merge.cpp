@@ -19,17 +19,13 @@ namespace detail {
 at::Tensor piece_view(const TensorSource& source, const std::string& name, c10::ScalarType type, std::int64_t begin,
                       std::int64_t count, at::Tensor* scratch) {
   const std::uint64_t size = c10::elementSize(type);
-  const std::uint8_t* data = source.bytes(name).data + static_cast<std::uint64_t>(begin) * size;
-  const auto options = at::TensorOptions().dtype(type);
-  if (reinterpret_cast<std::uintptr_t>(data) % size == 0) {
-    return at::from_blob(const_cast<std::uint8_t*>(data), {count}, options);
-  }
   const std::uint64_t bytes = static_cast<std::uint64_t>(count) * size;
   if (!scratch->defined() || static_cast<std::uint64_t>(scratch->numel()) < bytes) {
-    *scratch = at::empty({static_cast<std::int64_t>(bytes)}, at::kByte);
+    *scratch = at::Tensor();
+    *scratch = at::empty({static_cast<std::int64_t>(std::max<std::uint64_t>(bytes, 64))}, at::kByte);
   }
-  std::memcpy(scratch->data_ptr(), data, bytes);
-  return at::from_blob(scratch->data_ptr(), {count}, options);
+  source.read(name, static_cast<std::uint64_t>(begin) * size, scratch->data_ptr(), bytes);
+  return at::from_blob(scratch->data_ptr(), {count}, at::TensorOptions().dtype(type));
 }
 
 }  // namespace detail
@@ -50,7 +46,8 @@ constexpr std::int64_t kPieceElements = 4 << 20;
 // program no longer uses.
 class Scratch {
  public:
-  // A flat tensor of `n` elements of `type` in buffer `slot`.
+  // A flat tensor of `n` elements of `type` in buffer `slot`. Each slot
+  // holds one live value at a time: callers give every temporary its own.
   at::Tensor get(int slot, c10::ScalarType type, std::int64_t n) {
     at::Tensor& buf = buffers_[slot];
     const auto bytes = static_cast<std::int64_t>(c10::elementSize(type)) * n;
@@ -69,7 +66,7 @@ class Scratch {
   }
 
  private:
-  at::Tensor buffers_[6];
+  at::Tensor buffers_[8];
 };
 
 // One output tensor and where its inputs are.
@@ -246,9 +243,6 @@ MergeReport run(const TensorSource& a, const TensorSource& b, const std::string&
         if (job.in_a && e < job.a_numel) pa = detail::piece_view(a, job.name, job.a_type, e, k, &scratch_a);
         if (job.in_b) pb = detail::piece_view(b, job.name, job.b_type, e, k, &scratch_b);
         sink(combine(job, pa, pb, out_type, scratch, report));
-        const std::uint64_t a_size = c10::elementSize(job.a_type), b_size = c10::elementSize(job.b_type);
-        if (pa.defined()) a.release(job.name, 0, static_cast<std::uint64_t>(end) * a_size);
-        if (pb.defined()) b.release(job.name, 0, static_cast<std::uint64_t>(end) * b_size);
         e = end;
       }
     });
@@ -319,9 +313,9 @@ MergeReport make_delta_files(const std::string& base, const std::string& tuned, 
         // The round trip exactly as merge_delta_files will compute it (the
         // same compute dtype: that of base, delta and tuned), back in the
         // tuned dtype.
-        at::Tensor back = s.get(2, c, pb.numel());
+        at::Tensor back = s.get(4, c, pb.numel());
         at::add_out(back, s.as(pa, c, 0), s.as(d, c, 5));
-        rep.inexact_elements += static_cast<std::uint64_t>(count_bit_differences(s.as(back, job.b_type, 4), pb));
+        rep.inexact_elements += static_cast<std::uint64_t>(count_bit_differences(s.as(back, job.b_type, 6), pb));
         return d;
       });
   if (report.inexact_elements > 0) {

@@ -11,8 +11,8 @@
 namespace lorakeep::detail {
 
 // Elements [begin, begin + count) of tensor `name` of `source` as a flat CPU
-// tensor of `type` (its stored dtype): a view of the mapped bytes when they
-// are aligned, else a copy in `*scratch` (grown as needed, reused).
+// tensor of `type` (its stored dtype), read into `*scratch` (grown as needed,
+// then reused): the file is read, never mapped, so the RSS does not grow.
 at::Tensor piece_view(const TensorSource& source, const std::string& name, c10::ScalarType type, std::int64_t begin,
                       std::int64_t count, at::Tensor* scratch);
 

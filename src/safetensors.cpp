@@ -169,6 +169,15 @@ void SafetensorsFile::release(const std::string& name, std::uint64_t begin, std:
   if (begin < end) impl_->map->release(impl_->file_offset(t) + begin, end - begin);
 }
 
+void SafetensorsFile::read(const std::string& name, std::uint64_t begin, void* dst, std::uint64_t size) const {
+  const TensorInfo& t = impl_->find(name);
+  if (begin > t.byte_size() || size > t.byte_size() - begin) {
+    throw Error(ErrorCode::kInvalidArgument, "bytes [" + std::to_string(begin) + ", " + std::to_string(begin + size) +
+                                                 ") are outside tensor '" + name + "' of '" + path() + "'");
+  }
+  impl_->map->read(impl_->file_offset(t) + begin, dst, size);
+}
+
 void SafetensorsFile::prefetch(const std::string& name) const {
   const TensorInfo& t = impl_->find(name);
   impl_->map->will_read(impl_->file_offset(t), t.byte_size());

@@ -1,5 +1,6 @@
 #include "lorakeep/tensor_source.h"
 
+#include <cstring>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -49,6 +50,9 @@ class SafetensorsSource final : public TensorSource {
   const std::map<std::string, std::string>& metadata() const override { return file_.metadata(); }
   at::Tensor tensor(const std::string& name) const override { return file_.tensor(name); }
   SafetensorsFile::Bytes bytes(const std::string& name) const override { return file_.bytes(name); }
+  void read(const std::string& name, std::uint64_t begin, void* dst, std::uint64_t size) const override {
+    file_.read(name, begin, dst, size);
+  }
   void release(const std::string& name, std::uint64_t begin, std::uint64_t end) const override {
     file_.release(name, begin, end);
   }
@@ -129,6 +133,9 @@ class ShardedSource final : public TensorSource {
   }
   at::Tensor tensor(const std::string& name) const override { return shard(name).tensor(name); }
   SafetensorsFile::Bytes bytes(const std::string& name) const override { return shard(name).bytes(name); }
+  void read(const std::string& name, std::uint64_t begin, void* dst, std::uint64_t size) const override {
+    shard(name).read(name, begin, dst, size);
+  }
   void release(const std::string& name, std::uint64_t begin, std::uint64_t end) const override {
     shard(name).release(name, begin, end);
   }
@@ -185,8 +192,15 @@ class MemorySource final : public TensorSource {
   const std::map<std::string, std::string>& metadata() const override { return no_metadata(); }
   at::Tensor tensor(const std::string& name) const override { return tensors_[find(name)]; }
   SafetensorsFile::Bytes bytes(const std::string& name) const override {
-    const at::Tensor& t = tensors_[find(name)];
-    return {static_cast<const std::uint8_t*>(t.data_ptr()), infos_[find(name)].byte_size()};
+    const std::size_t i = find(name);
+    return {static_cast<const std::uint8_t*>(tensors_[i].data_ptr()), infos_[i].byte_size()};
+  }
+  void read(const std::string& name, std::uint64_t begin, void* dst, std::uint64_t size) const override {
+    const SafetensorsFile::Bytes b = bytes(name);
+    if (begin > b.size || size > b.size - begin) {
+      throw Error(ErrorCode::kInvalidArgument, "bytes past the end of tensor '" + name + "' of '" + path_ + "'");
+    }
+    if (size > 0) std::memcpy(dst, b.data + begin, size);
   }
 
  private:

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstring>
 #include <set>
+#include <thread>
 #include <unordered_map>
 
 #include <ATen/ATen.h>
@@ -14,6 +15,7 @@
 #include "format/json_util.h"
 #include "io/checksum.h"
 #include "logging.h"
+#include "parallel.h"
 #include "transfer_device.h"
 
 namespace lorakeep {
@@ -31,6 +33,18 @@ std::string quoted_list(const std::vector<std::string>& names, std::size_t limit
   }
   if (names.size() > limit) out += ", ... and " + std::to_string(names.size() - limit) + " more";
   return out;
+}
+
+// Checksum verification reads in blocks of this size: small enough to stay
+// in the L2 cache while being hashed.
+constexpr std::uint64_t kHashBlock = 1ull << 20;
+
+// Reading (and hashing) is bound by one core's memory throughput: a second
+// thread nearly halves the time, where LibTorch's own pool may have one
+// thread only (it counts physical cores). Small loads stay on one thread.
+unsigned io_threads(std::uint64_t bytes) {
+  if (bytes < (16u << 20)) return 1;
+  return std::min(4u, std::max(1u, std::thread::hardware_concurrency()));
 }
 
 // One source tensor matched to one live tensor.
@@ -145,25 +159,39 @@ std::vector<Planned> plan(const NamedTensors& targets, const TensorSource& sourc
   }
   std::sort(missing.begin(), missing.end());
 
-  // Checksums: read every byte once before anything is written.
+  // Checksums: read every byte once before anything is written, through
+  // small per-thread buffers that stay in the CPU cache, tensors hashed in
+  // parallel on LibTorch's intra-op threads.
   const double t0 = now_seconds();
   if (o.verify_checksums && !o.checksums.empty()) {
+    std::vector<std::pair<const Planned*, std::uint64_t>> jobs;  // tensor, recorded checksum
     for (const Planned& p : planned) {
       auto want = o.checksums.find(p.source_name);
-      if (want == o.checksums.end()) continue;
-      const auto bytes = source.bytes(p.source_name);
+      if (want != o.checksums.end()) jobs.emplace_back(&p, want->second);
+    }
+    std::vector<std::uint64_t> got(jobs.size());
+    std::uint64_t total = 0;
+    for (const auto& job : jobs) total += job.first->info->byte_size();
+    const std::uint64_t block = std::min<std::uint64_t>(o.chunk_bytes, kHashBlock);
+    detail::run_parallel(jobs.size(), io_threads(total), [&](std::size_t i) {
+      thread_local std::vector<std::uint8_t> buffer;
+      buffer.resize(block);
+      const Planned& p = *jobs[i].first;
+      const std::uint64_t size = p.info->byte_size();
       source.prefetch(p.source_name);
       detail::Xxh3Stream hash;
-      for (std::uint64_t off = 0; off < bytes.size; off += o.chunk_bytes) {
-        const std::uint64_t n = std::min(o.chunk_bytes, bytes.size - off);
-        hash.update(bytes.data + off, n);
-        if (o.release_pages) source.release(p.source_name, off, off + n);
+      for (std::uint64_t off = 0; off < size; off += block) {
+        const std::uint64_t n = std::min(block, size - off);
+        source.read(p.source_name, off, buffer.data(), n);
+        hash.update(buffer.data(), n);
       }
-      if (hash.digest() != want->second) {
-        checksum.push_back("'" + p.source_name + "' in '" + source.file_of(p.source_name) +
-                           "' fails its checksum (recorded " + detail::format_checksum(want->second) + ", read " +
-                           detail::format_checksum(hash.digest()) + ")");
-      }
+      got[i] = hash.digest();
+    });
+    for (std::size_t i = 0; i < jobs.size(); ++i) {
+      if (got[i] == jobs[i].second) continue;
+      const std::string& name = jobs[i].first->source_name;
+      checksum.push_back("'" + name + "' in '" + source.file_of(name) + "' fails its checksum (recorded " +
+                         detail::format_checksum(jobs[i].second) + ", read " + detail::format_checksum(got[i]) + ")");
     }
   }
   *verify_seconds = now_seconds() - t0;
@@ -228,16 +256,33 @@ class RssSampler {
   std::uint64_t peak_ = 0;
 };
 
-// Elements per piece: a piece of source or target is at most chunk_bytes.
+// A piece goes straight from the file into the live storage (one pread, no
+// staging) when nothing needs converting: same dtype, contiguous CPU target,
+// plain copy.
+bool direct(const Planned& p, const LoadOptions& o) {
+  return o.op == TransferOp::kCopy && p.target.device().is_cpu() && p.target.is_contiguous() &&
+         p.source_type == p.target.scalar_type();
+}
+
+bool mixed_cpu_add(const Planned& p, const LoadOptions& o) {
+  return o.op == TransferOp::kAdd && p.target.device().is_cpu() && p.source_type != p.target.scalar_type();
+}
+
+// Elements per piece, chosen so that all the staging one piece needs (the
+// piece as stored, plus its converted copy for a mixed-dtype add or a
+// device) fits in chunk_bytes.
 std::int64_t piece_elements(const Planned& p, const LoadOptions& o) {
-  const std::uint64_t widest = std::max<std::uint64_t>(c10::elementSize(p.source_type), p.target.element_size());
-  return static_cast<std::int64_t>(std::max<std::uint64_t>(1, o.chunk_bytes / widest));
+  std::uint64_t per_element = 0;
+  if (!direct(p, o)) per_element += c10::elementSize(p.source_type);
+  if (mixed_cpu_add(p, o) || !p.target.device().is_cpu()) per_element += p.target.element_size();
+  if (per_element == 0) per_element = c10::elementSize(p.source_type);  // direct: only the read size
+  return static_cast<std::int64_t>(std::max<std::uint64_t>(1, o.chunk_bytes / per_element));
 }
 
 // Everything the apply phase allocates, allocated before it starts.
 struct Staging {
-  at::Tensor unaligned;  // aligned copy of a source piece at an odd address
-  at::Tensor convert;    // a CPU piece converted to the target dtype (kAdd with mixed dtypes)
+  at::Tensor source;   // a piece as stored (source dtype), for pieces that are not direct
+  at::Tensor convert;  // a CPU piece converted to the target dtype (kAdd with mixed dtypes)
   std::map<std::string, std::unique_ptr<detail::DeviceStager>> stagers;  // by device
 };
 
@@ -249,22 +294,22 @@ at::Tensor piece_of(const at::Tensor& buffer, c10::ScalarType type, at::IntArray
   return at::from_blob(buffer.data_ptr(), shape, at::TensorOptions().dtype(type));
 }
 
-Staging allocate_staging(const std::vector<Planned>& planned, const TensorSource& source, const LoadOptions& o) {
-  std::uint64_t unaligned = 0, convert = 0;
+Staging allocate_staging(const std::vector<Planned>& planned, const LoadOptions& o) {
+  std::uint64_t source = 0, convert = 0;
   struct DeviceNeeds {
     c10::Device device;
     detail::StagingNeeds needs;
   };
   std::map<std::string, DeviceNeeds> devices;
   for (const Planned& p : planned) {
+    if (direct(p, o) || p.target.numel() == 0) continue;
     const std::uint64_t src_size = c10::elementSize(p.source_type);
     const std::uint64_t dst_size = p.target.element_size();
     const auto piece = static_cast<std::uint64_t>(std::min(piece_elements(p, o), p.target.numel()));
-    const auto address = reinterpret_cast<std::uintptr_t>(source.bytes(p.source_name).data);
-    if (address % src_size != 0) unaligned = std::max(unaligned, piece * src_size);
+    source = std::max(source, piece * src_size);
     const bool mixed = p.source_type != p.target.scalar_type();
     if (p.target.device().is_cpu()) {
-      if (o.op == TransferOp::kAdd && mixed) convert = std::max(convert, piece * dst_size);
+      if (mixed_cpu_add(p, o)) convert = std::max(convert, piece * dst_size);
       continue;
     }
     auto& d = devices.emplace(p.target.device().str(), DeviceNeeds{p.target.device(), {}}).first->second;
@@ -273,12 +318,14 @@ Staging allocate_staging(const std::vector<Planned>& planned, const TensorSource
     d.needs.add = d.needs.add || o.op == TransferOp::kAdd;
   }
   Staging s;
-  if (unaligned) s.unaligned = bytes_buffer(unaligned);
+  if (source) s.source = bytes_buffer(source);
   if (convert) s.convert = bytes_buffer(convert);
   for (const auto& [name, d] : devices) s.stagers[name] = detail::make_stager(d.device, d.needs);
   return s;
 }
 
+// Applies the tensors that need staging (a conversion, a device, an add or
+// strides), one piece at a time through the preallocated buffers.
 class Applier {
  public:
   Applier(const TensorSource& source, const LoadOptions& o, Staging& staging, RssSampler& rss)
@@ -287,13 +334,10 @@ class Applier {
   void apply(const Planned& p) {
     if (p.target.numel() == 0) return;
     p_ = &p;
-    bytes_ = source_.bytes(p.source_name);
     src_size_ = c10::elementSize(p.source_type);
     per_ = piece_elements(p, o_);
-    consumed_ = 0;
     source_.prefetch(p.source_name);
     process(p.target, 0);
-    if (o_.release_pages) source_.release(p.source_name);
   }
 
  private:
@@ -329,23 +373,13 @@ class Applier {
   void piece(const at::Tensor& dst, std::int64_t offset) {
     const std::uint64_t begin = static_cast<std::uint64_t>(offset) * src_size_;
     const std::uint64_t size = static_cast<std::uint64_t>(dst.numel()) * src_size_;
-    const std::uint8_t* data = bytes_.data + begin;
-    at::Tensor src;
-    if (reinterpret_cast<std::uintptr_t>(data) % src_size_ != 0) {
-      std::memcpy(staging_.unaligned.data_ptr(), data, size);
-      src = piece_of(staging_.unaligned, p_->source_type, dst.sizes());
-    } else {
-      src = at::from_blob(const_cast<std::uint8_t*>(data), dst.sizes(), at::TensorOptions().dtype(p_->source_type));
-    }
+    source_.read(p_->source_name, begin, staging_.source.data_ptr(), size);
+    const at::Tensor src = piece_of(staging_.source, p_->source_type, dst.sizes());
     if (dst.device().is_cpu()) {
       apply_cpu(dst, src);
     } else {
       staging_.stagers.at(dst.device().str())->apply(dst, src, o_.op, o_.scale);
     }
-    // The piece has been read (stagers copy it into their own buffers before
-    // returning): the pages behind us can go.
-    if (o_.release_pages) source_.release(p_->source_name, consumed_, begin + size);
-    consumed_ = begin + size;
     progress_ += size;
     if (progress_ >= (16u << 20)) {
       rss_.sample();
@@ -374,10 +408,8 @@ class Applier {
   Staging& staging_;
   RssSampler& rss_;
   const Planned* p_ = nullptr;
-  SafetensorsFile::Bytes bytes_{nullptr, 0};
   std::uint64_t src_size_ = 1;
   std::int64_t per_ = 1;
-  std::uint64_t consumed_ = 0;
   std::uint64_t progress_ = 0;
 };
 
@@ -414,20 +446,37 @@ TransferReport load_into(const NamedTensors& targets, const TensorSource& source
   RssSampler rss;
 
   const std::vector<Planned> planned = plan(targets, source, options, &report.verify_seconds);
-  Staging staging = allocate_staging(planned, source, options);
+  Staging staging = allocate_staging(planned, options);
   rss.sample();
 
   // From here on nothing allocates a tensor of a parameter's size, and the
   // staging is in place: writes begin.
   {
     c10::NoGradGuard no_grad;
+    std::vector<const Planned*> straight;
+    std::uint64_t straight_bytes = 0;
     Applier applier(source, options, staging, rss);
     for (const Planned& p : planned) {
-      applier.apply(p);
       report.bytes += p.info->byte_size();
       report.naive_device_bytes += static_cast<std::uint64_t>(p.target.numel()) * p.target.element_size();
+      if (direct(p, options)) {
+        straight.push_back(&p);
+        straight_bytes += p.info->byte_size();
+      } else {
+        applier.apply(p);
+      }
     }
     for (auto& [device, stager] : staging.stagers) stager->finish();
+    // Straight reads into distinct tensors are independent of each other.
+    detail::run_parallel(straight.size(), io_threads(straight_bytes), [&](std::size_t i) {
+      const Planned& p = *straight[i];
+      const std::uint64_t size = p.info->byte_size();
+      source.prefetch(p.source_name);
+      auto* dst = static_cast<std::uint8_t*>(p.target.data_ptr());
+      for (std::uint64_t off = 0; off < size; off += options.chunk_bytes) {
+        source.read(p.source_name, off, dst + off, std::min(options.chunk_bytes, size - off));
+      }
+    });
   }
   rss.sample();
   report.tensors = planned.size();

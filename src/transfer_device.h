@@ -20,8 +20,8 @@ class DeviceStager {
 
   // dst_piece (on the device) = / += scale * src_piece (a CPU tensor of any
   // dtype, same shape, at most chunk_bytes in dst_piece's dtype). May return
-  // before the device is done with it: src_piece must stay valid until
-  // finish() (it points into the mapped file, which outlives the load).
+  // before the device is done, but src_piece is read before it returns: the
+  // caller reuses its buffer for the next piece.
   virtual void apply(const at::Tensor& dst_piece, const at::Tensor& src_piece, TransferOp op, double scale) = 0;
 
   // Waits for the device and orders later work on the device's current

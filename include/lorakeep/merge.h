@@ -7,9 +7,9 @@
 // Inputs are anything open_tensor_source() opens (a file, a sharded set, a
 // directory). Output is a directory of safetensors shards plus an index,
 // assembled under a temporary name and published in one rename. Memory: the
-// inputs are memory-mapped and their pages released as they are consumed;
-// outputs are computed and written in pieces of about chunk_bytes, so host
-// memory stays near a few chunks whatever the model size.
+// inputs are read (never mapped) and the outputs computed and written in
+// pieces of a few MiB through reused buffers, so host memory stays near a few
+// pieces whatever the model size.
 #pragma once
 
 #include <cstdint>

@@ -80,6 +80,12 @@ class SafetensorsFile {
   // (in-place changes made through views of them are lost).
   void release(const std::string& name, std::uint64_t begin = 0, std::uint64_t end = UINT64_MAX) const;
 
+  // Copies bytes [begin, begin + size) of one tensor's stored data into
+  // `dst` with pread(2): no page of the file is mapped into the process, so
+  // nothing needs releasing. Throws Error(kInvalidArgument) for a range past
+  // the tensor, Error(kIOError) on a read failure.
+  void read(const std::string& name, std::uint64_t begin, void* dst, std::uint64_t size) const;
+
   // Hints that one tensor's bytes are about to be read.
   void prefetch(const std::string& name) const;
 

@@ -44,8 +44,13 @@ class TensorSource {
   // A CPU tensor with the stored dtype and shape: a zero-copy view for
   // safetensors sources. Throws Error(kNotFound) or Error(kNotSupported).
   virtual at::Tensor tensor(const std::string& name) const = 0;
-  // The stored bytes (little-endian, C order), for checksums.
+  // The stored bytes (little-endian, C order) in place: mapped pages for
+  // files, memory for the rest.
   virtual SafetensorsFile::Bytes bytes(const std::string& name) const = 0;
+  // Copies stored bytes [begin, begin + size) of `name` into `dst`, without
+  // mapping them into the process (pread for files). Throws
+  // Error(kInvalidArgument) for a range past the tensor, Error(kIOError).
+  virtual void read(const std::string& name, std::uint64_t begin, void* dst, std::uint64_t size) const = 0;
 
   // Drops the host pages holding bytes [begin, end) of `name` once a reader
   // is done with them (the whole tensor by default).

@@ -10,10 +10,11 @@
 //
 // The bounds (DESIGN.md invariants 1, 2, 5): no tensor of a parameter's size
 // is ever allocated on the parameter's device; same-dtype loads into
-// contiguous CPU parameters allocate nothing at all; otherwise at most one
-// chunk of host staging (and, for adds on an accelerator, one chunk there);
-// consumed file pages are released as the load goes, so host RSS grows by at
-// most about one chunk, not by the file size.
+// contiguous CPU parameters allocate nothing at all (each piece is read from
+// the file straight into the parameter); otherwise at most one chunk of host
+// staging (and, for adds on an accelerator, one chunk there). File bytes are
+// read with pread, never mapped, so host RSS grows by at most about one chunk,
+// not by the file size.
 #pragma once
 
 #include <cstdint>
@@ -43,7 +44,6 @@ struct LoadOptions {
   std::map<std::string, std::uint64_t> checksums;  // source name -> XXH3-64 of its stored bytes
   // performance
   std::uint64_t chunk_bytes = 64ull << 20;  // piece size of host staging; bounds extra memory
-  bool release_pages = true;                // drop consumed file pages as the load goes
 };
 
 // What a load did and what it cost.
@@ -77,9 +77,10 @@ struct TransferReport {
 // phase needs is made before the first write, so a load that fails leaves every
 // live tensor bitwise unchanged.
 //
-// Apply phase, under NoGradGuard: each tensor goes host view -> (dtype
-// conversion on the host, <= chunk_bytes at a time) -> copy_ (or add_) into
-// the live storage.
+// Apply phase, under NoGradGuard: each tensor goes file -> host piece of at
+// most chunk_bytes -> (dtype conversion on the host) -> copy_ (or add_) into
+// the live storage; a same-dtype piece for a contiguous CPU tensor is read
+// straight into it.
 // REQUIRES: no other thread uses the module's tensors during the call.
 TransferReport load_into(torch::nn::Module& module, const TensorSource& source, const LoadOptions& options = {});
 

@@ -8,12 +8,23 @@
 #include <vector>
 
 #include <xxhash.h>
+#ifdef LORAKEEP_XXH_DISPATCH
+// The runtime-dispatched entry points (AVX2 / AVX-512 where the CPU has
+// them): twice as fast as the baseline SSE2 build of XXH3_64bits, and the
+// same hash.
+#include <xxh_x86dispatch.h>
+#define LORAKEEP_XXH3_64 XXH3_64bits_dispatch
+#define LORAKEEP_XXH3_64_UPDATE XXH3_64bits_update_dispatch
+#else
+#define LORAKEEP_XXH3_64 XXH3_64bits
+#define LORAKEEP_XXH3_64_UPDATE XXH3_64bits_update
+#endif
 
 #include "lorakeep/error.h"
 
 namespace lorakeep::detail {
 
-std::uint64_t xxh3_64(const void* data, std::uint64_t size) { return XXH3_64bits(data, size); }
+std::uint64_t xxh3_64(const void* data, std::uint64_t size) { return LORAKEEP_XXH3_64(data, size); }
 
 Xxh3Stream::Xxh3Stream() : state_(XXH3_createState()) {
   if (state_ == nullptr) throw std::bad_alloc();
@@ -23,7 +34,7 @@ Xxh3Stream::Xxh3Stream() : state_(XXH3_createState()) {
 Xxh3Stream::~Xxh3Stream() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
 
 void Xxh3Stream::update(const void* data, std::uint64_t size) {
-  XXH3_64bits_update(static_cast<XXH3_state_t*>(state_), data, size);
+  LORAKEEP_XXH3_64_UPDATE(static_cast<XXH3_state_t*>(state_), data, size);
 }
 
 std::uint64_t Xxh3Stream::digest() const { return XXH3_64bits_digest(static_cast<XXH3_state_t*>(state_)); }

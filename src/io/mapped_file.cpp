@@ -50,13 +50,33 @@ std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path) {
     }
     data = static_cast<std::uint8_t*>(p);
   }
-  ::close(fd);  // the mapping keeps the file alive
-  return std::shared_ptr<const MappedFile>(new MappedFile(path, data, size));
+  return std::shared_ptr<const MappedFile>(new MappedFile(path, fd, data, size));
 }
 
 MappedFile::~MappedFile() {
   if (data_ != nullptr && ::munmap(data_, size_) != 0) {
     logger()->warn("cannot unmap '{}': {}", path_, std::strerror(errno));
+  }
+  ::close(fd_);
+}
+
+void MappedFile::read(std::uint64_t offset, void* dst, std::uint64_t length) const {
+  auto* out = static_cast<char*>(dst);
+  while (length > 0) {
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(length, 1u << 30));
+    const ssize_t r = ::pread(fd_, out, n, static_cast<off_t>(offset));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      throw Error(ErrorCode::kIOError, "cannot read '" + path_ + "' at byte " + std::to_string(offset) + ": " +
+                                           std::strerror(errno));
+    }
+    if (r == 0) {
+      throw Error(ErrorCode::kCorruption, "'" + path_ + "' ends at byte " + std::to_string(offset) +
+                                              ", shorter than when it was opened (hint: another process truncated it)");
+    }
+    out += r;
+    offset += static_cast<std::uint64_t>(r);
+    length -= static_cast<std::uint64_t>(r);
   }
 }
 
@@ -75,7 +95,7 @@ void MappedFile::will_read(std::uint64_t offset, std::uint64_t length) const {
   const std::uint64_t page = page_size();
   const std::uint64_t first = offset / page * page;
   const std::uint64_t end = std::min(size_, offset + length);
-  ::madvise(data_ + first, end - first, MADV_WILLNEED);
+  ::posix_fadvise(fd_, static_cast<off_t>(first), static_cast<off_t>(end - first), POSIX_FADV_WILLNEED);
 }
 
 }  // namespace lorakeep::detail

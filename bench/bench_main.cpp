@@ -1,0 +1,237 @@
+// lorakeep_bench: the C++ side of the benchmarks. Each invocation measures one
+// method on one file and prints one JSON object; bench/run.py runs the
+// matrix and writes BENCHMARKS.md.
+//
+//   lorakeep_bench make   --layout adapter:512 --dtype F32 --out adapter.safetensors [--bin adapter.bin]
+//   lorakeep_bench reload --layout adapter:512 --file adapter.safetensors --method lorakeep-verify --repeat 5
+//   lorakeep_bench save   --layout adapter:512 --dir out --method lorakeep --repeat 3
+//
+// Layouts (bench/layouts.py mirrors them):
+//   adapter:N   N MiB of F32 LoRA factors, alternately [64, 4096] and [4096, 64] (1 MiB each)
+//   tiny:N      N tensors of [8, 16] (per-tensor overhead)
+//   base:N      N MiB in [4096, 4096] blocks (64 MiB each; the last may be smaller)
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "lorakeep/lorakeep.h"
+#include "io/checksum.h"
+#include "pickle.h"
+
+namespace {
+
+using lorakeep::NamedTensors;
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::vector<std::pair<std::string, std::vector<std::int64_t>>> layout(const std::string& spec) {
+  const auto colon = spec.find(':');
+  const std::string kind = spec.substr(0, colon);
+  const std::int64_t n = std::stoll(spec.substr(colon + 1));
+  std::vector<std::pair<std::string, std::vector<std::int64_t>>> out;
+  if (kind == "adapter") {
+    for (std::int64_t i = 0; i < n; ++i) {
+      const std::string layer = "base_model.model.layers." + std::to_string(i / 2) + ".self_attn.q_proj.";
+      if (i % 2 == 0) out.push_back({layer + "lora_A.weight", {64, 4096}});
+      else out.push_back({layer + "lora_B.weight", {4096, 64}});
+    }
+  } else if (kind == "tiny") {
+    for (std::int64_t i = 0; i < n; ++i) out.push_back({"t." + std::to_string(i), {8, 16}});
+  } else if (kind == "base") {
+    for (std::int64_t mib = 0, i = 0; mib < n; mib += 64, ++i) {
+      const std::int64_t rows = std::min<std::int64_t>(64, n - mib) * 64;  // 64 rows of 4096 F32 = 1 MiB
+      out.push_back({"model.layers." + std::to_string(i) + ".weight", {rows, 4096}});
+    }
+  } else {
+    throw std::runtime_error("unknown layout " + spec);
+  }
+  return out;
+}
+
+NamedTensors zeros(const std::string& spec, at::ScalarType type) {
+  NamedTensors out;
+  for (const auto& [name, shape] : layout(spec)) out.emplace_back(name, at::zeros(shape, type));
+  return out;
+}
+
+// Reads a file once so every method starts from a warm page cache.
+void warm(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return;
+  std::vector<char> buf(1 << 20);
+  while (::read(fd, buf.data(), buf.size()) > 0) {
+  }
+  ::close(fd);
+}
+
+struct Sample {
+  double seconds;
+  std::int64_t rss;
+  std::int64_t alloc;
+};
+
+template <class F>
+nlohmann::json measure(int repeat, F&& f) {
+  std::vector<Sample> samples;
+  for (int r = 0; r < repeat; ++r) {
+    lorakeep::RssProbe rss;
+    lorakeep::AllocationProbe alloc;
+    const double t0 = now();
+    f();
+    const double t1 = now();
+    samples.push_back({t1 - t0, rss.peak_extra_bytes(), alloc.peak_bytes()});
+  }
+  std::sort(samples.begin(), samples.end(), [](const Sample& a, const Sample& b) { return a.seconds < b.seconds; });
+  nlohmann::json j;
+  j["seconds"] = samples[samples.size() / 2].seconds;  // median
+  j["seconds_min"] = samples.front().seconds;
+  std::int64_t rss = 0, alloc = 0;
+  for (const Sample& s : samples) rss = std::max(rss, s.rss), alloc = std::max(alloc, s.alloc);
+  j["peak_rss_bytes"] = rss;
+  j["peak_alloc_bytes"] = alloc;
+  j["repeat"] = repeat;
+  return j;
+}
+
+int make(const std::string& spec, const std::string& dtype, const std::string& out, const std::string& bin) {
+  at::manual_seed(0);
+  const auto type = lorakeep::to_scalar_type(*lorakeep::parse_dtype(dtype));
+  NamedTensors tensors;
+  for (const auto& [name, shape] : layout(spec)) tensors.emplace_back(name, at::randn(shape).to(type));
+  lorakeep::save_safetensors(out, tensors, {{"format", "pt"}});
+  if (!bin.empty()) lorakeep::detail::save_torch_pickle(bin, tensors);
+  return 0;
+}
+
+int reload(const std::string& spec, const std::string& file, const std::string& method, int repeat,
+           const std::string& param_dtype) {
+  const auto type = lorakeep::to_scalar_type(*lorakeep::parse_dtype(param_dtype));
+  const NamedTensors live = zeros(spec, type);
+  warm(file);
+  nlohmann::json j;
+  if (method == "lorakeep" || method == "lorakeep-verify") {
+    lorakeep::set_log_level(lorakeep::LogLevel::kWarn);
+    lorakeep::LoadOptions options;
+    if (method == "lorakeep-verify") {
+      // The checksums a manifest would carry, computed before timing.
+      const auto file_once = lorakeep::SafetensorsFile::open(file);
+      for (const std::string& name : file_once.names()) {
+        const auto b = file_once.bytes(name);
+        options.checksums[name] = lorakeep::detail::xxh3_64(b.data, b.size);
+      }
+    }
+    double verify = 0;
+    j = measure(repeat, [&] {
+      const auto source = lorakeep::open_tensor_source(file);
+      verify += lorakeep::load_into(live, *source, options).verify_seconds;
+    });
+    j["verify_seconds"] = verify / repeat;
+  } else if (method == "naive") {
+    // The seed's bug in C++: the whole state dict in fresh tensors, then copy.
+    j = measure(repeat, [&] {
+      const auto source = lorakeep::open_tensor_source(file);
+      std::map<std::string, at::Tensor> state;
+      for (const std::string& name : source->names()) state[name] = source->tensor(name).clone();
+      for (const auto& [name, t] : live) t.copy_(state.at(name));
+    });
+  } else if (method == "memcpy") {
+    // The physical limit: the same bytes, already in memory, copied into the
+    // parameters (same dtype only).
+    const auto file_once = lorakeep::SafetensorsFile::open(file);
+    std::vector<std::vector<char>> bytes;
+    for (const auto& [name, t] : live) {
+      const auto b = file_once.bytes(name);
+      bytes.emplace_back(reinterpret_cast<const char*>(b.data), reinterpret_cast<const char*>(b.data) + b.size);
+    }
+    j = measure(repeat, [&] {
+      for (std::size_t i = 0; i < live.size(); ++i) std::memcpy(live[i].second.data_ptr(), bytes[i].data(), bytes[i].size());
+    });
+  } else {
+    std::cerr << "unknown method " << method << "\n";
+    return 2;
+  }
+  std::uint64_t total = 0;
+  for (const auto& [name, t] : live) total += static_cast<std::uint64_t>(t.numel()) * t.element_size();
+  j["method"] = method;
+  j["layout"] = spec;
+  j["param_bytes"] = total;
+  j["file_bytes"] = lorakeep::SafetensorsFile::open(file).file_size();
+  std::cout << j.dump() << std::endl;
+  return 0;
+}
+
+int save(const std::string& spec, const std::string& dir, const std::string& method, int repeat) {
+  at::manual_seed(0);
+  NamedTensors tensors;
+  for (const auto& [name, shape] : layout(spec)) tensors.emplace_back(name, at::randn(shape));
+  lorakeep::set_log_level(lorakeep::LogLevel::kWarn);
+  int i = 0;
+  nlohmann::json j;
+  if (method == "lorakeep") {
+    j = measure(repeat, [&] {
+      lorakeep::save_safetensors(dir + "/save-" + std::to_string(i++) + ".safetensors", tensors);
+    });
+  } else if (method == "torch-save") {
+    j = measure(repeat, [&] {
+      lorakeep::detail::save_torch_pickle(dir + "/save-" + std::to_string(i++) + ".bin", tensors);
+    });
+  } else {
+    std::cerr << "unknown method " << method << "\n";
+    return 2;
+  }
+  std::uint64_t total = 0;
+  for (const auto& [name, t] : tensors) total += static_cast<std::uint64_t>(t.numel()) * t.element_size();
+  j["method"] = method;
+  j["layout"] = spec;
+  j["param_bytes"] = total;
+  std::cout << j.dump() << std::endl;
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"lorakeep benchmarks (see bench/run.py)"};
+  app.require_subcommand(1);
+  std::string spec, dtype = "F32", out, bin, file, method, dir, param_dtype = "F32";
+  int repeat = 3;
+  auto* mk = app.add_subcommand("make", "write a benchmark file");
+  mk->add_option("--layout", spec)->required();
+  mk->add_option("--dtype", dtype);
+  mk->add_option("--out", out)->required();
+  mk->add_option("--bin", bin, "also write it as a torch.save archive");
+  auto* rl = app.add_subcommand("reload", "reload a file into live parameters");
+  rl->add_option("--layout", spec)->required();
+  rl->add_option("--file", file)->required();
+  rl->add_option("--method", method)->required();
+  rl->add_option("--repeat", repeat);
+  rl->add_option("--param-dtype", param_dtype);
+  auto* sv = app.add_subcommand("save", "save tensors to a directory");
+  sv->add_option("--layout", spec)->required();
+  sv->add_option("--dir", dir)->required();
+  sv->add_option("--method", method)->required();
+  sv->add_option("--repeat", repeat);
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (mk->parsed()) return make(spec, dtype, out, bin);
+    if (rl->parsed()) return reload(spec, file, method, repeat, param_dtype);
+    if (sv->parsed()) return save(spec, dir, method, repeat);
+  } catch (const std::exception& e) {
+    std::cerr << "lorakeep_bench: " << e.what() << "\n";
+    return 1;
+  }
+  return 2;
+}

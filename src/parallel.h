@@ -1,0 +1,47 @@
+// Private: a tiny work-sharing loop on plain threads, for I/O-and-memory
+// bound work (reading and hashing) that LibTorch's intra-op pool would run
+// on one thread where it counts physical cores.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace lorakeep::detail {
+
+// Calls fn(i) for every i in [0, count), on up to `threads` threads (the
+// caller's included), handing out indices one at a time so uneven items
+// balance. The first exception thrown by any call is rethrown here after all
+// threads stopped; the remaining items are skipped.
+template <class Fn>
+void run_parallel(std::size_t count, unsigned threads, Fn&& fn) {
+  std::atomic<std::size_t> next{0};
+  std::exception_ptr error;
+  std::mutex mu;
+  auto worker = [&] {
+    for (;;) {
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        if (error) return;
+      }
+      const std::size_t i = next.fetch_add(1);
+      if (i >= count) return;
+      try {
+        fn(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (!error) error = std::current_exception();
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < threads && t < count; ++t) pool.emplace_back(worker);
+  worker();
+  for (std::thread& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
+}  // namespace lorakeep::detail
