@@ -1,0 +1,225 @@
+"""Turns bench/results.json into BENCHMARKS.md and bench/scaling.svg."""
+import math
+
+MIB = 1 << 20
+
+
+def mib(b):
+    if b is None or b < 0:
+        return "n/a"
+    return f"{b / MIB:.1f} MiB"
+
+
+def secs(s):
+    return f"{s * 1000:.1f} ms" if s < 10 else f"{s:.1f} s"
+
+
+def size_of(layout):
+    kind, n = layout.split(":")
+    return int(n)
+
+
+def index(rows, **match):
+    return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+
+
+def one(rows, **match):
+    found = index(rows, **match)
+    return found[0] if found else None
+
+
+def reload_table(rows, dtype, sizes):
+    out = ["| size | method | time | vs memcpy | peak extra RSS | extra allocator bytes |", "|---|---|---|---|---|---|"]
+    for size in sizes:
+        layout = f"adapter:{size}"
+        base = one(rows, layout=layout, method="memcpy", file_dtype="F32")
+        for r in index(rows, layout=layout, file_dtype=dtype):
+            ratio = f"{r['seconds'] / base['seconds']:.2f}x" if base else "n/a"
+            out.append(f"| {size} MiB | {r['method']} | {secs(r['seconds'])} | {ratio} | {mib(r['peak_rss_bytes'])} | "
+                       f"{mib(r['peak_alloc_bytes'])} |")
+    return "\n".join(out)
+
+
+def verdict(ok):
+    return "**met**" if ok else "**not met**"
+
+
+def targets(results):
+    rows = results["reload"]
+    lines = []
+    f32 = [r for r in rows if r["layout"].startswith("adapter:")]
+    lk = [r for r in f32 if r["method"].startswith("lorakeep")]
+    worst_rss = max(r["peak_rss_bytes"] for r in lk)
+    lines.append(f"- Reload, peak extra RSS <= 64 MiB at every size and dtype: {verdict(worst_rss <= 64 * MIB)} "
+                 f"(worst {mib(worst_rss)})")
+    same = [r for r in lk if r["file_dtype"] == "F32"]
+    worst_alloc = max(r["peak_alloc_bytes"] for r in same)
+    lines.append(f"- Reload, 0 extra target-allocator bytes for the same dtype: {verdict(worst_alloc == 0)} "
+                 f"(worst {worst_alloc} bytes)")
+    ratios = []
+    speedups = {"lorakeep": [], "lorakeep-verify": []}
+    for r in same:
+        base = one(rows, layout=r["layout"], method="memcpy")
+        if r["method"] == "lorakeep-verify":
+            ratios.append((r["seconds"] / base["seconds"], r["layout"]))
+        tl = one(rows, layout=r["layout"], method="torch-load", file_dtype="F32")
+        speedups[r["method"]].append((tl["seconds"] / r["seconds"], r["layout"]))
+    worst = max(ratios)
+    lines.append(f"- Reload, time <= 2x memcpy with checksum verification on: {verdict(worst[0] <= 2.0)} "
+                 f"(worst {worst[0]:.2f}x at {worst[1]})")
+    for m, vals in speedups.items():
+        least = min(vals)
+        lines.append(f"- Reload, >= 5x faster than Python torch.load + copy_ ({m}): {verdict(least[0] >= 5.0)} "
+                     f"(least {least[0]:.1f}x at {least[1]})")
+    save = results["save"]
+    for r in index(save, method="lorakeep"):
+        dd = one(save, layout=r["layout"], method="dd-fsync")
+        ratio = r["seconds"] / dd["seconds"]
+        lines.append(f"- Save {r['layout']}, <= 1.25x `dd conv=fsync`: {verdict(ratio <= 1.25)} ({ratio:.2f}x)")
+    merge = results["merge"]
+    floor = one(merge, method="read inputs + write output once")
+    for name in ("lorakeep merge-delta", "lorakeep make-delta"):
+        r = one(merge, method=name)
+        if not r:
+            continue
+        bound = 2 * r["largest_tensor_bytes"] + 128 * MIB
+        lines.append(f"- {name}, peak RSS <= 2 x largest tensor + 128 MiB ({mib(bound)}): "
+                     f"{verdict(r['peak_rss_bytes'] <= bound)} ({mib(r['peak_rss_bytes'])}, whole process)")
+        ratio = r["seconds"] / floor["seconds"]
+        lines.append(f"- {name}, time <= 1.5x reading both inputs and writing the output once: "
+                     f"{verdict(ratio <= 1.5)} ({ratio:.2f}x)")
+    return "\n".join(lines)
+
+
+def svg(results, path):
+    rows = [r for r in results["reload"] if r["layout"].startswith("adapter:") and r["file_dtype"] == "F32"]
+    methods = sorted({r["method"] for r in rows})
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"]
+    sizes = sorted({size_of(r["layout"]) for r in rows})
+    W, H, M = 420, 300, 55
+
+    def panel(x0, title, key, ylabel):
+        vals = [r[key] for r in rows if r[key] and r[key] > 0]
+        if not vals or len(sizes) < 2:
+            return ""
+        lo, hi = math.log10(min(vals)), math.log10(max(vals))
+        hi = hi if hi > lo else lo + 1
+        sx = lambda s: x0 + M + (math.log2(s) - math.log2(sizes[0])) / max(1e-9, math.log2(sizes[-1]) - math.log2(sizes[0])) * (W - M - 15)
+        sy = lambda v: 20 + (hi - math.log10(v)) / (hi - lo) * (H - 20 - M)
+        out = [f'<text x="{x0 + W / 2}" y="14" text-anchor="middle" font-size="13">{title}</text>',
+               f'<line x1="{x0 + M}" y1="{H - M}" x2="{x0 + W - 15}" y2="{H - M}" stroke="#444"/>',
+               f'<line x1="{x0 + M}" y1="20" x2="{x0 + M}" y2="{H - M}" stroke="#444"/>',
+               f'<text x="{x0 + W / 2}" y="{H - 18}" text-anchor="middle" font-size="11">adapter size (MiB, log)</text>',
+               f'<text x="{x0 + 12}" y="{H / 2}" font-size="11" transform="rotate(-90 {x0 + 12} {H / 2})" '
+               f'text-anchor="middle">{ylabel}</text>']
+        for s in sizes:
+            out.append(f'<text x="{sx(s)}" y="{H - M + 14}" text-anchor="middle" font-size="10">{s}</text>')
+        for e in range(math.floor(lo), math.ceil(hi) + 1):
+            v = 10 ** e
+            if lo <= e <= hi:
+                label = f"{v:g}" if key == "seconds" else f"{v / MIB:g}"
+                out.append(f'<text x="{x0 + M - 4}" y="{sy(v) + 3}" text-anchor="end" font-size="10">{label}</text>')
+        for i, m in enumerate(methods):
+            pts = [(size_of(r["layout"]), r[key]) for r in rows if r["method"] == m and r[key] and r[key] > 0]
+            pts.sort()
+            if not pts:
+                continue
+            c = colors[i % len(colors)]
+            out.append('<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>' %
+                       (c, " ".join(f"{sx(s):.1f},{sy(v):.1f}" for s, v in pts)))
+            for s, v in pts:
+                out.append(f'<circle cx="{sx(s):.1f}" cy="{sy(v):.1f}" r="2.5" fill="{c}"/>')
+        return "\n".join(out)
+
+    legend = []
+    for i, m in enumerate(methods):
+        y = H + 10 + 16 * i
+        legend.append(f'<rect x="60" y="{y}" width="12" height="12" fill="{colors[i % len(colors)]}"/>'
+                      f'<text x="78" y="{y + 10}" font-size="11">{m}</text>')
+    body = panel(0, "Reload time (F32)", "seconds", "seconds (log)") + panel(
+        W, "Peak extra RSS (F32)", "peak_rss_bytes", "MiB (log)")
+    height = H + 20 + 16 * len(methods)
+    with open(path, "w") as f:
+        f.write(f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W}" height="{height}" '
+                f'font-family="sans-serif">\n<rect width="100%" height="100%" fill="white"/>\n{body}\n'
+                + "\n".join(legend) + "\n</svg>\n")
+
+
+def write(results, md_path, svg_path):
+    m = results["machine"]
+    rows = results["reload"]
+    sizes = sorted({size_of(r["layout"]) for r in rows if r["layout"].startswith("adapter:")})
+    tiny = [r for r in rows if r["layout"].startswith("tiny:")]
+    lines = [
+        "# Benchmarks",
+        "",
+        "Every number below comes from one command, `bench/run.sh` (a Release build, then `bench/run.py`), "
+        "which measures lorakeep side by side with what users would pick instead, in the same run, each "
+        "method in its own process. Raw figures: `bench/results.json`. Nothing here is asserted in CI; CI "
+        "runs `bench/run.py --smoke` with tiny sizes so the code keeps working.",
+        "",
+        f"- command: `{results['command']}`, {results['date']}",
+        f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_bytes'] / (1 << 30):.0f} GiB, Linux {m['kernel']}",
+        f"- LibTorch {m['libtorch']} (Debian); Python peers: Debian's python3-torch, safetensors from PyPI",
+        "- files are read warm (in the page cache), as at the end of a training run that just wrote them",
+        "",
+        "## Targets",
+        "",
+        targets(results),
+        "",
+        "## Reload into live parameters",
+        "",
+        "An adapter of N MiB: F32 LoRA factors, alternately [64, 4096] and [4096, 64] (1 MiB each), "
+        "reloaded into live F32 parameters that already exist. Methods: `memcpy` of the same bytes already "
+        "in memory (the physical limit); `lorakeep` (`load_into`); `lorakeep-verify` (the same, verifying "
+        "XXH3-64 checksums of every tensor before touching any parameter, as load-best-at-end does); "
+        "`naive` (the seed's bug in C++: the whole state dict in fresh tensors, then `copy_`); `torch-load` "
+        "(Python `torch.load` of the same tensors saved with `torch.save`, then `copy_`); `safetensors` "
+        "(the reference `safetensors.torch.load_file`, then `copy_`). Peak extra RSS is the process's "
+        "resident high-water mark above its level before the load; extra allocator bytes are counted by "
+        "lorakeep's counting CPU allocator (C++ methods only).",
+        "",
+        "![time and peak memory vs adapter size](bench/scaling.svg)",
+        "",
+        reload_table(rows, "F32", sizes),
+        "",
+        "### A BF16 file into F32 parameters",
+        "",
+        "The conversion happens on the host, one piece (at most 64 MiB) at a time.",
+        "",
+        reload_table(rows, "BF16", sizes),
+        "",
+        "### Per-tensor overhead",
+        "",
+        "| tensors | method | time | per tensor | peak extra RSS |",
+        "|---|---|---|---|---|",
+    ]
+    for r in tiny:
+        n = size_of(r["layout"])
+        lines.append(f"| {n} x [8, 16] | {r['method']} | {secs(r['seconds'])} | {r['seconds'] / n * 1e6:.1f} us | "
+                     f"{mib(r['peak_rss_bytes'])} |")
+    lines += ["", "## Save a checkpoint", "",
+              "An adapter of N MiB written to disk and made durable. `lorakeep` is `save_safetensors` (temp file, "
+              "fsync, rename, fsync of the directory); `torch-save` is LibTorch's `pickle_save` through the same "
+              "atomic write; `python-torch-save` is `torch.save` plus `fsync`; `dd-fsync` writes the same number "
+              "of bytes with `dd conv=fsync` (the device limit).", "",
+              "| size | method | time | vs dd | peak extra RSS |", "|---|---|---|---|---|"]
+    save = results["save"]
+    for r in save:
+        dd = one(save, layout=r["layout"], method="dd-fsync")
+        lines.append(f"| {size_of(r['layout'])} MiB | {r['method']} | {secs(r['seconds'])} | "
+                     f"{r['seconds'] / dd['seconds']:.2f}x | {mib(r['peak_rss_bytes'])} |")
+    merge = results["merge"]
+    if merge:
+        lines += ["", "## Offline merges", "",
+                  f"A base of {size_of(merge[0]['layout'])} MiB in 64 MiB F32 tensors plus a delta of the same "
+                  "shape, sharded output (500 MB shards). Peak RSS is the whole process's, from `/usr/bin/time -v` "
+                  "(it includes LibTorch's own ~160 MiB). The Python recipe is FastChat's `apply_delta`: load both "
+                  "models whole, add, save.", "",
+                  "| method | time | peak RSS |", "|---|---|---|"]
+        for r in merge:
+            lines.append(f"| {r['method']} | {secs(r['seconds'])} | {mib(r['peak_rss_bytes'])} |")
+    lines += ["", "## How to rerun", "", "```sh", "bench/run.sh          # about 10 minutes on 2 cores", "```", ""]
+    with open(md_path, "w") as f:
+        f.write("\n".join(lines))
+    svg(results, svg_path)

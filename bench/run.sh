@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds lorakeep in Release and runs every benchmark side by side with its
+# peers: writes bench/results.json, BENCHMARKS.md and bench/scaling.svg.
+#
+#   bench/run.sh            the full matrix (about 10 minutes on 2 cores)
+#   bench/run.sh --smoke    tiny sizes, results under build-release/bench-smoke
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+"$root/scripts/install-deps.sh" "$root/build"
+cmake -S "$root" -B "$root/build-release" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLORAKEEP_BUILD_TESTS=OFF \
+  -DLORAKEEP_BUILD_EXAMPLES=OFF > /dev/null
+cmake --build "$root/build-release" -j "$(nproc)" --target lorakeep_bench lorakeep_cli
+
+if [[ ${1:-} == --smoke ]]; then
+  mkdir -p "$root/build-release/bench-smoke"
+  exec python3 "$root/bench/run.py" --build "$root/build-release" --smoke --out "$root/build-release/bench-smoke"
+fi
+exec python3 "$root/bench/run.py" --build "$root/build-release"
