@@ -38,6 +38,7 @@ std::atomic<int> g_active{0};
 Slot g_slots[kMaxProbes];
 std::atomic<std::int64_t> g_limit{kNoLimit};
 std::atomic<std::int64_t> g_limit_base{0};
+std::atomic<bool> g_installed{false};
 
 void raise_peak(std::atomic<std::int64_t>& peak, std::int64_t value) {
   std::int64_t seen = peak.load(std::memory_order_relaxed);
@@ -45,8 +46,14 @@ void raise_peak(std::atomic<std::int64_t>& peak, std::int64_t value) {
   }
 }
 
-// Wraps LibTorch's CPU allocator; each allocation carries its size in its
-// context so frees can be counted.
+// Every block starts with this many bytes holding its size: the data
+// pointer handed out stays 64-byte aligned, and the DataPtr's context is the
+// data pointer itself, as LibTorch's raw_allocate() and raw_deleter() users
+// (oneDNN, for one) require.
+constexpr std::size_t kHeader = 64;
+c10::DeleterFnPtr g_base_free = nullptr;
+
+// Wraps LibTorch's CPU allocator, counting bytes in and out.
 class CountingAllocator final : public c10::Allocator {
  public:
   explicit CountingAllocator(c10::Allocator* base) : base_(base) {}
@@ -65,33 +72,30 @@ class CountingAllocator final : public c10::Allocator {
         if (s.used.load(std::memory_order_relaxed)) raise_peak(s.peak, live - s.base.load(std::memory_order_relaxed));
       }
     }
-    c10::DataPtr inner;
+    void* block = nullptr;
     try {
-      inner = base_->allocate(n);
+      block = base_->raw_allocate(n + kHeader);
     } catch (...) {
       g_live.fetch_sub(bytes, std::memory_order_relaxed);
       throw;
     }
-    void* data = const_cast<void*>(static_cast<const void*>(inner.get()));
-    const c10::Device device = inner.device();
-    auto* ctx = new Context{std::move(inner), bytes};
-    return c10::DataPtr(data, ctx, &CountingAllocator::release, device);
+    *static_cast<std::uint64_t*>(block) = n;
+    void* data = static_cast<char*>(block) + kHeader;
+    return c10::DataPtr(data, data, &CountingAllocator::release, c10::Device(c10::kCPU));
   }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &CountingAllocator::release; }
 
 #if LORAKEEP_ALLOCATOR_HAS_COPY_DATA
   void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
 #endif
 
  private:
-  struct Context {
-    c10::DataPtr inner;
-    std::int64_t bytes;
-  };
-
-  static void release(void* p) {
-    auto* ctx = static_cast<Context*>(p);
-    g_live.fetch_sub(ctx->bytes, std::memory_order_relaxed);
-    delete ctx;
+  static void release(void* data) {
+    if (data == nullptr) return;
+    void* block = static_cast<char*>(data) - kHeader;
+    g_live.fetch_sub(static_cast<std::int64_t>(*static_cast<std::uint64_t*>(block)), std::memory_order_relaxed);
+    g_base_free(block);
   }
 
   c10::Allocator* base_;
@@ -100,9 +104,13 @@ class CountingAllocator final : public c10::Allocator {
 void install_counting_allocator() {
   static std::once_flag once;
   std::call_once(once, [] {
+    c10::Allocator* base = c10::GetCPUAllocator();
+    g_base_free = base->raw_deleter();
+    if (g_base_free == nullptr) return;  // an allocator without a raw interface: count nothing
     // Never freed: allocations made through it may outlive every probe.
-    static auto* counting = new CountingAllocator(c10::GetCPUAllocator());
+    static auto* counting = new CountingAllocator(base);
     c10::SetCPUAllocator(counting, /*priority=*/200);
+    g_installed = true;
   });
 }
 
@@ -127,6 +135,7 @@ std::uint64_t status_kib(const char* field) {
 AllocationProbe::AllocationProbe(c10::Device device) : device_(device) {
   if (device_.is_cpu()) {
     install_counting_allocator();
+    if (!g_installed) return;
     for (int i = 0; i < kMaxProbes; ++i) {
       bool expected = false;
       if (g_slots[i].used.compare_exchange_strong(expected, true)) {

@@ -28,6 +28,23 @@ at::Tensor piece_view(const TensorSource& source, const std::string& name, c10::
   return at::from_blob(scratch->data_ptr(), {count}, at::TensorOptions().dtype(type));
 }
 
+at::Tensor Scratch::get(int slot, c10::ScalarType type, std::int64_t n) {
+  at::Tensor& buf = buffers_[slot];
+  const auto bytes = static_cast<std::int64_t>(c10::elementSize(type)) * n;
+  if (!buf.defined() || buf.numel() < bytes) {
+    buf = at::Tensor();
+    buf = at::empty({std::max<std::int64_t>(bytes, 64)}, at::kByte);
+  }
+  return at::from_blob(buf.data_ptr(), {n}, at::TensorOptions().dtype(type));
+}
+
+at::Tensor Scratch::as(const at::Tensor& src, c10::ScalarType type, int slot) {
+  if (src.scalar_type() == type) return src;
+  at::Tensor out = get(slot, type, src.numel());
+  out.copy_(src);
+  return out;
+}
+
 }  // namespace detail
 
 namespace {
@@ -36,38 +53,6 @@ double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// Elements per computed piece: a few temporaries of this many F64 values stay
-// within about one 64 MiB chunk.
-constexpr std::int64_t kPieceElements = 4 << 20;
-
-// Reusable piece buffers. Every temporary of a merge lives in one of these,
-// allocated on first use: allocating fresh piece-sized tensors over and over
-// fragments the heap, and glibc then keeps hundreds of MiB resident that the
-// program no longer uses.
-class Scratch {
- public:
-  // A flat tensor of `n` elements of `type` in buffer `slot`. Each slot
-  // holds one live value at a time: callers give every temporary its own.
-  at::Tensor get(int slot, c10::ScalarType type, std::int64_t n) {
-    at::Tensor& buf = buffers_[slot];
-    const auto bytes = static_cast<std::int64_t>(c10::elementSize(type)) * n;
-    if (!buf.defined() || buf.numel() < bytes) {
-      buf = at::Tensor();
-      buf = at::empty({bytes}, at::kByte);
-    }
-    return at::from_blob(buf.data_ptr(), {n}, at::TensorOptions().dtype(type));
-  }
-  // `src` as `type`: itself if it already is, else converted into `slot`.
-  at::Tensor as(const at::Tensor& src, c10::ScalarType type, int slot) {
-    if (src.scalar_type() == type) return src;
-    at::Tensor out = get(slot, type, src.numel());
-    out.copy_(src);
-    return out;
-  }
-
- private:
-  at::Tensor buffers_[8];
-};
 
 // One output tensor and where its inputs are.
 struct Job {
@@ -224,7 +209,7 @@ MergeReport run(const TensorSource& a, const TensorSource& b, const std::string&
   detail::ShardedWriter writer(out_dir, std::move(specs), metadata, shards);
   MergeReport report;
   at::Tensor scratch_a, scratch_b;
-  Scratch scratch;
+  detail::Scratch scratch;
   c10::NoGradGuard no_grad;
   const std::vector<TensorInfo> order = writer.order();
   for (const TensorInfo& spec : order) {
@@ -236,7 +221,7 @@ MergeReport run(const TensorSource& a, const TensorSource& b, const std::string&
     writer.write_pieces([&](const detail::SafetensorsWriter::PieceSink& sink) {
       for (std::int64_t e = 0; e < n;) {
         // Pieces never straddle the end of the base's part of a grown tensor.
-        std::int64_t end = std::min(n, e + kPieceElements);
+        std::int64_t end = std::min(n, e + detail::kPieceElements);
         if (job.in_a && e < job.a_numel) end = std::min(end, job.a_numel);
         const std::int64_t k = end - e;
         at::Tensor pa, pb;
@@ -270,7 +255,7 @@ MergeReport merge_delta_files(const std::string& base, const std::string& delta,
   const double scale = options.scale;
   MergeReport report = run(*a, *b, out_dir, std::move(p), options.metadata, options.shards, options.progress,
                            [scale](const Job& job, const at::Tensor& pa, const at::Tensor& pb, c10::ScalarType out,
-                                   Scratch& s, MergeReport&) {
+                                   detail::Scratch& s, MergeReport&) {
                              // Never in place: pieces may be views of the mapped inputs.
                              if (!pb.defined()) return s.as(pa, out, 0);
                              const c10::ScalarType c = compute_type({job.a_type, job.b_type, out});
@@ -298,7 +283,7 @@ MergeReport make_delta_files(const std::string& base, const std::string& tuned, 
                       /*make=*/true, "tuned model"});
   MergeReport report = run(
       *a, *b, out_dir, std::move(p), options.metadata, options.shards, options.progress,
-      [](const Job& job, const at::Tensor& pa, const at::Tensor& pb, c10::ScalarType out, Scratch& s,
+      [](const Job& job, const at::Tensor& pa, const at::Tensor& pb, c10::ScalarType out, detail::Scratch& s,
          MergeReport& rep) {
         if (!pa.defined()) {  // new or grown rows: stored whole
           at::Tensor d = s.as(pb, out, 3);

@@ -10,6 +10,26 @@
 
 namespace lorakeep::detail {
 
+// Elements per computed piece of an offline merge: a few temporaries of this
+// many F64 values stay within about one 64 MiB chunk.
+inline constexpr std::int64_t kPieceElements = 4 << 20;
+
+// Reusable piece buffers. Every temporary of a merge lives in one of these,
+// allocated on first use: allocating fresh piece-sized tensors over and over
+// fragments the heap, and glibc then keeps hundreds of MiB resident that the
+// program no longer uses.
+class Scratch {
+ public:
+  // A flat tensor of `n` elements of `type` in buffer `slot`. Each slot
+  // holds one live value at a time: callers give every temporary its own.
+  at::Tensor get(int slot, c10::ScalarType type, std::int64_t n);
+  // `src` as `type`: itself if it already is, else converted into `slot`.
+  at::Tensor as(const at::Tensor& src, c10::ScalarType type, int slot);
+
+ private:
+  at::Tensor buffers_[8];
+};
+
 // Elements [begin, begin + count) of tensor `name` of `source` as a flat CPU
 // tensor of `type` (its stored dtype), read into `*scratch` (grown as needed,
 // then reused): the file is read, never mapped, so the RSS does not grow.

@@ -4,6 +4,8 @@
 #include "lorakeep/dtype.h"
 #include "lorakeep/error.h"
 #include "lorakeep/logging.h"
+#include "lorakeep/lora.h"
+#include "lorakeep/lora_config.h"
 #include "lorakeep/memory.h"
 #include "lorakeep/merge.h"
 #include "lorakeep/safetensors.h"

@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "lorakeep/error.h"
+#include "lorakeep/lora.h"
 #include "lorakeep/merge.h"
 #include "cli/cli.h"
 #include "format/json_util.h"
@@ -79,6 +80,25 @@ void add_merge_commands(CLI::App& app, std::vector<Command>& commands) {
                           o.shards.max_shard_size = parse_size_option(a->max_shard_size);
                           o.progress = terminal_progress("merge-delta");
                           print_report("merged", merge_delta_files(a->base, a->other, a->out, o));
+                          return kExitOk;
+                        },
+                        nullptr, nullptr});
+  }
+  {
+    auto* sub = app.add_subcommand("merge-lora", "fold a PEFT LoRA adapter into base weights, streamed into sharded "
+                                                 "safetensors");
+    auto a = std::make_shared<CommonArgs>();
+    sub->add_option("--base", a->base, "base weights: file, sharded index or directory")->required();
+    sub->add_option("--adapter", a->other, "PEFT adapter directory")->required();
+    sub->add_option("--out", a->out, "output directory (must not exist, or be empty)")->required();
+    sub->add_option("--max-shard-size", a->max_shard_size, "largest output shard, e.g. 5GB (default), 2GiB");
+    sub->add_option("--dtype", a->dtype, "output dtype (default: each base tensor's)");
+    commands.push_back({sub, [a] {
+                          MergeLoraOptions o;
+                          if (!a->dtype.empty()) o.dtype = parse_dtype_option(a->dtype);
+                          o.shards.max_shard_size = parse_size_option(a->max_shard_size);
+                          o.progress = terminal_progress("merge-lora");
+                          print_report("merged", merge_lora_files(a->base, a->other, a->out, o));
                           return kExitOk;
                         },
                         nullptr, nullptr});

@@ -1,0 +1,136 @@
+#include <cmath>
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+#include <torch/nn/functional/linear.h>
+#include <torch/nn/init.h>
+
+#include "lorakeep/error.h"
+#include "lorakeep/lora.h"
+
+namespace lorakeep {
+namespace {
+
+// Holds the base weight and bias once a layer is armed, so that they are
+// named "base_layer.weight" / "base_layer.bias", as in PEFT.
+class LoraBaseImpl : public torch::nn::Module {
+ public:
+  LoraBaseImpl(const torch::Tensor& weight, const torch::Tensor& bias) {
+    register_parameter("weight", weight, /*requires_grad=*/false);
+    if (bias.defined()) register_parameter("bias", bias, /*requires_grad=*/false);
+  }
+};
+
+}  // namespace
+
+LoraLinearImpl::LoraLinearImpl(const LoraLinearOptions& options) : options_(options) {
+  if (options.fan_in_fan_out()) {
+    // GPT-2's Conv1D.
+    weight = register_parameter("weight", torch::empty({options.in_features(), options.out_features()}));
+    torch::nn::init::normal_(weight, 0.0, 0.02);
+    if (options.bias()) bias = register_parameter("bias", torch::zeros({options.out_features()}));
+  } else {
+    // Exactly torch::nn::Linear's parameters, drawn in the same order from
+    // the same generator: a model seeded as before gets the same weights.
+    torch::nn::Linear linear(
+        torch::nn::LinearOptions(options.in_features(), options.out_features()).bias(options.bias()));
+    weight = register_parameter("weight", linear->weight);
+    if (options.bias()) bias = register_parameter("bias", linear->bias);
+  }
+}
+
+LoraLinearImpl::LoraLinearImpl(const torch::nn::Linear& base)
+    : options_(base->options.in_features(), base->options.out_features()) {
+  options_.bias(base->options.bias());
+  weight = register_parameter("weight", base->weight);
+  if (base->options.bias()) bias = register_parameter("bias", base->bias);
+}
+
+torch::Tensor LoraLinearImpl::base_forward(const torch::Tensor& x) const {
+  if (!options_.fan_in_fan_out()) return torch::nn::functional::linear(x, weight, bias);
+  torch::Tensor out = x.matmul(weight);
+  return bias.defined() ? out + bias : out;
+}
+
+torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
+  torch::Tensor result = base_forward(x);
+  if (!has_adapter() || merged_) return result;
+  torch::Tensor h = x.to(lora_A->weight.scalar_type());
+  if (dropout_ && is_training()) h = dropout_(h);
+  return result + (lora_B(lora_A(h)) * scaling_).to(result.scalar_type());
+}
+
+void LoraLinearImpl::add_adapter(const LoraAdapterOptions& o) {
+  if (has_adapter()) throw Error(ErrorCode::kInvalidArgument, "the layer already has a LoRA adapter");
+  if (o.r < 1) throw Error(ErrorCode::kInvalidArgument, "LoRA rank must be at least 1, not " + std::to_string(o.r));
+  if (o.init != "true" && o.init != "false" && o.init != "gaussian") {
+    throw Error(ErrorCode::kInvalidArgument, "init_lora_weights '" + o.init + "' is not true, false or gaussian");
+  }
+  // The base moves under "base_layer", frozen.
+  parameters_.erase("weight");
+  if (bias.defined()) parameters_.erase("bias");
+  base_layer_ = register_module("base_layer", std::make_shared<LoraBaseImpl>(weight, bias));
+  weight.set_requires_grad(false);
+  if (bias.defined()) bias.set_requires_grad(false);
+
+  const auto dtype = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto on = at::TensorOptions().dtype(dtype).device(weight.device());
+  const std::int64_t in = options_.in_features(), out = options_.out_features();
+  lora_A = register_module("lora_A", torch::nn::Linear(torch::nn::LinearOptions(in, o.r).bias(false)));
+  lora_B = register_module("lora_B", torch::nn::Linear(torch::nn::LinearOptions(o.r, out).bias(false)));
+  lora_A->to(on.device(), on.dtype().toScalarType());
+  lora_B->to(on.device(), on.dtype().toScalarType());
+  {
+    c10::NoGradGuard no_grad;
+    if (o.init == "true") {
+      torch::nn::init::kaiming_uniform_(lora_A->weight, std::sqrt(5.0));
+      lora_B->weight.zero_();
+    } else if (o.init == "gaussian") {
+      lora_A->weight.normal_(0.0, 1.0 / o.r);
+      lora_B->weight.zero_();
+    }  // "false": nn.Linear's own initialisation for both, as PEFT leaves them
+  }
+  if (o.dropout > 0) dropout_ = register_module("lora_dropout", torch::nn::Dropout(o.dropout));
+  scaling_ = o.use_rslora ? o.alpha / std::sqrt(static_cast<double>(o.r)) : o.alpha / o.r;
+  merged_ = false;
+}
+
+torch::Tensor LoraLinearImpl::delta_f32_or_wider() const {
+  if (!has_adapter()) throw Error(ErrorCode::kInvalidArgument, "the layer has no LoRA adapter");
+  const auto compute = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  c10::NoGradGuard no_grad;
+  torch::Tensor delta = lora_B->weight.to(compute).matmul(lora_A->weight.to(compute)) * scaling_;  // [out, in]
+  return options_.fan_in_fan_out() ? delta.t() : delta;
+}
+
+torch::Tensor LoraLinearImpl::delta_weight() const { return delta_f32_or_wider().to(weight.scalar_type()); }
+
+void LoraLinearImpl::merge(bool safe) {
+  if (merged_) return;
+  const torch::Tensor delta = delta_f32_or_wider();
+  c10::NoGradGuard no_grad;
+  if (safe && !torch::isfinite(delta).all().item<bool>()) {
+    throw Error(ErrorCode::kInvalidArgument, "the LoRA delta holds NaN or Inf: not merged");
+  }
+  if (weight.scalar_type() == delta.scalar_type()) {
+    weight.add_(delta);
+  } else {
+    // Add in F32, round once into the half-precision weight.
+    weight.copy_(weight.to(delta.scalar_type()).add_(delta));
+  }
+  merged_ = true;
+}
+
+void LoraLinearImpl::unmerge() {
+  if (!merged_) return;
+  const torch::Tensor delta = delta_f32_or_wider();
+  c10::NoGradGuard no_grad;
+  if (weight.scalar_type() == delta.scalar_type()) {
+    weight.sub_(delta);
+  } else {
+    weight.copy_(weight.to(delta.scalar_type()).sub_(delta));
+  }
+  merged_ = false;
+}
+
+}  // namespace lorakeep

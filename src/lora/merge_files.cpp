@@ -1,0 +1,166 @@
+// merge_lora_files: an adapter folded into base weights, file to file.
+#include <chrono>
+#include <cmath>
+#include <map>
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include "lorakeep/error.h"
+#include "lorakeep/lora.h"
+#include "logging.h"
+#include "lora/adapter_internal.h"
+#include "merge_util.h"
+#include "sharded_writer.h"
+
+namespace lorakeep {
+namespace {
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+struct Fold {
+  at::Tensor A, B;  // [r, in], [out, r], in the compute dtype
+  double scaling = 0;
+};
+
+}  // namespace
+
+MergeReport merge_lora_files(const std::string& base, const std::string& adapter_dir, const std::string& out_dir,
+                             const MergeLoraOptions& options) {
+  const double start = now_seconds();
+  const LoraConfig config = read_adapter_config(adapter_dir);
+  const auto adapter = open_tensor_source(detail::adapter_weights_path(adapter_dir));
+  const detail::AdapterLayout layout = detail::classify_adapter_keys(*adapter);
+  const auto source = open_tensor_source(base);
+  const std::string prefix = detail::kPeftPrefix;
+
+  // Validate everything first.
+  std::vector<std::string> problems;
+  std::map<std::string, std::string> layer_of;  // base weight name -> layer path
+  for (const std::string& path : layout.layers) {
+    const std::string weight = path + ".weight";
+    const TensorInfo& a = adapter->info(prefix + path + ".lora_A.weight");
+    const TensorInfo& b = adapter->info(prefix + path + ".lora_B.weight");
+    if (!source->contains(weight)) {
+      problems.push_back("the adapter adapts '" + path + "' but the base has no '" + weight + "'");
+      continue;
+    }
+    const TensorInfo& w = source->info(weight);
+    if (a.shape.size() != 2 || b.shape.size() != 2 || a.shape[0] != b.shape[1]) {
+      problems.push_back("'" + path + "' has factors " + format_shape(a.shape) + " and " + format_shape(b.shape) +
+                         ", which do not multiply");
+      continue;
+    }
+    const std::vector<std::int64_t> want = config.fan_in_fan_out ? std::vector<std::int64_t>{a.shape[1], b.shape[0]}
+                                                                 : std::vector<std::int64_t>{b.shape[0], a.shape[1]};
+    if (w.shape != want) {
+      problems.push_back("'" + weight + "' is " + format_shape(w.shape) + " in the base but the factors make " +
+                         format_shape(want) + (config.fan_in_fan_out ? "" : " (hint: fan_in_fan_out?)"));
+      continue;
+    }
+    if (a.shape[0] != rank_for(config, path)) {
+      problems.push_back("'" + path + "' has rank " + std::to_string(a.shape[0]) + " in the file but " +
+                         std::to_string(rank_for(config, path)) + " in adapter_config.json");
+      continue;
+    }
+    layer_of[weight] = path;
+  }
+  std::map<std::string, std::string> whole;  // output name -> adapter key
+  for (const std::string& name : layout.whole) {
+    if (source->contains(name) && source->info(name).shape != adapter->info(prefix + name).shape) {
+      problems.push_back("'" + name + "' is " + format_shape(source->info(name).shape) + " in the base but " +
+                         format_shape(adapter->info(prefix + name).shape) + " in the adapter");
+      continue;
+    }
+    whole[name] = prefix + name;
+  }
+  if (!problems.empty()) {
+    std::string msg = "cannot merge adapter '" + adapter_dir + "' into '" + base + "': " +
+                      std::to_string(problems.size()) + (problems.size() == 1 ? " problem" : " problems") +
+                      " (nothing was written)";
+    for (std::size_t i = 0; i < problems.size() && i < 20; ++i) msg += "\n  " + problems[i];
+    throw Error(ErrorCode::kIncompatible, msg);
+  }
+
+  std::vector<TensorInfo> specs;
+  for (const std::string& name : source->names()) {
+    TensorInfo t = source->info(name);
+    if (options.dtype) t.dtype = *options.dtype;
+    specs.push_back(std::move(t));
+  }
+  for (const auto& [name, key] : whole) {
+    if (source->contains(name)) continue;
+    TensorInfo t = adapter->info(key);  // a head the base lacks: joins the output
+    t.name = name;
+    if (options.dtype) t.dtype = *options.dtype;
+    specs.push_back(std::move(t));
+    detail::logger()->info("'{}' is not in the base: added from the adapter", name);
+  }
+  detail::ShardedWriter writer(out_dir, std::move(specs), options.metadata, options.shards);
+  MergeReport report;
+  detail::Scratch scratch;
+  at::Tensor read_buffer;
+  c10::NoGradGuard no_grad;
+  const std::vector<TensorInfo> order = writer.order();
+  for (const TensorInfo& spec : order) {
+    const c10::ScalarType out = to_scalar_type(spec.dtype, spec.name);
+    if (auto w = whole.find(spec.name); w != whole.end()) {
+      writer.write(adapter->tensor(w->second).to(out));
+      report.bytes_read += adapter->info(w->second).byte_size();
+    } else {
+      const TensorInfo& info = source->info(spec.name);
+      const c10::ScalarType stored = to_scalar_type(info.dtype, spec.name);
+      const std::int64_t n = info.numel();
+      const std::int64_t cols = info.shape.empty() ? 1 : n / std::max<std::int64_t>(1, info.shape[0]);
+      const std::int64_t rows_per = std::max<std::int64_t>(1, detail::kPieceElements / std::max<std::int64_t>(1, cols));
+      auto layer = layer_of.find(spec.name);
+      Fold fold;
+      c10::ScalarType compute = stored == c10::kDouble ? c10::kDouble : c10::kFloat;
+      if (layer != layer_of.end()) {
+        const std::string& path = layer->second;
+        fold.A = adapter->tensor(prefix + path + ".lora_A.weight").to(compute);
+        fold.B = adapter->tensor(prefix + path + ".lora_B.weight").to(compute);
+        const int r = static_cast<int>(fold.A.size(0));
+        const double alpha = alpha_for(config, path);
+        fold.scaling = config.use_rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / r;
+      }
+      source->prefetch(spec.name);
+      writer.write_pieces([&](const detail::SafetensorsWriter::PieceSink& sink) {
+        for (std::int64_t e = 0; e < n;) {
+          const std::int64_t k = std::min(n - e, info.shape.empty() ? n : rows_per * cols);
+          const at::Tensor piece = detail::piece_view(*source, spec.name, stored, e, k, &read_buffer);
+          if (!fold.A.defined()) {
+            sink(scratch.as(piece, out, 0));
+          } else {
+            // Rows [r0, r0 + k / cols) of W, plus the same rows of the delta.
+            const std::int64_t r0 = e / cols, nr = k / cols;
+            at::Tensor delta;
+            if (config.fan_in_fan_out) {  // W is [in, out]: rows are input features
+              delta = fold.A.narrow(1, r0, nr).t().matmul(fold.B.t());
+            } else {  // W is [out, in]: rows are output features
+              delta = fold.B.narrow(0, r0, nr).matmul(fold.A);
+            }
+            at::Tensor sum = scratch.get(1, compute, k);
+            at::add_out(sum, scratch.as(piece, compute, 2), delta.reshape({k}), fold.scaling);
+            sink(scratch.as(sum, out, 3));
+          }
+          e += k;
+        }
+      });
+      report.bytes_read += info.byte_size();
+    }
+    report.bytes_written += spec.byte_size();
+    report.elements += static_cast<std::uint64_t>(spec.numel());
+    ++report.tensors;
+    if (options.progress) options.progress(report.tensors, order.size(), report.bytes_read);
+  }
+  report.output = writer.finish();
+  report.seconds = now_seconds() - start;
+  detail::logger()->info("merged adapter '{}' ({} layers) into '{}': {} tensors in {:.1f} s", adapter_dir,
+                         layout.layers.size(), out_dir, report.tensors, report.seconds);
+  return report;
+}
+
+}  // namespace lorakeep
