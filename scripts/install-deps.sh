@@ -45,3 +45,14 @@ fi
 if ! "$venv/bin/python" -c "import safetensors, numpy" 2>/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check "safetensors==0.8.0" numpy
 fi
+# PEFT and transformers as peers too: PEFT must load our adapters, and
+# transformers' TrainerState must read our trainer_state.json. Pinned to the
+# last releases that run on Debian's torch 1.13, without their dependency
+# resolution (which would replace that torch).
+if ! "$venv/bin/python" -c "import peft, transformers" 2>/dev/null; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps \
+    "peft==0.10.0" "transformers==4.38.2" "accelerate==0.27.2" "huggingface_hub==0.20.3" "tokenizers==0.15.2" \
+    "tqdm==4.66.2" "regex==2023.12.25" "filelock==3.13.1" "pyyaml==6.0.1" "requests==2.31.0" "packaging==23.2" \
+    "psutil==5.9.8" "fsspec==2024.2.0" "typing_extensions==4.9.0" "charset_normalizer==3.3.2" "idna==3.6" \
+    "urllib3==2.2.1" "certifi==2024.2.2"
+fi

@@ -77,7 +77,7 @@ TORCH_MODULE(Gpt2SeqCls);
 
 }  // namespace
 
-TEST_CASE("PEFT's own LoRA adapters load and reproduce PEFT's output", "[lora][peft]") {
+TEST_CASE("real PEFT LoRA adapters load and reproduce the output PEFT computed", "[lora][peft]") {
   for (const std::string adapter : {"lora_mlp", "lora_mlp_modules_to_save"}) {
     INFO(adapter);
     Mlp model = seeded_mlp();
@@ -102,7 +102,7 @@ TEST_CASE("adapters of other PEFT types are refused naming their peft_type", "[l
   }
 }
 
-TEST_CASE("the GPT-2 PEFT adapter loads into GPT-2's module tree and merges as base + scaling (BA)^T",
+TEST_CASE("the GPT-2 PEFT adapter loads into the GPT-2 module tree and merges as base + scaling (BA)^T",
           "[lora][peft]") {
   torch::manual_seed(0);
   Gpt2SeqCls model;
@@ -135,14 +135,13 @@ TEST_CASE("the GPT-2 PEFT adapter loads into GPT-2's module tree and merges as b
   CHECK(torch::allclose(model->transformer->h->ptr<Gpt2BlockImpl>(5)->attn->c_attn->weight, base[5], 0, 1e-6));
 }
 
-TEST_CASE("inject, train, save, then load into a fresh model gives identical outputs", "[lora]") {
+TEST_CASE("inject then train then save then load into a fresh model gives identical outputs", "[lora]") {
   test::TempDir dir;
   LoraConfig config;
   config.r = 4;
   config.lora_alpha = 16;
   config.target_modules = {"lin0"};
   config.modules_to_save = {"lin1"};
-  config.task_type = "CAUSAL_LM";
   Mlp model = seeded_mlp();
   const auto trainable = inject_lora(*model, config);
   CHECK(trainable == std::vector<std::string>{"lin0.lora_A.weight", "lin0.lora_B.weight", "lin1.weight", "lin1.bias"});
@@ -163,6 +162,21 @@ TEST_CASE("inject, train, save, then load into a fresh model gives identical out
   load_adapter(dir / "adapter", *fresh);
   CHECK(torch::equal(fresh->forward(fixed_input()), model->forward(fixed_input())));
 
+  // PEFT loads the directory as its own adapter and computes the same output.
+  const auto peft = test::run_process({test::python_path(), test::python_script("peft_check.py"), dir / "adapter"});
+  INFO(peft.err);
+  REQUIRE(peft.exit_code == 0);
+  const auto loaded = nlohmann::json::parse(peft.out);
+  CHECK(loaded["peft_type"] == "LORA");
+  CHECK(loaded["r"] == 4);
+  CHECK(loaded["modules_to_save"] == nlohmann::json({"lin1"}));
+  const auto rows = loaded["output"].get<std::vector<std::vector<float>>>();
+  const torch::Tensor expected = model->forward(fixed_input() / 90);
+  REQUIRE(rows.size() == 9);
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    for (std::size_t j = 0; j < 2; ++j) CHECK(rows[i][j] == Approx(expected[i][j].item<float>()).margin(1e-5));
+  }
+
   // The reference reader sees PEFT's key names and shapes.
   const auto py = test::run_process({test::python_path(), test::python_script("adapter_keys.py"),
                                      dir / "adapter/adapter_model.safetensors"});
@@ -177,10 +191,10 @@ TEST_CASE("inject, train, save, then load into a fresh model gives identical out
   // adapter_config.json carries every field PEFT writes (the key set of the
   // real PEFT file in the fixtures), with our values.
   const auto ours = nlohmann::json::parse(test::read_file(dir / "adapter/adapter_config.json"));
-  const auto peft = nlohmann::json::parse(test::read_file(test::fixture("peft/gpt2_lora_seqcls/adapter_config.json")));
+  const auto written = nlohmann::json::parse(test::read_file(test::fixture("peft/gpt2_lora_seqcls/adapter_config.json")));
   std::set<std::string> our_keys, peft_keys;
   for (auto it = ours.begin(); it != ours.end(); ++it) our_keys.insert(it.key());
-  for (auto it = peft.begin(); it != peft.end(); ++it) peft_keys.insert(it.key());
+  for (auto it = written.begin(); it != written.end(); ++it) peft_keys.insert(it.key());
   CHECK(our_keys == peft_keys);
   CHECK(ours["peft_type"] == "LORA");
   CHECK(ours["r"] == 4);
@@ -188,10 +202,10 @@ TEST_CASE("inject, train, save, then load into a fresh model gives identical out
   CHECK(ours["target_modules"] == nlohmann::json({"lin0"}));
   CHECK(ours["modules_to_save"] == nlohmann::json({"lin1"}));
   CHECK(ours["inference_mode"] == true);
-  CHECK(ours["task_type"] == "CAUSAL_LM");
+  CHECK(ours["task_type"].is_null());  // a plain module: PEFT's PeftModel, no task wrapper
 }
 
-TEST_CASE("PEFT's target matching rules select the same modules", "[lora]") {
+TEST_CASE("the PEFT target matching rules select the same modules", "[lora]") {
   LoraConfig c;
   c.target_modules = {"q_proj", "layers.1.mlp.fc"};
   CHECK(is_lora_target(c, "q_proj"));
@@ -239,7 +253,7 @@ TEST_CASE("inject_lora explains targets it cannot adapt", "[lora]") {
   CHECK_THAT(none.what(), Contains("select no module") && Contains("lin0") && Contains("lin1"));
 }
 
-TEST_CASE("a LoraLinear without an adapter is torch::nn::Linear, names and numbers", "[lora]") {
+TEST_CASE("a LoraLinear without an adapter is torch::nn::Linear in names and numbers", "[lora]") {
   torch::manual_seed(7);
   torch::nn::Linear plain(6, 5);
   torch::manual_seed(7);
@@ -253,7 +267,7 @@ TEST_CASE("a LoraLinear without an adapter is torch::nn::Linear, names and numbe
   CHECK(torch::equal(plain->forward(x), lora->forward(x)));
 }
 
-TEST_CASE("an adapter initialises as PEFT's and merges in F32 into a BF16 base", "[lora]") {
+TEST_CASE("an adapter initialises as in PEFT and merges in F32 into a BF16 base", "[lora]") {
   torch::manual_seed(1);
   LoraLinear layer(64, 32);
   layer->to(torch::kBFloat16);
@@ -370,7 +384,7 @@ TEST_CASE("merge-lora folds the GPT-2 adapter into Conv1D weights and refuses a 
                            Contains("has no 'transformer.h.1.attn.c_attn.weight'"));
 }
 
-TEST_CASE("an allocation probe leaves LibTorch's raw allocation users working", "[lora][memory]") {
+TEST_CASE("an allocation probe leaves the raw allocation users of LibTorch working", "[lora][memory]") {
   AllocationProbe probe;  // installs the counting CPU allocator
   void* raw = c10::GetCPUAllocator()->raw_allocate(1000);
   c10::GetCPUAllocator()->raw_deallocate(raw);

@@ -137,7 +137,7 @@ TEST_CASE("save_sharded refuses a non-empty output directory and leaves it alone
   CHECK(fs::exists(dir / "empty/model.safetensors"));
 }
 
-TEST_CASE("byte sizes parse as Hugging Face's max_shard_size strings", "[sharded]") {
+TEST_CASE("byte sizes parse as the max_shard_size strings of Hugging Face", "[sharded]") {
   std::uint64_t v = 0;
   CHECK((detail::parse_byte_size("5GB", &v) && v == 5'000'000'000ull));
   CHECK((detail::parse_byte_size("2GiB", &v) && v == (2ull << 30)));

@@ -66,7 +66,7 @@ void naive_load(const NamedTensors& targets, const TensorSource& source) {
 
 }  // namespace
 
-TEST_CASE("the seed's bug: a capped allocator stops the naive reload but not lorakeep's", "[transfer]") {
+TEST_CASE("the seed bug reproduced: a capped allocator stops the naive reload but not lorakeep", "[transfer]") {
   test::TempDir dir;
   const NamedTensors adapter = make_tensors(64, 512, 2048);  // 64 x 4 MiB = 256 MiB
   save_safetensors(dir / "adapter.safetensors", adapter);
@@ -322,7 +322,7 @@ TEST_CASE("a torch.save archive saved from CUDA loads onto the CPU", "[transfer]
   CHECK(bin->info("base_model.model.lin0.lora_B.weight").shape == std::vector<std::int64_t>{20, 8});
 }
 
-TEST_CASE("a torch.save archive we write reads back, and a legacy one is refused with a hint", "[transfer][pickle]") {
+TEST_CASE("a torch.save archive we write reads back and a legacy one is refused with a hint", "[transfer][pickle]") {
   test::TempDir dir;
   detail::save_torch_pickle(dir / "x.bin", {{"a", at::arange(5, at::kFloat)}, {"b", at::ones({2, 2}, at::kHalf)}});
   const auto src = open_tensor_source(dir / "x.bin");
