@@ -324,8 +324,11 @@ SaveReport SafetensorsWriter::finish() {
 
 }  // namespace detail
 
-SaveReport save_safetensors(const std::string& path, const NamedTensors& tensors,
-                            const std::map<std::string, std::string>& metadata, const SaveOptions& options) {
+namespace detail {
+
+SaveReport write_safetensors(const std::string& path, const NamedTensors& tensors,
+                             const std::map<std::string, std::string>& metadata, SafetensorsWriter::Mode mode,
+                             std::uint64_t chunk_bytes) {
   std::vector<TensorInfo> specs;
   std::unordered_map<std::string, const at::Tensor*> by_name;
   specs.reserve(tensors.size());
@@ -338,10 +341,17 @@ SaveReport save_safetensors(const std::string& path, const NamedTensors& tensors
     specs.push_back(std::move(info));
     by_name[name] = &tensor;
   }
-  detail::SafetensorsWriter writer(path, std::move(specs), metadata, detail::SafetensorsWriter::Mode::kAtomic,
-                                   options.chunk_bytes);
+  SafetensorsWriter writer(path, std::move(specs), metadata, mode, chunk_bytes);
   for (const TensorInfo& t : writer.order()) writer.write(*by_name.at(t.name));
   return writer.finish();
+}
+
+}  // namespace detail
+
+SaveReport save_safetensors(const std::string& path, const NamedTensors& tensors,
+                            const std::map<std::string, std::string>& metadata, const SaveOptions& options) {
+  return detail::write_safetensors(path, tensors, metadata, detail::SafetensorsWriter::Mode::kAtomic,
+                                   options.chunk_bytes);
 }
 
 }  // namespace lorakeep

@@ -81,4 +81,10 @@ class SafetensorsWriter {
   double started_;
 };
 
+// Writes whole tensors to `path` in the given mode (save_safetensors is this
+// with Mode::kAtomic). Throws as SafetensorsWriter.
+SaveReport write_safetensors(const std::string& path, const NamedTensors& tensors,
+                             const std::map<std::string, std::string>& metadata, SafetensorsWriter::Mode mode,
+                             std::uint64_t chunk_bytes);
+
 }  // namespace lorakeep::detail

@@ -1,6 +1,10 @@
 // lorakeep/lorakeep.h: the whole public API in one include.
 #pragma once
 
+#include "lorakeep/callbacks.h"
+#include "lorakeep/checkpoint.h"
+#include "lorakeep/checkpoint_options.h"
+#include "lorakeep/config.h"
 #include "lorakeep/dtype.h"
 #include "lorakeep/error.h"
 #include "lorakeep/logging.h"
@@ -12,5 +16,6 @@
 #include "lorakeep/sharded.h"
 #include "lorakeep/tensor_info.h"
 #include "lorakeep/tensor_source.h"
+#include "lorakeep/training_state.h"
 #include "lorakeep/transfer.h"
 #include "lorakeep/version.h"

@@ -24,6 +24,7 @@ struct Command {
 
 // Each adds its subcommands to `app` and their actions to `commands`.
 void add_file_commands(CLI::App& app, std::vector<Command>& commands);   // inspect, verify, convert
+void add_run_commands(CLI::App& app, std::vector<Command>& commands);    // best, finalize
 void add_merge_commands(CLI::App& app, std::vector<Command>& commands);  // merge-delta, make-delta, merge-lora
 
 }  // namespace lorakeep::cli

@@ -2,11 +2,14 @@
 #include <cstdio>
 #include <iostream>
 
+#include <boost/filesystem.hpp>
 #include <nlohmann/json.hpp>
 
 #include "lorakeep/error.h"
 #include "lorakeep/safetensors.h"
 #include "lorakeep/tensor_source.h"
+#include "checkpoint/layout.h"
+#include "checkpoint/run_dir.h"
 #include "cli/cli.h"
 #include "format/json_util.h"
 
@@ -56,7 +59,23 @@ int run_inspect(const std::string& path, bool json) {
   return kExitOk;
 }
 
+bool is_checkpoint_or_run_dir(const std::string& path) {
+  namespace fs = boost::filesystem;
+  boost::system::error_code ec;
+  if (!fs::is_directory(path, ec)) return false;
+  if (fs::exists(fs::path(path) / detail::kManifestFile, ec)) return true;
+  if (detail::parse_checkpoint_dir_name(fs::path(path).filename().string())) return true;
+  for (fs::directory_iterator it(path, ec), end; !ec && it != end; it.increment(ec)) {
+    if (detail::parse_checkpoint_dir_name(it->path().filename().string())) return true;
+  }
+  return false;
+}
+
 int run_verify(const std::string& path) {
+  if (is_checkpoint_or_run_dir(path)) {
+    for (const std::string& line : detail::verify_checkpoints(path)) std::printf("%s\n", line.c_str());
+    return kExitOk;
+  }
   const auto source = open_tensor_source(path);
   std::printf("ok: %s (%s, %zu tensors, %s)\n", source->path().c_str(), source->kind().c_str(),
               source->names().size(), detail::format_bytes(source->total_bytes()).c_str());

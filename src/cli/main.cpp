@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
   std::vector<lorakeep::cli::Command> commands;
   lorakeep::cli::add_file_commands(app, commands);
   lorakeep::cli::add_merge_commands(app, commands);
+  lorakeep::cli::add_run_commands(app, commands);
 
   try {
     app.parse(argc, argv);

@@ -91,6 +91,32 @@ std::string temp_path_beside(const std::string& final_path) {
 
 void publish(const std::string& tmp, const std::string& final_path, bool replace) {
   fsync_path(tmp);
+  struct stat existing;
+  if (replace && ::lstat(final_path.c_str(), &existing) == 0 && S_ISDIR(existing.st_mode)) {
+    // rename(2) cannot replace a non-empty directory: swap the two in one
+    // step, then delete the old one, which now sits at `tmp`.
+    int rc = ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_path.c_str(), RENAME_EXCHANGE);
+    if (rc != 0 && errno == EINVAL) {
+      // No RENAME_EXCHANGE on this file system: move the old one aside first.
+      const std::string aside = temp_path_beside(final_path);
+      if (::rename(final_path.c_str(), aside.c_str()) != 0) {
+        io_fail("cannot move '" + final_path + "' aside to replace it", errno);
+      }
+      rc = ::rename(tmp.c_str(), final_path.c_str());
+      if (rc != 0) {
+        const int e = errno;
+        ::rename(aside.c_str(), final_path.c_str());
+        io_fail("cannot rename '" + tmp + "' to '" + final_path + "'", e);
+      }
+      sync_directory(parent_of(final_path));
+      remove_all_logged(aside);
+      return;
+    }
+    if (rc != 0) io_fail("cannot swap '" + tmp + "' into '" + final_path + "'", errno);
+    sync_directory(parent_of(final_path));
+    remove_all_logged(tmp);
+    return;
+  }
   int rc = replace ? ::rename(tmp.c_str(), final_path.c_str())
                    : ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_path.c_str(), RENAME_NOREPLACE);
   if (rc != 0 && !replace && errno == EINVAL) {

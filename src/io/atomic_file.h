@@ -47,7 +47,9 @@ std::string temp_path_beside(const std::string& final_path);
 // The one publishing step: fsync `tmp` (a file or a directory whose files the
 // caller already synced), rename it to `final_path`, fsync the parent
 // directory. With replace=false an existing `final_path` is an error
-// (kIOError, "File exists") and is left untouched.
+// (kIOError, "File exists") and is left untouched; with replace=true an
+// existing file is replaced atomically, and an existing directory is swapped
+// out atomically (RENAME_EXCHANGE) and then deleted.
 // Throws Error(kIOError) naming both paths.
 void publish(const std::string& tmp, const std::string& final_path, bool replace);
 

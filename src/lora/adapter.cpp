@@ -8,6 +8,7 @@
 
 #include "lorakeep/error.h"
 #include "lorakeep/lora.h"
+#include "checkpoint/layout.h"
 #include "format/json_util.h"
 #include "io/atomic_file.h"
 #include "logging.h"
@@ -18,10 +19,6 @@ namespace lorakeep {
 namespace {
 
 namespace fs = boost::filesystem;
-
-constexpr const char* kWeightsFile = "adapter_model.safetensors";
-constexpr const char* kPickleFile = "adapter_model.bin";
-constexpr const char* kConfigFile = "adapter_config.json";
 
 std::string list_paths(const std::vector<std::string>& paths, std::size_t limit = 30) {
   std::string out;
@@ -151,24 +148,12 @@ AdapterSaveReport write_adapter(const std::string& dir, torch::nn::Module& modul
   saved.inference_mode = true;
   const std::string text = format_adapter_config(saved);
   AdapterSaveReport report;
-  report.config_path = (fs::path(dir) / kConfigFile).string();
-  const std::string weights = (fs::path(dir) / kWeightsFile).string();
+  report.config_path = (fs::path(dir) / detail::kAdapterConfigFile).string();
+  const std::string weights = (fs::path(dir) / detail::kAdapterWeightsFile).string();
   if (direct) {
     // Inside a directory that is published whole later: plain files, synced.
-    std::vector<TensorInfo> specs;
-    std::map<std::string, const at::Tensor*> by_name;
-    for (const auto& [name, t] : tensors) {
-      TensorInfo info;
-      info.name = name;
-      info.dtype = from_scalar_type(t.scalar_type(), name);
-      info.shape = t.sizes().vec();
-      specs.push_back(std::move(info));
-      by_name[name] = &t;
-    }
-    SafetensorsWriter writer(weights, std::move(specs), {{"format", "pt"}}, SafetensorsWriter::Mode::kDirect,
-                             64ull << 20);
-    for (const TensorInfo& t : writer.order()) writer.write(*by_name.at(t.name));
-    report.weights = writer.finish();
+    report.weights = write_safetensors(weights, tensors, {{"format", "pt"}}, SafetensorsWriter::Mode::kDirect,
+                                       64ull << 20);
     WritableFile file = WritableFile::create(report.config_path);
     file.append(text.data(), text.size());
     file.sync();
@@ -192,8 +177,8 @@ AdapterSaveReport save_adapter(const std::string& dir, torch::nn::Module& module
   try {
     AdapterSaveReport report = detail::write_adapter(tmp, module, config, /*direct=*/true);
     detail::publish(tmp, dir, /*replace=*/false);
-    report.weights.path = (fs::path(dir) / kWeightsFile).string();
-    report.config_path = (fs::path(dir) / kConfigFile).string();
+    report.weights.path = (fs::path(dir) / detail::kAdapterWeightsFile).string();
+    report.config_path = (fs::path(dir) / detail::kAdapterConfigFile).string();
     return report;
   } catch (...) {
     detail::remove_all_logged(tmp);
@@ -202,7 +187,7 @@ AdapterSaveReport save_adapter(const std::string& dir, torch::nn::Module& module
 }
 
 LoraConfig read_adapter_config(const std::string& dir) {
-  const std::string path = (fs::path(dir) / kConfigFile).string();
+  const std::string path = (fs::path(dir) / detail::kAdapterConfigFile).string();
   return parse_adapter_config(detail::read_small_file(path, 16ull << 20), path);
 }
 
@@ -210,12 +195,12 @@ namespace detail {
 
 std::string adapter_weights_path(const std::string& dir) {
   boost::system::error_code ec;
-  for (const char* name : {kWeightsFile, kPickleFile}) {
+  for (const char* name : {detail::kAdapterWeightsFile, detail::kAdapterPickleFile}) {
     const std::string path = (fs::path(dir) / name).string();
     if (fs::exists(path, ec)) return path;
   }
-  throw Error(ErrorCode::kNotFound, "adapter directory '" + dir + "' has neither " + kWeightsFile + " nor " +
-                                        kPickleFile);
+  throw Error(ErrorCode::kNotFound, "adapter directory '" + dir + "' has neither " + detail::kAdapterWeightsFile + " nor " +
+                                        detail::kAdapterPickleFile);
 }
 
 AdapterLayout classify_adapter_keys(const TensorSource& source) {

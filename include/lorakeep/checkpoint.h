@@ -1,0 +1,99 @@
+// lorakeep/checkpoint.h: the checkpoint manager. Saves LoRA adapter
+// checkpoints atomically and with checksums in Hugging Face Trainer's layout,
+// keeps the best by an evaluation metric, rotates the rest, resumes, and at
+// the end of training reloads the best adapter CPU-first into the live model.
+//
+//   lorakeep::CheckpointOptions o;
+//   o.output_dir = "runs/exp1";
+//   o.save_total_limit = 2;
+//   lorakeep::CheckpointManager ckpt(o);
+//   ckpt.save(*model, lora_config, state, &optimizer);   // checkpoint-<step>/
+//   ckpt.load_best_into(*model);                          // at the end
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/optim/optimizer.h>
+
+#include "lorakeep/checkpoint_options.h"
+#include "lorakeep/lora_config.h"
+#include "lorakeep/training_state.h"
+#include "lorakeep/transfer.h"
+
+namespace lorakeep {
+
+// A committed checkpoint.
+struct CheckpointInfo {
+  std::int64_t step = 0;
+  std::string path;              // <output_dir>/checkpoint-<step>
+  double epoch = 0;
+  Metrics metrics;               // the evaluation at that step (empty if none)
+  std::optional<double> metric;  // metrics[metric_key], if evaluated
+};
+
+// Owns a run directory for its lifetime: holds an flock on <output_dir>/.lock
+// (a second manager on the same directory fails with kLocked naming the
+// holder's pid). On creation it removes .tmp-checkpoint-* leftovers (logged),
+// ignores checkpoint directories without a valid manifest (logged) and
+// recomputes the best from the manifests, so a resumed run keeps its best.
+//
+// Move-only. Not thread-safe: call from the training loop's thread.
+class CheckpointManager {
+ public:
+  // Creates output_dir if needed. Throws Error(kInvalidArgument) for bad
+  // options, Error(kLocked), Error(kIOError).
+  explicit CheckpointManager(CheckpointOptions options);
+  ~CheckpointManager();
+  CheckpointManager(CheckpointManager&&) noexcept;
+  CheckpointManager& operator=(CheckpointManager&&) noexcept;
+  CheckpointManager(const CheckpointManager&) = delete;
+  CheckpointManager& operator=(const CheckpointManager&) = delete;
+
+  // Commits checkpoint-<state.global_step>: the adapter of `module` (PEFT's
+  // files, tensors streamed from any device through host memory), optimizer
+  // and RNG state if the options say so, trainer_state.json from `state`, and
+  // the manifest last; each file fsynced, the directory renamed into place and
+  // output_dir fsynced. The evaluation recorded at this step (state.last_metrics)
+  // becomes the checkpoint's metrics; state's best fields are updated. Then
+  // rotation deletes what the policy no longer keeps (failures are logged,
+  // never thrown). A checkpoint of the same step is replaced atomically.
+  // On failure nothing new is visible, earlier checkpoints are intact, and
+  // `state` is unchanged. Throws Error(kIOError) naming the path.
+  CheckpointInfo save(torch::nn::Module& module, const LoraConfig& lora, TrainingState& state,
+                      torch::optim::Optimizer* optimizer = nullptr);
+
+  std::optional<CheckpointInfo> best() const;
+  std::optional<CheckpointInfo> latest() const;
+  std::vector<CheckpointInfo> checkpoints() const;  // committed, by step
+
+  // Verifies every file of the best checkpoint against its manifest, then
+  // loads its adapter into the live LoRA parameters through the transfer
+  // engine. The report is logged. A corrupt or missing best fails with
+  // Error(kCorruption) / Error(kNotFound) naming the file, live parameters
+  // unchanged; with fallback_to_next_best it tries the next best instead,
+  // logging an error for each one skipped. Throws Error(kNotFound) when no
+  // checkpoint was evaluated.
+  TransferReport load_best_into(torch::nn::Module& module, LoadOptions options = {});
+
+  // Restores the newest intact checkpoint into `module` (CPU-first), the
+  // optimizer (if given and saved), the RNG (if saved) and `*state`
+  // (progress, log history, early-stopping state; best recomputed from the
+  // manifests). Returns it, or nullopt for a fresh run.
+  std::optional<CheckpointInfo> resume(torch::nn::Module& module, torch::optim::Optimizer* optimizer,
+                                       TrainingState* state);
+
+  const CheckpointOptions& options() const;
+  const std::string& metric_key() const;  // e.g. "eval_loss"
+  bool greater_is_better() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace lorakeep

@@ -1,0 +1,60 @@
+// lorakeep/training_state.h: the state a training loop shares with its
+// callbacks: Hugging Face's TrainerState and TrainerControl in one struct.
+// Does not include LibTorch.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace lorakeep {
+
+// One entry of the log history: {"loss": 2.1, "learning_rate": 1e-4} or
+// {"eval_loss": 1.9}; "step" and "epoch" are added when it is logged.
+using Metrics = std::map<std::string, double>;
+
+// Not thread-safe: owned by the training loop.
+struct TrainingState {
+  // progress
+  std::int64_t global_step = 0;     // optimizer steps done
+  double epoch = 0;                 // fractional epochs done, as Trainer counts them
+  std::int64_t max_steps = 0;       // planned steps (informational)
+  double num_train_epochs = 0;      // planned epochs (informational)
+  std::int64_t train_batch_size = 0;
+  std::int64_t num_input_tokens_seen = 0;
+  double total_flos = 0;
+
+  // history
+  std::vector<Metrics> log_history;   // in order, each with "step" and "epoch"
+  Metrics last_metrics;               // the latest evaluation
+  std::int64_t last_metrics_step = -1;  // the step it was made at
+
+  // best, kept by the checkpoint manager (by step, never by path)
+  std::optional<double> best_metric;
+  std::optional<std::int64_t> best_global_step;
+  std::string best_model_checkpoint;
+
+  // EarlyStopping's state, saved with checkpoints as Trainer's
+  // stateful_callbacks entry "EarlyStoppingCallback" and restored on resume.
+  struct EarlyStoppingState {
+    int patience = 0;
+    double threshold = 0;
+    int counter = 0;  // evaluations without improvement so far
+  };
+  std::optional<EarlyStoppingState> early_stopping;
+
+  // control: callbacks set these; the loop (CallbackList::end_step) acts
+  bool should_evaluate = false;
+  bool should_save = false;
+  bool should_log = false;
+  bool should_stop = false;
+
+  // Appends `values` to log_history with the current step and epoch.
+  void log(const Metrics& values);
+  // Logs an evaluation and makes it last_metrics.
+  void record_evaluation(const Metrics& metrics);
+};
+
+}  // namespace lorakeep

@@ -1,0 +1,132 @@
+#include "checkpoint/manifest.h"
+
+#include <cmath>
+#include <limits>
+
+#include "lorakeep/error.h"
+#include "format/json_util.h"
+#include "io/checksum.h"
+
+namespace lorakeep::detail {
+namespace {
+
+constexpr const char* kFormat = "lorakeep-checkpoint";
+
+[[noreturn]] void bad(const std::string& path, const std::string& what) {
+  throw Error(ErrorCode::kCorruption, "invalid manifest '" + path + "': " + what);
+}
+
+nlohmann::json number(double v) {
+  if (std::isnan(v)) return "NaN";
+  if (std::isinf(v)) return v > 0 ? "Infinity" : "-Infinity";
+  return v;
+}
+
+double read_number(const OrderedJson& v, const std::string& path, const std::string& key) {
+  if (v.is_number()) return v.get<double>();
+  if (v.is_string()) {
+    const std::string s = v.get<std::string>();
+    if (s == "NaN") return std::numeric_limits<double>::quiet_NaN();
+    if (s == "Infinity") return std::numeric_limits<double>::infinity();
+    if (s == "-Infinity") return -std::numeric_limits<double>::infinity();
+  }
+  bad(path, "'" + key + "' must be a number");
+}
+
+const OrderedJson& field(const OrderedJson& j, const char* key, const std::string& path) {
+  auto it = j.find(key);
+  if (it == j.end()) bad(path, std::string("no '") + key + "' field");
+  return *it;
+}
+
+std::uint64_t read_checksum(const OrderedJson& v, const std::string& path, const std::string& key) {
+  std::uint64_t out = 0;
+  if (!v.is_string() || !parse_checksum(v.get<std::string>(), &out)) {
+    bad(path, "'" + key + "' must be 16 lowercase hex digits");
+  }
+  return out;
+}
+
+}  // namespace
+
+std::optional<double> Manifest::metric() const {
+  if (metric_for_best_model.empty()) return std::nullopt;
+  auto it = metrics.find(metric_for_best_model);
+  if (it == metrics.end()) return std::nullopt;
+  return it->second;
+}
+
+std::string format_manifest(const Manifest& m) {
+  nlohmann::json j;
+  j["format"] = kFormat;
+  j["format_version"] = m.format_version;
+  j["library_version"] = m.library_version;
+  j["step"] = m.step;
+  j["epoch"] = number(m.epoch);
+  j["metrics"] = nlohmann::json::object();
+  for (const auto& [k, v] : m.metrics) j["metrics"][k] = number(v);
+  j["metric_for_best_model"] = m.metric_for_best_model;
+  j["greater_is_better"] = m.greater_is_better;
+  j["files"] = nlohmann::json::object();
+  for (const auto& [name, f] : m.files) j["files"][name] = {{"size", f.size}, {"xxh3", format_checksum(f.xxh3)}};
+  j["tensors"] = nlohmann::json::object();
+  for (const auto& [name, c] : m.tensors) j["tensors"][name] = format_checksum(c);
+  j["created"] = m.created;
+  return j.dump(2, ' ', false, nlohmann::json::error_handler_t::strict) + "\n";
+}
+
+Manifest parse_manifest(std::string_view text, const std::string& path) {
+  const OrderedJson j = parse_json_strict(text, path);
+  if (!j.is_object()) bad(path, "not a JSON object");
+  const OrderedJson& format = field(j, "format", path);
+  if (!format.is_string() || format.get<std::string>() != kFormat) bad(path, "'format' is not \"" + std::string(kFormat) + "\"");
+  Manifest m;
+  const OrderedJson& version = field(j, "format_version", path);
+  if (!version.is_number_integer() || version.get<std::int64_t>() != 1) {
+    throw Error(ErrorCode::kNotSupported, "manifest '" + path + "' has format_version " + version.dump() +
+                                              "; this lorakeep reads version 1 (hint: written by a newer lorakeep?)");
+  }
+  const OrderedJson& lib = field(j, "library_version", path);
+  if (!lib.is_string()) bad(path, "'library_version' must be a string");
+  m.library_version = lib.get<std::string>();
+  const OrderedJson& step = field(j, "step", path);
+  if (!step.is_number_integer() || step.get<std::int64_t>() < 0) bad(path, "'step' must be a non-negative integer");
+  m.step = step.get<std::int64_t>();
+  m.epoch = read_number(field(j, "epoch", path), path, "epoch");
+  const OrderedJson& metrics = field(j, "metrics", path);
+  if (!metrics.is_object()) bad(path, "'metrics' must be an object");
+  for (auto it = metrics.begin(); it != metrics.end(); ++it) {
+    m.metrics[it.key()] = read_number(it.value(), path, "metrics." + it.key());
+  }
+  const OrderedJson& metric = field(j, "metric_for_best_model", path);
+  if (!metric.is_string()) bad(path, "'metric_for_best_model' must be a string");
+  m.metric_for_best_model = metric.get<std::string>();
+  const OrderedJson& greater = field(j, "greater_is_better", path);
+  if (!greater.is_boolean()) bad(path, "'greater_is_better' must be true or false");
+  m.greater_is_better = greater.get<bool>();
+  const OrderedJson& files = field(j, "files", path);
+  if (!files.is_object()) bad(path, "'files' must be an object");
+  for (auto it = files.begin(); it != files.end(); ++it) {
+    const std::string& name = it.key();
+    if (name.empty() || name.find('/') != std::string::npos || name == "." || name == ".." ||
+        name == "lorakeep_manifest.json") {
+      bad(path, "'files' names '" + name + "', which is not a file of the checkpoint");
+    }
+    const OrderedJson& f = it.value();
+    if (!f.is_object()) bad(path, "'files." + name + "' must be an object");
+    const OrderedJson& size = field(f, "size", path);
+    if (!size.is_number_unsigned()) bad(path, "'files." + name + ".size' must be a non-negative integer");
+    m.files[name] = FileEntry{size.get<std::uint64_t>(), read_checksum(field(f, "xxh3", path), path, "files." + name)};
+  }
+  const OrderedJson& tensors = field(j, "tensors", path);
+  if (!tensors.is_object()) bad(path, "'tensors' must be an object");
+  for (auto it = tensors.begin(); it != tensors.end(); ++it) {
+    m.tensors[it.key()] = read_checksum(it.value(), path, "tensors." + it.key());
+  }
+  const OrderedJson& created = field(j, "created", path);
+  if (!created.is_string()) bad(path, "'created' must be a string");
+  m.created = created.get<std::string>();
+  return m;
+}
+
+}  // namespace lorakeep::detail

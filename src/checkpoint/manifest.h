@@ -1,0 +1,54 @@
+// lorakeep_manifest.json: the last file of a checkpoint, listing every other
+// file with its size and XXH3-64, the adapter's per-tensor checksums, and
+// what the checkpoint was (step, epoch, metrics). A checkpoint without a
+// valid manifest does not exist as far as lorakeep is concerned.
+//
+//   {"format": "lorakeep-checkpoint", "format_version": 1, "library_version": "0.1.0",
+//    "step": 400, "epoch": 1.25, "metrics": {"eval_loss": 1.93},
+//    "metric_for_best_model": "eval_loss", "greater_is_better": false,
+//    "files": {"adapter_model.safetensors": {"size": 1234, "xxh3": "00ab..."}, ...},
+//    "tensors": {"base_model.model.q_proj.lora_A.weight": "91c2...", ...},
+//    "created": "2026-11-22T08:00:00Z"}
+//
+// Metrics that are not finite are stored as the strings "NaN", "Infinity"
+// and "-Infinity" (JSON has no such numbers). No LibTorch here.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "lorakeep/training_state.h"
+
+namespace lorakeep::detail {
+
+struct FileEntry {
+  std::uint64_t size = 0;
+  std::uint64_t xxh3 = 0;
+};
+
+struct Manifest {
+  int format_version = 1;
+  std::string library_version;
+  std::int64_t step = 0;
+  double epoch = 0;
+  Metrics metrics;                                // the evaluation at this step, if any
+  std::string metric_for_best_model;              // e.g. "eval_loss"; empty: no metric tracked
+  bool greater_is_better = false;
+  std::map<std::string, FileEntry> files;         // every other file of the checkpoint
+  std::map<std::string, std::uint64_t> tensors;   // adapter tensor -> XXH3-64 of its bytes
+  std::string created;                            // ISO 8601, UTC
+
+  // The tracked metric at this step, if it was evaluated.
+  std::optional<double> metric() const;
+};
+
+std::string format_manifest(const Manifest& manifest);
+
+// Throws Error(kCorruption) naming `path` and the field for anything that is
+// not a manifest lorakeep wrote.
+Manifest parse_manifest(std::string_view text, const std::string& path);
+
+}  // namespace lorakeep::detail
