@@ -16,6 +16,9 @@ packages=(
   # the library's dependencies
   libtorch-dev libyaml-cpp-dev libspdlog-dev libboost-filesystem-dev nlohmann-json3-dev libxxhash-dev
   libcli11-dev catch2
+  # OpenBLAS: without it Debian's LibTorch multiplies matrices with the
+  # reference BLAS, twenty times slower
+  libopenblas0-openmp
   # tests, benchmarks and the example: Python peers, /usr/bin/time, the texts the example trains on
   python3 python3-venv python3-numpy python3-torch time fortunes
 )

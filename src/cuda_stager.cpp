@@ -63,17 +63,26 @@ class CudaStager final : public DeviceStager {
   void apply(const at::Tensor& dst, const at::Tensor& src, TransferOp op, double scale) override {
     const int slot = static_cast<int>(turn_++ % 2);
     done_[slot].synchronize();  // the copy that last read this buffer is over
+    // Copies go over in the parameter's dtype; adds in the wider of the two,
+    // rounded once on the device.
+    const c10::ScalarType type = op == TransferOp::kCopy ? dst.scalar_type()
+                                                          : c10::promoteTypes(src.scalar_type(), dst.scalar_type());
     at::Tensor host = at::from_blob(pinned_[slot].data_ptr(), dst.sizes(),
-                                    at::TensorOptions().dtype(dst.scalar_type()).pinned_memory(true));
+                                    at::TensorOptions().dtype(type).pinned_memory(true));
     host.copy_(src);  // dtype conversion (or a plain copy) on the host, into pinned memory
     c10::cuda::CUDAStreamGuard on_side(stream_);
     if (op == TransferOp::kCopy) {
       dst.copy_(host, /*non_blocking=*/true);
     } else {
-      at::Tensor staged = at::from_blob(device_buffer_.data_ptr(), dst.sizes(),
-                                        at::TensorOptions().dtype(dst.scalar_type()).device(device_));
+      at::Tensor staged =
+          at::from_blob(device_buffer_.data_ptr(), dst.sizes(), at::TensorOptions().dtype(type).device(device_));
       staged.copy_(host, /*non_blocking=*/true);
-      dst.add_(staged, scale);
+      if (type == dst.scalar_type()) {
+        dst.add_(staged, scale);
+      } else {
+        staged.mul_(scale).add_(dst);
+        dst.copy_(staged);
+      }
     }
     done_[slot].record(stream_);
   }

@@ -274,7 +274,9 @@ bool mixed_cpu_add(const Planned& p, const LoadOptions& o) {
 std::int64_t piece_elements(const Planned& p, const LoadOptions& o) {
   std::uint64_t per_element = 0;
   if (!direct(p, o)) per_element += c10::elementSize(p.source_type);
-  if (mixed_cpu_add(p, o) || !p.target.device().is_cpu()) per_element += p.target.element_size();
+  if (mixed_cpu_add(p, o) || !p.target.device().is_cpu()) {
+    per_element += std::max<std::uint64_t>(p.target.element_size(), c10::elementSize(p.source_type));
+  }
   if (per_element == 0) per_element = c10::elementSize(p.source_type);  // direct: only the read size
   return static_cast<std::int64_t>(std::max<std::uint64_t>(1, o.chunk_bytes / per_element));
 }
@@ -309,11 +311,11 @@ Staging allocate_staging(const std::vector<Planned>& planned, const LoadOptions&
     source = std::max(source, piece * src_size);
     const bool mixed = p.source_type != p.target.scalar_type();
     if (p.target.device().is_cpu()) {
-      if (mixed_cpu_add(p, o)) convert = std::max(convert, piece * dst_size);
+      if (mixed_cpu_add(p, o)) convert = std::max(convert, piece * std::max(dst_size, src_size));
       continue;
     }
     auto& d = devices.emplace(p.target.device().str(), DeviceNeeds{p.target.device(), {}}).first->second;
-    d.needs.piece_bytes = std::max(d.needs.piece_bytes, piece * dst_size);
+    d.needs.piece_bytes = std::max(d.needs.piece_bytes, piece * std::max(dst_size, src_size));
     d.needs.convert = d.needs.convert || mixed;
     d.needs.add = d.needs.add || o.op == TransferOp::kAdd;
   }
@@ -396,11 +398,20 @@ class Applier {
       dst.add_(src, o_.scale);
       return;
     }
-    // Mixed-dtype add_ would cast through a temporary of the piece: convert
-    // into the preallocated buffer instead.
-    at::Tensor converted = piece_of(staging_.convert, dst.scalar_type(), dst.sizes());
-    converted.copy_(src);
-    dst.add_(converted, o_.scale);
+    // Mixed dtypes: add in the wider of the two and round once into the
+    // parameter (an F64 delta added to F32 weights gives what the offline
+    // merge gives), through the preallocated buffer: a mixed-dtype add_ would
+    // cast through a temporary of the piece.
+    const c10::ScalarType wide = c10::promoteTypes(src.scalar_type(), dst.scalar_type());
+    at::Tensor sum = piece_of(staging_.convert, wide, dst.sizes());
+    if (wide == dst.scalar_type()) {
+      sum.copy_(src);  // exact widening
+      dst.add_(sum, o_.scale);
+    } else {
+      sum.copy_(dst);
+      sum.add_(src, o_.scale);
+      dst.copy_(sum);
+    }
   }
 
   const TensorSource& source_;
@@ -515,19 +526,28 @@ class GenericStager final : public DeviceStager {
   }
 
   void apply(const at::Tensor& dst, const at::Tensor& src, TransferOp op, double scale) override {
+    // Copies convert to the parameter's dtype on the host; adds happen on
+    // the device in the wider of the two dtypes, rounded once.
+    const c10::ScalarType type = op == TransferOp::kCopy ? dst.scalar_type()
+                                                          : c10::promoteTypes(src.scalar_type(), dst.scalar_type());
     at::Tensor host = src;
-    if (src.scalar_type() != dst.scalar_type()) {
-      host = piece_of(host_, dst.scalar_type(), dst.sizes());
+    if (src.scalar_type() != type) {
+      host = piece_of(host_, type, dst.sizes());
       host.copy_(src);  // dtype conversion on the host
     }
     if (op == TransferOp::kCopy) {
       dst.copy_(host);  // straight into the live storage
       return;
     }
-    at::Tensor on_device = at::from_blob(device_.data_ptr(), dst.sizes(),
-                                         at::TensorOptions().dtype(dst.scalar_type()).device(dst.device()));
+    at::Tensor on_device =
+        at::from_blob(device_.data_ptr(), dst.sizes(), at::TensorOptions().dtype(type).device(dst.device()));
     on_device.copy_(host);
-    dst.add_(on_device, scale);
+    if (type == dst.scalar_type()) {
+      dst.add_(on_device, scale);
+    } else {
+      on_device.mul_(scale).add_(dst);
+      dst.copy_(on_device);
+    }
   }
 
   void finish() override {}

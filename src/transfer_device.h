@@ -31,7 +31,7 @@ class DeviceStager {
 
 // What the pieces bound for one device need.
 struct StagingNeeds {
-  std::uint64_t piece_bytes = 0;  // largest piece, in the target dtype (<= chunk_bytes)
+  std::uint64_t piece_bytes = 0;  // largest piece, in the wider of source and target dtype (<= chunk_bytes)
   bool convert = false;           // some source dtype differs from its target's
   bool add = false;               // op is kAdd
 };
