@@ -1,4 +1,6 @@
 // The lorakeep tool as a user runs it: real processes, real exit codes.
+#include <sys/stat.h>
+
 #include <boost/filesystem.hpp>
 #include <nlohmann/json.hpp>
 
@@ -93,6 +95,21 @@ TEST_CASE("lorakeep convert writes safetensors from a .bin and a failed write ke
     ++entries;
   }
   CHECK(entries == 1);  // no temp file left behind
+}
+
+}  // namespace lorakeep
+
+namespace lorakeep {
+
+TEST_CASE("lorakeep refuses a FIFO or a device instead of blocking on it", "[cli]") {
+  test::TempDir dir;
+  REQUIRE(::mkfifo((dir / "pipe.safetensors").c_str(), 0600) == 0);
+  for (const std::string& path : {dir / "pipe.safetensors", std::string("/dev/zero")}) {
+    const auto r = test::run_process({"timeout", "20", test::cli_path(), "inspect", "--json", path});
+    INFO(path << "\n" << r.out << r.err);
+    CHECK(r.exit_code == 2);
+    CHECK_THAT(nlohmann::json::parse(r.out)["error"]["message"].get<std::string>(), Contains("not a regular file"));
+  }
 }
 
 }  // namespace lorakeep

@@ -13,6 +13,7 @@
 
 #include "lorakeep/error.h"
 #include "format/utf8.h"
+#include "io/read_file.h"
 
 namespace lorakeep::detail {
 
@@ -55,22 +56,12 @@ OrderedJson parse_json_strict(std::string_view text, const std::string& path) {
 }
 
 std::string read_small_file(const std::string& path, std::uint64_t max_bytes) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int e = errno;
-    throw Error(e == ENOENT ? ErrorCode::kNotFound : ErrorCode::kIOError,
-                "cannot open '" + path + "': " + std::strerror(e));
-  }
-  struct stat st;
-  if (::fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
-    const int e = S_ISDIR(st.st_mode) ? EISDIR : errno;
+  std::uint64_t size = 0;
+  const int fd = open_for_reading(path, &size);
+  if (size > max_bytes) {
     ::close(fd);
-    throw Error(ErrorCode::kIOError, "cannot read '" + path + "': " + std::strerror(e));
-  }
-  if (static_cast<std::uint64_t>(st.st_size) > max_bytes) {
-    ::close(fd);
-    throw Error(ErrorCode::kCorruption, "'" + path + "' is " + std::to_string(st.st_size) +
-                                            " bytes, more than the " + std::to_string(max_bytes) + " expected");
+    throw Error(ErrorCode::kCorruption, "'" + path + "' is " + std::to_string(size) + " bytes, more than the " +
+                                            std::to_string(max_bytes) + " expected");
   }
   std::string text;
   char buf[65536];
@@ -94,12 +85,7 @@ std::string read_small_file(const std::string& path, std::uint64_t max_bytes) {
 }
 
 std::string read_file_prefix(const std::string& path, std::size_t n) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int e = errno;
-    throw Error(e == ENOENT ? ErrorCode::kNotFound : ErrorCode::kIOError,
-                "cannot open '" + path + "': " + std::strerror(e));
-  }
+  const int fd = open_for_reading(path);
   std::string head(n, '\0');
   std::size_t got = 0;
   while (got < n) {

@@ -1,4 +1,5 @@
 #include "io/checksum.h"
+#include "io/read_file.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -61,12 +62,7 @@ bool parse_checksum(const std::string& text, std::uint64_t* value) {
 }
 
 std::uint64_t checksum_file(const std::string& path, std::uint64_t* size) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int e = errno;
-    throw Error(e == ENOENT ? ErrorCode::kNotFound : ErrorCode::kIOError,
-                "cannot open '" + path + "': " + std::strerror(e));
-  }
+  const int fd = open_for_reading(path);
   ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   Xxh3Stream hash;
   std::vector<char> buf(1 << 20);

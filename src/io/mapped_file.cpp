@@ -1,4 +1,5 @@
 #include "io/mapped_file.h"
+#include "io/read_file.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -22,23 +23,8 @@ std::uint64_t page_size() {
 }  // namespace
 
 std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int e = errno;
-    throw Error(e == ENOENT ? ErrorCode::kNotFound : ErrorCode::kIOError,
-                "cannot open '" + path + "': " + std::strerror(e));
-  }
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    const int e = errno;
-    ::close(fd);
-    throw Error(ErrorCode::kIOError, "cannot stat '" + path + "': " + std::strerror(e));
-  }
-  if (S_ISDIR(st.st_mode)) {
-    ::close(fd);
-    throw Error(ErrorCode::kInvalidArgument, "'" + path + "' is a directory, not a file");
-  }
-  const std::uint64_t size = static_cast<std::uint64_t>(st.st_size);
+  std::uint64_t size = 0;
+  const int fd = open_for_reading(path, &size);
   std::uint8_t* data = nullptr;
   if (size > 0) {
     void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
