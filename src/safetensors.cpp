@@ -16,6 +16,7 @@
 #include "logging.h"
 #include "safetensors_writer.h"
 #include "torch_compat.h"
+#include "torch_error.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors data is little-endian; so is every host we build for");
 
@@ -350,8 +351,10 @@ SaveReport write_safetensors(const std::string& path, const NamedTensors& tensor
 
 SaveReport save_safetensors(const std::string& path, const NamedTensors& tensors,
                             const std::map<std::string, std::string>& metadata, const SaveOptions& options) {
-  return detail::write_safetensors(path, tensors, metadata, detail::SafetensorsWriter::Mode::kAtomic,
-                                   options.chunk_bytes);
+  return detail::with_torch_errors(ErrorCode::kInvalidArgument, "cannot save '" + path + "'", [&] {
+    return detail::write_safetensors(path, tensors, metadata, detail::SafetensorsWriter::Mode::kAtomic,
+                                     options.chunk_bytes);
+  });
 }
 
 }  // namespace lorakeep

@@ -16,6 +16,7 @@
 #include "io/checksum.h"
 #include "logging.h"
 #include "parallel.h"
+#include "torch_error.h"
 #include "transfer_device.h"
 
 namespace lorakeep {
@@ -439,7 +440,20 @@ std::string TransferReport::summary() const {
   return buf;
 }
 
+namespace {
+
+TransferReport load_into_impl(const NamedTensors& targets, const TensorSource& source, const LoadOptions& options);
+
+}  // namespace
+
 TransferReport load_into(const NamedTensors& targets, const TensorSource& source, const LoadOptions& options) {
+  return detail::with_torch_errors(ErrorCode::kIncompatible, "cannot load '" + source.path() + "'",
+                                   [&] { return load_into_impl(targets, source, options); });
+}
+
+namespace {
+
+TransferReport load_into_impl(const NamedTensors& targets, const TensorSource& source, const LoadOptions& options) {
   if (options.chunk_bytes < 64) {
     throw Error(ErrorCode::kInvalidArgument, "chunk_bytes must be at least 64, not " +
                                                  std::to_string(options.chunk_bytes));
@@ -498,6 +512,8 @@ TransferReport load_into(const NamedTensors& targets, const TensorSource& source
   detail::logger()->info("{}", report.summary());
   return report;
 }
+
+}  // namespace
 
 TransferReport load_into(torch::nn::Module& module, const TensorSource& source, const LoadOptions& options) {
   NamedTensors targets;

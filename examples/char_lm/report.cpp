@@ -56,6 +56,7 @@ std::string chart(const ReportData& d) {
       y1 = std::max(y1, p.value);
     }
   }
+  if (d.base_eval_loss > 0) y0 = std::min(y0, d.base_eval_loss), y1 = std::max(y1, d.base_eval_loss);
   if (y1 <= y0) y1 = y0 + 1;
   const double pad = (y1 - y0) * 0.08;
   y0 -= pad, y1 += pad;
@@ -100,6 +101,13 @@ std::string chart(const ReportData& d) {
       svg << "<circle cx='" << sx(p.step) << "' cy='" << sy(p.value) << "' r='2.5' fill='" << colour << "'/>\n";
     }
   };
+  if (d.base_eval_loss > 0) {
+    // Where the base model stood on the fine-tuning text, before LoRA.
+    svg << "<line x1='" << L << "' x2='" << W - R << "' y1='" << sy(d.base_eval_loss) << "' y2='"
+        << sy(d.base_eval_loss) << "' stroke='#d62728' stroke-dasharray='2 4'/><text x='" << L + 6 << "' y='"
+        << sy(d.base_eval_loss) - 5 << "' font-size='11' fill='#d62728'>base model " << escape(d.metric) << " "
+        << num(d.base_eval_loss) << "</text>\n";
+  }
   polyline(train, "#1f77b4", "training loss");
   polyline(eval, "#d62728", "evaluation loss");
   svg << "<g font-size='12'><rect x='" << W - 230 << "' y='" << T + 4 << "' width='205' height='74' fill='#fff' "

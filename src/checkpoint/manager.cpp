@@ -26,6 +26,7 @@
 #include "logging.h"
 #include "lora/adapter_internal.h"
 #include "safetensors_writer.h"
+#include "torch_error.h"
 
 namespace lorakeep {
 namespace {
@@ -94,6 +95,34 @@ CheckpointInfo info_of(const detail::Manifest& m, const std::string& path, const
   info.metrics = m.metrics;
   if (auto it = m.metrics.find(key); it != m.metrics.end()) info.metric = it->second;
   return info;
+}
+
+// Writes every file of a checkpoint into `tmp`, each synced, the manifest
+// last (with the sizes and checksums of the others).
+void write_checkpoint_files(const std::string& tmp, const CheckpointOptions& options, detail::Manifest& manifest,
+                            torch::nn::Module& module, const LoraConfig& lora, const TrainingState& state,
+                            torch::optim::Optimizer* optimizer) {
+  const AdapterSaveReport adapter = detail::write_adapter(tmp, module, lora, /*direct=*/true);
+  manifest.files[detail::kAdapterWeightsFile] = {adapter.weights.file_size, adapter.weights.file_checksum};
+  for (std::size_t i = 0; i < adapter.weights.tensors.size(); ++i) {
+    manifest.tensors[adapter.weights.tensors[i].name] = adapter.weights.tensor_checksums[i];
+  }
+  manifest.files[detail::kAdapterConfigFile] = [&] {
+    std::uint64_t size = 0;
+    const std::uint64_t sum = detail::checksum_file(adapter.config_path, &size);
+    return detail::FileEntry{size, sum};
+  }();
+  if (options.save_optimizer && optimizer != nullptr) {
+    manifest.files[detail::kOptimizerFile] = write_optimizer(join(tmp, detail::kOptimizerFile), *optimizer);
+  }
+  if (options.save_rng) {
+    const SaveReport r = detail::write_safetensors(join(tmp, detail::kRngFile), rng_states(), {},
+                                                   detail::SafetensorsWriter::Mode::kDirect, 1 << 20);
+    manifest.files[detail::kRngFile] = {r.file_size, r.file_checksum};
+  }
+  manifest.files[detail::kTrainerStateFile] =
+      write_synced(join(tmp, detail::kTrainerStateFile), detail::format_trainer_state(state, options));
+  write_synced(join(tmp, detail::kManifestFile), detail::format_manifest(manifest));
 }
 
 }  // namespace
@@ -221,28 +250,10 @@ CheckpointInfo CheckpointManager::save(torch::nn::Module& module, const LoraConf
     throw Error(ErrorCode::kIOError, "cannot create '" + tmp + "': " + (ec ? ec.message() : "it exists"));
   }
   try {
-    const AdapterSaveReport adapter = detail::write_adapter(tmp, module, lora, /*direct=*/true);
-    manifest.files[detail::kAdapterWeightsFile] = {adapter.weights.file_size, adapter.weights.file_checksum};
-    for (std::size_t i = 0; i < adapter.weights.tensors.size(); ++i) {
-      manifest.tensors[adapter.weights.tensors[i].name] = adapter.weights.tensor_checksums[i];
-    }
-    manifest.files[detail::kAdapterConfigFile] = [&] {
-      std::uint64_t size = 0;
-      const std::uint64_t sum = detail::checksum_file(adapter.config_path, &size);
-      return detail::FileEntry{size, sum};
-    }();
-    if (m.options.save_optimizer && optimizer != nullptr) {
-      manifest.files[detail::kOptimizerFile] = write_optimizer(join(tmp, detail::kOptimizerFile), *optimizer);
-    }
-    if (m.options.save_rng) {
-      const SaveReport r = detail::write_safetensors(join(tmp, detail::kRngFile), rng_states(), {},
-                                                     detail::SafetensorsWriter::Mode::kDirect, 1 << 20);
-      manifest.files[detail::kRngFile] = {r.file_size, r.file_checksum};
-    }
-    manifest.files[detail::kTrainerStateFile] =
-        write_synced(join(tmp, detail::kTrainerStateFile), detail::format_trainer_state(state, m.options));
-    write_synced(join(tmp, detail::kManifestFile), detail::format_manifest(manifest));
-    detail::publish(tmp, final_dir, /*replace=*/true);
+    detail::with_torch_errors(ErrorCode::kInvalidArgument, "cannot save '" + final_dir + "'", [&] {
+      write_checkpoint_files(tmp, m.options, manifest, module, lora, state, optimizer);
+      detail::publish(tmp, final_dir, /*replace=*/true);
+    });
   } catch (...) {
     detail::remove_all_logged(tmp);
     undo();
