@@ -31,7 +31,10 @@ cmake -S "$root" -B "$build" -G Ninja "${cmake_args[@]}" > /dev/null
 cmake --build "$build" -j "$(nproc)"
 
 ctest_args=(--test-dir "$build" -j "$(nproc)" --output-on-failure --timeout 1800)
-if ((!slow)); then ctest_args+=(-LE slow); fi
+exclude=()
+if ((!slow)); then exclude+=(slow); fi
+if ((sanitize)); then exclude+=(tool); fi  # build checks (package, benchmarks, fuzzers) need no second run
+if ((${#exclude[@]})); then ctest_args+=(-LE "$(IFS='|'; echo "${exclude[*]}")"); fi
 if ((sanitize)); then
   # LibTorch is not built with ASan: its allocator and OpenMP threads leak by
   # design, so leak checking would only report LibTorch.

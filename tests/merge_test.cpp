@@ -143,7 +143,7 @@ TEST_CASE("lorakeep merge-delta on a 1 GiB base keeps peak RSS under 2 x largest
   REQUIRE(std::regex_search(r.err, m, std::regex("Maximum resident set size \\(kbytes\\): (\\d+)")));
   const std::uint64_t peak = std::stoull(m[1]) * 1024;
   INFO("peak RSS of merge-delta: " << peak / kMiB << " MiB; bound " << (2 * largest + 128 * kMiB) / kMiB << " MiB");
-  CHECK(peak <= 2 * largest + 128 * kMiB);
+  if (!test::kUnderSanitizer) CHECK(peak <= 2 * largest + 128 * kMiB);
   const auto out = open_tensor_source(dir / "out");
   CHECK(out->names().size() == 8);
   CHECK(out->tensor("layer.7")[8191][4095].item<float>() == 7.5f);

@@ -62,6 +62,16 @@ Error capture_error(F&& f) {
   return Error(ErrorCode::kInvalidArgument, "unreachable");
 }
 
+// Whether this build runs under AddressSanitizer, whose shadow memory and
+// quarantine make resident-memory figures meaningless (RSS bounds are then
+// reported, not asserted).
+constexpr bool kUnderSanitizer =
+#if defined(__SANITIZE_ADDRESS__)
+    true;
+#else
+    false;
+#endif
+
 std::string read_file(const std::string& path);
 void write_file(const std::string& path, const std::string& bytes);
 

@@ -163,8 +163,10 @@ TEST_CASE("host RSS stays bounded while loading because file bytes are read and 
   }
   INFO("peak extra RSS: lorakeep " << lorakeep / kMiB << " MiB, with F32->F16 conversion " << converting / kMiB
                                    << " MiB, naive " << naive / kMiB << " MiB");
-  CHECK(lorakeep <= static_cast<std::int64_t>(64 * kMiB));
-  CHECK(converting <= static_cast<std::int64_t>(8 * kMiB + 8 * kMiB));
+  if (!test::kUnderSanitizer) {
+    CHECK(lorakeep <= static_cast<std::int64_t>(64 * kMiB));
+    CHECK(converting <= static_cast<std::int64_t>(8 * kMiB + 8 * kMiB));
+  }
   CHECK(naive >= static_cast<std::int64_t>(250 * kMiB));
   CHECK(bitwise_equal(live, adapter));
 }
