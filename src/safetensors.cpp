@@ -327,23 +327,27 @@ SaveReport SafetensorsWriter::finish() {
 
 namespace detail {
 
-SaveReport write_safetensors(const std::string& path, const NamedTensors& tensors,
-                             const std::map<std::string, std::string>& metadata, SafetensorsWriter::Mode mode,
-                             std::uint64_t chunk_bytes) {
-  std::vector<TensorInfo> specs;
-  std::unordered_map<std::string, const at::Tensor*> by_name;
-  specs.reserve(tensors.size());
+IndexedTensors index_tensors(const NamedTensors& tensors) {
+  IndexedTensors out;
+  out.specs.reserve(tensors.size());
   for (const auto& [name, tensor] : tensors) {
     if (!tensor.defined()) throw Error(ErrorCode::kInvalidArgument, "tensor '" + name + "' is undefined");
     TensorInfo info;
     info.name = name;
     info.dtype = from_scalar_type(tensor.scalar_type(), name);
     info.shape = tensor.sizes().vec();
-    specs.push_back(std::move(info));
-    by_name[name] = &tensor;
+    out.specs.push_back(std::move(info));
+    out.by_name[name] = &tensor;
   }
-  SafetensorsWriter writer(path, std::move(specs), metadata, mode, chunk_bytes);
-  for (const TensorInfo& t : writer.order()) writer.write(*by_name.at(t.name));
+  return out;
+}
+
+SaveReport write_safetensors(const std::string& path, const NamedTensors& tensors,
+                             const std::map<std::string, std::string>& metadata, SafetensorsWriter::Mode mode,
+                             std::uint64_t chunk_bytes) {
+  IndexedTensors indexed = index_tensors(tensors);
+  SafetensorsWriter writer(path, std::move(indexed.specs), metadata, mode, chunk_bytes);
+  for (const TensorInfo& t : writer.order()) writer.write(*indexed.by_name.at(t.name));
   return writer.finish();
 }
 

@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -80,6 +81,15 @@ class SafetensorsWriter {
   bool finished_ = false;
   double started_;
 };
+
+// The specs (name, dtype, shape) of tensors about to be written, and where
+// each tensor is. Throws Error(kInvalidArgument) for an undefined tensor,
+// Error(kNotSupported) for a dtype safetensors lacks.
+struct IndexedTensors {
+  std::vector<TensorInfo> specs;
+  std::unordered_map<std::string, const at::Tensor*> by_name;
+};
+IndexedTensors index_tensors(const NamedTensors& tensors);
 
 // Writes whole tensors to `path` in the given mode (save_safetensors is this
 // with Mode::kAtomic). Throws as SafetensorsWriter.

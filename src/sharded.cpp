@@ -149,18 +149,9 @@ ShardedSaveReport ShardedWriter::finish() {
 
 ShardedSaveReport save_sharded(const std::string& dir, const NamedTensors& tensors,
                                const std::map<std::string, std::string>& metadata, const ShardOptions& options) {
-  std::vector<TensorInfo> specs;
-  std::unordered_map<std::string, const at::Tensor*> by_name;
-  for (const auto& [name, tensor] : tensors) {
-    TensorInfo info;
-    info.name = name;
-    info.dtype = from_scalar_type(tensor.scalar_type(), name);
-    info.shape = tensor.sizes().vec();
-    specs.push_back(std::move(info));
-    by_name[name] = &tensor;
-  }
-  detail::ShardedWriter writer(dir, std::move(specs), metadata, options);
-  for (const TensorInfo& t : writer.order()) writer.write(*by_name.at(t.name));
+  detail::IndexedTensors indexed = detail::index_tensors(tensors);
+  detail::ShardedWriter writer(dir, std::move(indexed.specs), metadata, options);
+  for (const TensorInfo& t : writer.order()) writer.write(*indexed.by_name.at(t.name));
   return writer.finish();
 }
 

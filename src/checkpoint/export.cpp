@@ -1,18 +1,12 @@
 #include "checkpoint/export.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
-#include <vector>
-
 #include <boost/filesystem.hpp>
 
 #include "lorakeep/error.h"
 #include "checkpoint/layout.h"
 #include "io/atomic_file.h"
 #include "io/checksum.h"
+#include "io/read_file.h"
 
 namespace lorakeep::detail {
 namespace {
@@ -20,28 +14,13 @@ namespace {
 namespace fs = boost::filesystem;
 
 void copy_verified(const std::string& from, const std::string& to, const FileEntry& expected) {
-  const int fd = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int e = errno;
-    throw Error(e == ENOENT ? ErrorCode::kNotFound : ErrorCode::kIOError,
-                "cannot open '" + from + "': " + std::strerror(e));
-  }
+  ReadableFile in(from);
   WritableFile out = WritableFile::create(to);
   Xxh3Stream hash;
-  std::vector<char> buf(4 << 20);
-  for (;;) {
-    const ssize_t n = ::read(fd, buf.data(), buf.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int e = errno;
-      ::close(fd);
-      throw Error(ErrorCode::kIOError, "cannot read '" + from + "': " + std::strerror(e));
-    }
-    if (n == 0) break;
-    hash.update(buf.data(), static_cast<std::uint64_t>(n));
-    out.append(buf.data(), static_cast<std::uint64_t>(n));
-  }
-  ::close(fd);
+  in.for_each_block(4 << 20, [&](const char* data, std::size_t n) {
+    hash.update(data, n);
+    out.append(data, n);
+  });
   if (out.size() != expected.size || hash.digest() != expected.xxh3) {
     throw Error(ErrorCode::kCorruption, "checkpoint file '" + from + "' does not match its manifest (size " +
                                             std::to_string(out.size()) + ", checksum " + format_checksum(hash.digest()) +

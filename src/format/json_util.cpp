@@ -1,9 +1,5 @@
 #include "format/json_util.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <cctype>
 #include <cerrno>
 #include <cstdio>
@@ -56,45 +52,25 @@ OrderedJson parse_json_strict(std::string_view text, const std::string& path) {
 }
 
 std::string read_small_file(const std::string& path, std::uint64_t max_bytes) {
-  std::uint64_t size = 0;
-  const int fd = open_for_reading(path, &size);
-  if (size > max_bytes) {
-    ::close(fd);
-    throw Error(ErrorCode::kCorruption, "'" + path + "' is " + std::to_string(size) + " bytes, more than the " +
-                                            std::to_string(max_bytes) + " expected");
-  }
+  ReadableFile file(path);
+  auto too_big = [&](std::uint64_t size) {
+    return Error(ErrorCode::kCorruption, "'" + path + "' is " + std::to_string(size) + " bytes, more than the " +
+                                             std::to_string(max_bytes) + " expected");
+  };
+  if (file.size() > max_bytes) throw too_big(file.size());
   std::string text;
-  char buf[65536];
-  for (;;) {
-    const ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int e = errno;
-      ::close(fd);
-      throw Error(ErrorCode::kIOError, "cannot read '" + path + "': " + std::strerror(e));
-    }
-    if (n == 0) break;
-    text.append(buf, static_cast<std::size_t>(n));
-    if (text.size() > max_bytes) {
-      ::close(fd);
-      throw Error(ErrorCode::kCorruption, "'" + path + "' grew past " + std::to_string(max_bytes) + " bytes while read");
-    }
-  }
-  ::close(fd);
+  file.for_each_block(65536, [&](const char* data, std::size_t n) {
+    text.append(data, n);
+    if (text.size() > max_bytes) throw too_big(text.size());  // it grew while read
+  });
   return text;
 }
 
 std::string read_file_prefix(const std::string& path, std::size_t n) {
-  const int fd = open_for_reading(path);
+  ReadableFile file(path);
   std::string head(n, '\0');
   std::size_t got = 0;
-  while (got < n) {
-    const ssize_t r = ::read(fd, head.data() + got, n - got);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) break;
-    got += static_cast<std::size_t>(r);
-  }
-  ::close(fd);
+  for (std::size_t r; got < n && (r = file.read(head.data() + got, n - got)) > 0;) got += r;
   head.resize(got);
   return head;
 }

@@ -62,24 +62,13 @@ bool parse_checksum(const std::string& text, std::uint64_t* value) {
 }
 
 std::uint64_t checksum_file(const std::string& path, std::uint64_t* size) {
-  const int fd = open_for_reading(path);
-  ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  ReadableFile file(path);
   Xxh3Stream hash;
-  std::vector<char> buf(1 << 20);
   std::uint64_t total = 0;
-  for (;;) {
-    const ssize_t n = ::read(fd, buf.data(), buf.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      const int e = errno;
-      ::close(fd);
-      throw Error(ErrorCode::kIOError, "cannot read '" + path + "': " + std::strerror(e));
-    }
-    if (n == 0) break;
-    hash.update(buf.data(), static_cast<std::uint64_t>(n));
-    total += static_cast<std::uint64_t>(n);
-  }
-  ::close(fd);
+  file.for_each_block(1 << 20, [&](const char* data, std::size_t n) {
+    hash.update(data, n);
+    total += n;
+  });
   if (size) *size = total;
   return hash.digest();
 }

@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include "lorakeep/error.h"
 
@@ -33,6 +34,25 @@ int open_for_reading(const std::string& path, std::uint64_t* size) {
   ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   if (size) *size = static_cast<std::uint64_t>(st.st_size);
   return fd;
+}
+
+ReadableFile::ReadableFile(const std::string& path) : path_(path), fd_(open_for_reading(path, &size_)) {
+  ::posix_fadvise(fd_, 0, 0, POSIX_FADV_SEQUENTIAL);
+}
+
+ReadableFile::~ReadableFile() { ::close(fd_); }
+
+std::size_t ReadableFile::read(void* buf, std::size_t n) {
+  for (;;) {
+    const ssize_t r = ::read(fd_, buf, n);
+    if (r >= 0) return static_cast<std::size_t>(r);
+    if (errno != EINTR) throw Error(ErrorCode::kIOError, "cannot read '" + path_ + "': " + std::strerror(errno));
+  }
+}
+
+void ReadableFile::for_each_block(std::size_t block, const std::function<void(const char*, std::size_t)>& sink) {
+  std::vector<char> buf(block);
+  for (std::size_t n; (n = read(buf.data(), buf.size())) > 0;) sink(buf.data(), n);
 }
 
 }  // namespace lorakeep::detail

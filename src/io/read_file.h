@@ -1,9 +1,11 @@
-// Opening files to read, the one way: a missing file is kNotFound, and
+// Opening and reading files, the one way: a missing file is kNotFound,
 // anything that is not a regular file (a directory, a FIFO, a device) is
-// refused before it can make a reader block or misbehave.
+// refused before it can make a reader block, and read errors name the path.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace lorakeep::detail {
@@ -12,5 +14,29 @@ namespace lorakeep::detail {
 // Throws Error(kNotFound), Error(kInvalidArgument) for a directory or a
 // non-regular file, Error(kIOError) otherwise; each naming the path.
 int open_for_reading(const std::string& path, std::uint64_t* size = nullptr);
+
+// A file open for reading. Move-only; not thread-safe.
+class ReadableFile {
+ public:
+  // Throws as open_for_reading.
+  explicit ReadableFile(const std::string& path);
+  ~ReadableFile();
+  ReadableFile(const ReadableFile&) = delete;
+  ReadableFile& operator=(const ReadableFile&) = delete;
+
+  std::uint64_t size() const { return size_; }
+
+  // Reads up to `n` bytes; returns 0 at the end. Throws Error(kIOError).
+  std::size_t read(void* buf, std::size_t n);
+
+  // Calls sink(data, n) for each block of at most `block` bytes, front to
+  // back, to the end of the file. Throws Error(kIOError) and what sink throws.
+  void for_each_block(std::size_t block, const std::function<void(const char*, std::size_t)>& sink);
+
+ private:
+  std::string path_;
+  int fd_;
+  std::uint64_t size_ = 0;
+};
 
 }  // namespace lorakeep::detail
