@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <fstream>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -22,10 +23,12 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <boost/filesystem.hpp>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "lorakeep/lorakeep.h"
+#include "format/json_util.h"
 #include "io/checksum.h"
 #include "pickle.h"
 
@@ -106,13 +109,40 @@ nlohmann::json measure(int repeat, F&& f) {
   return j;
 }
 
-int make(const std::string& spec, const std::string& dtype, const std::string& out, const std::string& bin) {
+int make(const std::string& spec, const std::string& dtype, const std::string& out, const std::string& bin,
+         std::uint64_t shard_bytes) {
   at::manual_seed(0);
   const auto type = lorakeep::to_scalar_type(*lorakeep::parse_dtype(dtype));
   NamedTensors tensors;
   for (const auto& [name, shape] : layout(spec)) tensors.emplace_back(name, at::randn(shape).to(type));
-  lorakeep::save_safetensors(out, tensors, {{"format", "pt"}});
+  if (shard_bytes > 0) {
+    lorakeep::ShardOptions o;
+    o.max_shard_size = shard_bytes;
+    lorakeep::save_sharded(out, tensors, {{"format", "pt"}}, o);
+  } else {
+    lorakeep::save_safetensors(out, tensors, {{"format", "pt"}});
+  }
   if (!bin.empty()) lorakeep::detail::save_torch_pickle(bin, tensors);
+  return 0;
+}
+
+// A PEFT adapter directory for a "base:N" layout: rank-r factors for every
+// weight, PEFT's keys and config.
+int make_adapter(const std::string& spec, int r, const std::string& out) {
+  at::manual_seed(1);
+  lorakeep::LoraConfig config;
+  config.r = r;
+  config.lora_alpha = 2.0 * r;
+  NamedTensors tensors;
+  for (const auto& [name, shape] : layout(spec)) {
+    const std::string path = name.substr(0, name.size() - 7);  // minus ".weight"
+    config.target_modules.push_back(path);
+    tensors.emplace_back("base_model.model." + path + ".lora_A.weight", at::randn({r, shape[1]}) * 0.01);
+    tensors.emplace_back("base_model.model." + path + ".lora_B.weight", at::randn({shape[0], r}) * 0.01);
+  }
+  boost::filesystem::create_directories(out);
+  lorakeep::save_safetensors(out + "/adapter_model.safetensors", tensors, {{"format", "pt"}});
+  std::ofstream(out + "/adapter_config.json") << lorakeep::format_adapter_config(config);
   return 0;
 }
 
@@ -208,11 +238,18 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   std::string spec, dtype = "F32", out, bin, file, method, dir, param_dtype = "F32";
   int repeat = 3;
+  std::string shard;
+  int rank = 16;
   auto* mk = app.add_subcommand("make", "write a benchmark file");
   mk->add_option("--layout", spec)->required();
   mk->add_option("--dtype", dtype);
   mk->add_option("--out", out)->required();
   mk->add_option("--bin", bin, "also write it as a torch.save archive");
+  mk->add_option("--shard", shard, "write a sharded directory with shards of at most this size (e.g. 500MB)");
+  auto* ma = app.add_subcommand("make-adapter", "write a PEFT adapter for a base:N layout");
+  ma->add_option("--layout", spec)->required();
+  ma->add_option("--r", rank);
+  ma->add_option("--out", out)->required();
   auto* rl = app.add_subcommand("reload", "reload a file into live parameters");
   rl->add_option("--layout", spec)->required();
   rl->add_option("--file", file)->required();
@@ -226,7 +263,12 @@ int main(int argc, char** argv) {
   sv->add_option("--repeat", repeat);
   CLI11_PARSE(app, argc, argv);
   try {
-    if (mk->parsed()) return make(spec, dtype, out, bin);
+    if (mk->parsed()) {
+      std::uint64_t shard_bytes = 0;
+      if (!shard.empty() && !lorakeep::detail::parse_byte_size(shard, &shard_bytes)) return 2;
+      return make(spec, dtype, out, bin, shard_bytes);
+    }
+    if (ma->parsed()) return make_adapter(spec, rank, out);
     if (rl->parsed()) return reload(spec, file, method, repeat, param_dtype);
     if (sv->parsed()) return save(spec, dir, method, repeat);
   } catch (const std::exception& e) {

@@ -4,7 +4,8 @@ measures itself: one method per process, one JSON object on stdout.
   peers.py reload --method torch-load  --layout adapter:512 --file adapter.bin         --repeat 5
   peers.py reload --method safetensors --layout adapter:512 --file adapter.safetensors --repeat 5
   peers.py save   --method torch-save  --layout adapter:512 --dir out --repeat 3
-  peers.py merge-fastchat --base B --delta D --out O
+  peers.py merge-fastchat --base B --delta D --out O     (timed from outside, /usr/bin/time)
+  peers.py merge-lora --base B --adapter A --out O
 
 Python torch is Debian's python3-torch; safetensors is the reference package
 from PyPI in the build tree's venv. Layouts mirror bench_main.cpp.
@@ -119,21 +120,59 @@ def save(args):
     print(json.dumps(result))
 
 
+def load_all(path):
+    """A whole model in memory: one file, or every shard of a directory's index."""
+    from safetensors.torch import load_file
+
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isdir(path) and os.path.exists(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+        state = {}
+        for name in files:
+            state.update(load_file(os.path.join(path, name)))
+        return state
+    if os.path.isdir(path):
+        path = os.path.join(path, "model.safetensors")
+    return load_file(path)
+
+
+def save_durably(state, out):
+    from safetensors.torch import save_file
+
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "model.safetensors")
+    save_file(state, path, metadata={"format": "pt"})
+    with open(path, "rb") as f:  # durable, as the C++ side is
+        os.fsync(f.fileno())
+
+
 def merge_fastchat(args):
     # FastChat's apply_delta: load both models whole, add, save.
-    from safetensors.torch import load_file, save_file
+    base = load_all(args.base)
+    delta = load_all(args.delta)
+    for name, t in delta.items():
+        t += base[name]
+    save_durably(delta, args.out)
 
-    def run():
-        base = load_file(args.base)
-        delta = load_file(args.delta)
-        for name, t in delta.items():
-            t += base[name]
-        os.makedirs(args.out, exist_ok=True)
-        save_file(delta, os.path.join(args.out, "model.safetensors"), metadata={"format": "pt"})
 
-    result = measure(1, run)
-    result.update(method="python-fastchat")
-    print(json.dumps(result))
+def merge_lora(args):
+    # What a Python user writes: load base and adapter whole, W += s * B @ A, save.
+    from safetensors.torch import load_file
+
+    base = load_all(args.base)
+    with open(os.path.join(args.adapter, "adapter_config.json")) as f:
+        config = json.load(f)
+    adapter = load_file(os.path.join(args.adapter, "adapter_model.safetensors"))
+    scale = config["lora_alpha"] / config["r"]
+    prefix = "base_model.model."
+    for key, a in adapter.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        path = key[len(prefix):-len(".lora_A.weight")]
+        b = adapter[prefix + path + ".lora_B.weight"]
+        base[path + ".weight"] += scale * (b @ a)
+    save_durably(base, args.out)
 
 
 def main():
@@ -154,8 +193,13 @@ def main():
     m.add_argument("--base", required=True)
     m.add_argument("--delta", required=True)
     m.add_argument("--out", required=True)
+    lo = sub.add_parser("merge-lora")
+    lo.add_argument("--base", required=True)
+    lo.add_argument("--adapter", required=True)
+    lo.add_argument("--out", required=True)
     args = p.parse_args()
-    {"reload": reload, "save": save, "merge-fastchat": merge_fastchat}[args.cmd](args)
+    torch.set_grad_enabled(False)
+    {"reload": reload, "save": save, "merge-fastchat": merge_fastchat, "merge-lora": merge_lora}[args.cmd](args)
 
 
 if __name__ == "__main__":

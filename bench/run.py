@@ -28,6 +28,7 @@ FULL = {
     "save_sizes": [64, 512],
     "save_repeat": 3,
     "merge_mib": 2048,
+    "merge_repeat": 3,
 }
 SMOKE = {
     "reload_sizes": [4],
@@ -36,6 +37,7 @@ SMOKE = {
     "save_sizes": [4],
     "save_repeat": 1,
     "merge_mib": 8,
+    "merge_repeat": 1,
 }
 
 
@@ -139,46 +141,68 @@ def save_matrix(r, cfg, log):
 
 
 def merge_matrix(r, cfg, log):
-    rows = []
+    """Offline merges on a sharded base, each method run `merge_repeat` times
+    in turn with the floor (reading the inputs and writing the output once),
+    medians reported: this machine's write speed varies from run to run."""
     mib = cfg["merge_mib"]
     layout = f"base:{mib}"
-    base = r.path("base.safetensors")
-    delta = r.path("delta.safetensors")
-    subprocess.run([r.bench, "make", "--layout", layout, "--out", base], check=True)
-    subprocess.run([r.bench, "make", "--layout", layout, "--out", delta], check=True)
-    largest = 64 * MIB if mib >= 64 else mib * MIB
-    inputs = os.path.getsize(base) + os.path.getsize(delta)
-
-    def add(method, seconds, rss, **extra):
-        res = {"method": method, "layout": layout, "param_bytes": mib * MIB, "seconds": seconds,
-               "peak_rss_bytes": rss, "largest_tensor_bytes": largest, "input_bytes": inputs}
-        res.update(extra)
+    base, delta, adapter = r.path("base"), r.path("delta"), r.path("adapter")
+    shard = "500MB" if mib >= 512 else "2MB"
+    subprocess.run([r.bench, "make", "--layout", layout, "--out", base, "--shard", shard], check=True)
+    subprocess.run([r.bench, "make", "--layout", layout, "--out", delta, "--shard", shard], check=True)
+    subprocess.run([r.bench, "make-adapter", "--layout", layout, "--out", adapter, "--r", "16"], check=True)
+    largest = min(64, mib) * MIB
+    sizes = lambda d: sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
+    inputs = {"delta": sizes(base) + sizes(delta), "lora": sizes(base) + sizes(adapter)}
+    out = r.path("merged")
+    peers = [r.python, os.path.join(HERE, "peers.py")]
+    methods = [
+        ("lorakeep merge-delta", "delta",
+         [r.cli, "merge-delta", "--base", base, "--delta", delta, "--out", out, "--max-shard-size", "500MB"]),
+        ("lorakeep make-delta", "delta",
+         [r.cli, "make-delta", "--base", base, "--tuned", delta, "--out", out, "--dtype", "F32",
+          "--max-shard-size", "500MB"]),
+        ("python FastChat recipe (apply_delta)", "delta", peers + ["merge-fastchat", "--base", base, "--delta", delta,
+                                                                  "--out", out]),
+        ("lorakeep merge-lora", "lora",
+         [r.cli, "merge-lora", "--base", base, "--adapter", adapter, "--out", out, "--max-shard-size", "500MB"]),
+        ("python merge-lora recipe", "lora", peers + ["merge-lora", "--base", base, "--adapter", adapter,
+                                                      "--out", out]),
+    ]
+    samples = {name: [] for name, _, _ in methods}
+    floors = {"delta": [], "lora": []}
+    for _ in range(cfg["merge_repeat"]):
+        for name, kind, argv in methods:
+            samples[name].append(timed_rss(argv))
+            shutil.rmtree(out)
+        for kind, inputs_dirs in (("delta", [base, delta]), ("lora", [base, adapter])):
+            t0 = time.perf_counter()
+            for d in inputs_dirs:
+                for f in sorted(os.listdir(d)):
+                    subprocess.run(["cat", os.path.join(d, f)], check=True, stdout=subprocess.DEVNULL)
+            os.makedirs(out)
+            subprocess.run(["dd", "if=/dev/zero", f"of={out}/o", "bs=1M", f"count={mib}", "conv=fsync"],
+                           check=True, capture_output=True)
+            floors[kind].append(time.perf_counter() - t0)
+            shutil.rmtree(out)
+    rows = []
+    for name, kind, _ in methods:
+        times = sorted(s[0] for s in samples[name])
+        res = {"method": name, "kind": kind, "layout": layout, "param_bytes": mib * MIB,
+               "seconds": times[len(times) // 2], "seconds_all": times,
+               "peak_rss_bytes": max(s[1] for s in samples[name]), "largest_tensor_bytes": largest,
+               "input_bytes": inputs[kind]}
         rows.append(res)
         log(res)
-
-    out = r.path("merged")
-    s, rss = timed_rss([r.cli, "merge-delta", "--base", base, "--delta", delta, "--out", out,
-                        "--max-shard-size", "500MB"])
-    add("lorakeep merge-delta", s, rss)
-    shutil.rmtree(out)
-    s, rss = timed_rss([r.cli, "make-delta", "--base", base, "--tuned", delta, "--out", out,
-                        "--dtype", "F32", "--max-shard-size", "500MB"])
-    add("lorakeep make-delta", s, rss)
-    shutil.rmtree(out)
-    s, rss = timed_rss([r.python, os.path.join(HERE, "peers.py"), "merge-fastchat", "--base", base, "--delta", delta,
-                        "--out", out])
-    add("python fastchat recipe", s, rss)
-    shutil.rmtree(out)
-    # The floor: read both inputs once and write the output once, with fsync.
-    t0 = time.perf_counter()
-    subprocess.run(["cat", base, delta], check=True, stdout=subprocess.DEVNULL)
-    os.makedirs(out)
-    subprocess.run(["dd", "if=/dev/zero", f"of={out}/o", "bs=1M", f"count={mib}", "conv=fsync"], check=True,
-                   capture_output=True)
-    add("read inputs + write output once", time.perf_counter() - t0, -1)
-    shutil.rmtree(out)
-    os.remove(base)
-    os.remove(delta)
+    for kind, times in floors.items():
+        times = sorted(times)
+        res = {"method": f"read inputs + write output once ({kind})", "kind": kind, "layout": layout,
+               "param_bytes": mib * MIB, "seconds": times[len(times) // 2], "seconds_all": times,
+               "peak_rss_bytes": -1, "largest_tensor_bytes": largest, "input_bytes": inputs[kind]}
+        rows.append(res)
+        log(res)
+    for d in (base, delta, adapter):
+        shutil.rmtree(d)
     return rows
 
 
