@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <ctime>
+#include <exception>
 #include <map>
 
 #include <ATen/ATen.h>
@@ -55,16 +56,26 @@ detail::FileEntry write_synced(const std::string& path, const std::string& bytes
 }
 
 // The optimizer's state through LibTorch's archive, streamed into the file.
+// A failed write is kept and rethrown after save_to returns: the archive's
+// writer retries from its destructor, and a second throw there would
+// terminate the process.
 detail::FileEntry write_optimizer(const std::string& path, torch::optim::Optimizer& optimizer) {
   torch::serialize::OutputArchive archive;
   optimizer.save(archive);
   detail::WritableFile f = detail::WritableFile::create(path);
   detail::Xxh3Stream hash;
+  std::exception_ptr failed;
   archive.save_to([&](const void* data, std::size_t size) -> std::size_t {
-    f.append(data, size);
-    hash.update(data, size);
+    if (failed) return size;
+    try {
+      f.append(data, size);
+      hash.update(data, size);
+    } catch (...) {
+      failed = std::current_exception();
+    }
     return size;
   });
+  if (failed) std::rethrow_exception(failed);
   f.sync();
   const std::uint64_t size = f.size();
   f.close();
