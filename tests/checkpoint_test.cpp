@@ -296,6 +296,32 @@ TEST_CASE("leftovers and damaged manifests are never loaded and a corrupt best f
   CHECK(same(adapter_snapshot(live), before));
 }
 
+TEST_CASE("a manifest checks itself: an edited metric is caught and a resealed one parses", "[checkpoint]") {
+  detail::Manifest m;
+  m.step = 7;
+  m.metric_for_best_model = "eval_loss";
+  m.metrics = {{"eval_loss", 0.25}};
+  m.files["adapter_model.safetensors"] = {1234, 0xabcdefull};
+  m.created = "2026-11-22T08:00:00Z";
+  const std::string text = detail::format_manifest(m);
+  CHECK(detail::parse_manifest(text, "m.json").metric() == 0.25);
+
+  // Someone "improves" the metric by hand: the manifest no longer matches itself.
+  std::string edited = text;
+  const std::size_t at = edited.find("0.25");
+  REQUIRE(at != std::string::npos);
+  edited.replace(at, 4, "0.01");
+  const Error e = test::capture_error([&] { detail::parse_manifest(edited, "dir/lorakeep_manifest.json"); });
+  CHECK(e.code() == ErrorCode::kCorruption);
+  CHECK_THAT(e.what(), Contains("dir/lorakeep_manifest.json") && Contains("fails its own checksum"));
+  CHECK(detail::parse_manifest(detail::seal_manifest(edited), "m.json").metric() == 0.01);
+
+  std::string unsealed = text;
+  unsealed.erase(unsealed.find("\"manifest_xxh3\""), 1);
+  CHECK_THAT(test::capture_error([&] { detail::parse_manifest(unsealed, "m.json"); }).what(),
+             Contains("no self-checksum"));
+}
+
 TEST_CASE("fallback_to_next_best loads the next best when the best is damaged", "[checkpoint]") {
   test::TempDir dir;
   Net net = lora_net();

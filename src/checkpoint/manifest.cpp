@@ -12,6 +12,11 @@ namespace {
 
 constexpr const char* kFormat = "lorakeep-checkpoint";
 
+// The manifest checks itself: "manifest_xxh3" holds the XXH3-64 of the file's
+// text with that value written as 16 zeros. Any changed byte fails.
+constexpr const char kSelfKey[] = "\"manifest_xxh3\": \"";
+constexpr std::size_t kHexDigits = 16;
+
 [[noreturn]] void bad(const std::string& path, const std::string& what) {
   throw Error(ErrorCode::kCorruption, "invalid manifest '" + path + "': " + what);
 }
@@ -72,10 +77,33 @@ std::string format_manifest(const Manifest& m) {
   j["tensors"] = nlohmann::json::object();
   for (const auto& [name, c] : m.tensors) j["tensors"][name] = format_checksum(c);
   j["created"] = m.created;
-  return j.dump(2, ' ', false, nlohmann::json::error_handler_t::strict) + "\n";
+  j["manifest_xxh3"] = std::string(kHexDigits, '0');
+  return seal_manifest(j.dump(2, ' ', false, nlohmann::json::error_handler_t::strict) + "\n");
+}
+
+std::string seal_manifest(std::string text) {
+  const std::size_t key = text.find(kSelfKey);
+  const std::size_t at = key + sizeof kSelfKey - 1;
+  if (key == std::string::npos || text.size() < at + kHexDigits) return text;
+  text.replace(at, kHexDigits, std::string(kHexDigits, '0'));
+  text.replace(at, kHexDigits, format_checksum(xxh3_64(text.data(), text.size())));
+  return text;
 }
 
 Manifest parse_manifest(std::string_view text, const std::string& path) {
+  const std::size_t key = text.find(kSelfKey);
+  if (key == std::string_view::npos || text.find(kSelfKey, key + 1) != std::string_view::npos ||
+      text.size() < key + sizeof kSelfKey - 1 + kHexDigits) {
+    bad(path, "it has no self-checksum (hint: damaged, or not written by lorakeep)");
+  }
+  const std::size_t at = key + sizeof kSelfKey - 1;
+  std::uint64_t recorded = 0;
+  if (!parse_checksum(std::string(text.substr(at, kHexDigits)), &recorded)) bad(path, "its self-checksum is not hex");
+  std::string zeroed(text);
+  zeroed.replace(at, kHexDigits, std::string(kHexDigits, '0'));
+  if (xxh3_64(zeroed.data(), zeroed.size()) != recorded) {
+    bad(path, "it fails its own checksum (hint: the manifest was damaged after it was written)");
+  }
   const OrderedJson j = parse_json_strict(text, path);
   if (!j.is_object()) bad(path, "not a JSON object");
   const OrderedJson& format = field(j, "format", path);
@@ -90,8 +118,7 @@ Manifest parse_manifest(std::string_view text, const std::string& path) {
   if (!lib.is_string()) bad(path, "'library_version' must be a string");
   m.library_version = lib.get<std::string>();
   const OrderedJson& step = field(j, "step", path);
-  if (!step.is_number_integer() || step.get<std::int64_t>() < 0) bad(path, "'step' must be a non-negative integer");
-  m.step = step.get<std::int64_t>();
+  if (!json_integer(step, &m.step, 0)) bad(path, "'step' must be a non-negative integer");
   m.epoch = read_number(field(j, "epoch", path), path, "epoch");
   const OrderedJson& metrics = field(j, "metrics", path);
   if (!metrics.is_object()) bad(path, "'metrics' must be an object");

@@ -8,8 +8,10 @@
 //    "metric_for_best_model": "eval_loss", "greater_is_better": false,
 //    "files": {"adapter_model.safetensors": {"size": 1234, "xxh3": "00ab..."}, ...},
 //    "tensors": {"base_model.model.q_proj.lora_A.weight": "91c2...", ...},
-//    "created": "2026-11-22T08:00:00Z"}
+//    "created": "2026-11-22T08:00:00Z", "manifest_xxh3": "5d1e..."}
 //
+// "manifest_xxh3" is the XXH3-64 of the file's own text with that value
+// written as 16 zeros: a changed byte anywhere in the manifest is caught too.
 // Metrics that are not finite are stored as the strings "NaN", "Infinity"
 // and "-Infinity" (JSON has no such numbers). No LibTorch here.
 #pragma once
@@ -46,6 +48,11 @@ struct Manifest {
 };
 
 std::string format_manifest(const Manifest& manifest);
+
+// `text` with its "manifest_xxh3" value replaced by the checksum it should
+// have (unchanged if it has none): for tools and fuzzers that edit a
+// manifest on purpose.
+std::string seal_manifest(std::string text);
 
 // Throws Error(kCorruption) naming `path` and the field for anything that is
 // not a manifest lorakeep wrote.
