@@ -19,7 +19,7 @@ nlohmann::json number(double v) {
 
 // Python writes integral counts as ints; keep "step" and friends integral.
 nlohmann::json log_value(const std::string& key, double v) {
-  if (key == "step" && std::isfinite(v) && v == std::floor(v)) return static_cast<std::int64_t>(v);
+  if (key == "step" && is_int64_value(v)) return static_cast<std::int64_t>(v);
   return number(v);
 }
 
@@ -46,7 +46,7 @@ std::string format_trainer_state(const TrainingState& s, const CheckpointOptions
   j["logging_steps"] = o.logging_steps;
   j["max_steps"] = s.max_steps;
   j["num_input_tokens_seen"] = s.num_input_tokens_seen;
-  if (s.num_train_epochs == std::floor(s.num_train_epochs)) {
+  if (is_int64_value(s.num_train_epochs)) {
     j["num_train_epochs"] = static_cast<std::int64_t>(s.num_train_epochs);
   } else {
     j["num_train_epochs"] = s.num_train_epochs;
@@ -82,8 +82,7 @@ void parse_trainer_state(std::string_view text, const std::string& path, Trainin
   auto integer = [&](const char* key, std::int64_t* out) {
     auto it = j.find(key);
     if (it == j.end() || it->is_null()) return;
-    if (!it->is_number_integer()) bad(path, key, "an integer");
-    *out = it->get<std::int64_t>();
+    if (!json_integer(*it, out)) bad(path, key, "a 64-bit integer");
   };
   auto real = [&](const char* key, double* out) {
     auto it = j.find(key);
@@ -103,8 +102,9 @@ void parse_trainer_state(std::string_view text, const std::string& path, Trainin
     s->best_metric = it->get<double>();
   }
   if (auto it = j.find("best_global_step"); it != j.end() && !it->is_null()) {
-    if (!it->is_number_integer()) bad(path, "best_global_step", "an integer or null");
-    s->best_global_step = it->get<std::int64_t>();
+    std::int64_t step = 0;
+    if (!json_integer(*it, &step)) bad(path, "best_global_step", "a 64-bit integer or null");
+    s->best_global_step = step;
   }
   if (auto it = j.find("best_model_checkpoint"); it != j.end() && !it->is_null()) {
     if (!it->is_string()) bad(path, "best_model_checkpoint", "a string or null");

@@ -2,6 +2,7 @@
 
 #include <cctype>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <set>
@@ -77,6 +78,21 @@ std::string read_file_prefix(const std::string& path, std::size_t n) {
 
 OrderedJson read_json_file(const std::string& path, std::uint64_t max_bytes) {
   return parse_json_strict(read_small_file(path, max_bytes), path);
+}
+
+bool json_integer(const OrderedJson& v, std::int64_t* out, std::int64_t lo, std::int64_t hi) {
+  if (!v.is_number_integer()) return false;
+  if (v.is_number_unsigned() && v.get<std::uint64_t>() > static_cast<std::uint64_t>(INT64_MAX)) return false;
+  const std::int64_t x = v.get<std::int64_t>();
+  if (x < lo || x > hi) return false;
+  *out = x;
+  return true;
+}
+
+bool is_int64_value(double v) {
+  // 2^63 is exact in a double; every double below it in magnitude that is
+  // integral converts exactly.
+  return std::isfinite(v) && v == std::floor(v) && v >= -9223372036854775808.0 && v < 9223372036854775808.0;
 }
 
 bool parse_byte_size(std::string_view text, std::uint64_t* bytes) {

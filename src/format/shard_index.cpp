@@ -1,6 +1,7 @@
 #include "format/shard_index.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <set>
@@ -32,9 +33,9 @@ ShardIndex parse_shard_index(std::string_view text, const std::string& path) {
       // Some writers store total_size as a float of an integral value.
       if (t->is_number_unsigned()) {
         index.total_size = t->get<std::uint64_t>();
-      } else if (t->is_number_float() && t->get<double>() >= 0 &&
-                 t->get<double>() == static_cast<double>(static_cast<std::uint64_t>(t->get<double>()))) {
-        index.total_size = static_cast<std::uint64_t>(t->get<double>());
+      } else if (const double d = t->is_number_float() ? t->get<double>() : -1;
+                 d >= 0 && d < 18446744073709551616.0 && d == std::floor(d)) {  // below 2^64: the cast is defined
+        index.total_size = static_cast<std::uint64_t>(d);
       } else {
         fail(path, "'metadata.total_size' must be a non-negative integer");
       }

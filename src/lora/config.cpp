@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <regex>
 #include <set>
@@ -97,8 +98,9 @@ LoraConfig parse_adapter_config(const std::string& text, const std::string& path
     const std::string& key = it.key();
     const OrderedJson& v = it.value();
     if (key == "r") {
-      if (!v.is_number_integer() || v.get<std::int64_t>() <= 0) bad(path, key, "a positive integer");
-      c.r = v.get<int>();
+      std::int64_t r = 0;
+      if (!detail::json_integer(v, &r, 1, INT_MAX)) bad(path, key, "a positive integer");
+      c.r = static_cast<int>(r);
     } else if (key == "lora_alpha") {
       if (!v.is_number()) bad(path, key, "a number");
       c.lora_alpha = v.get<double>();
@@ -121,12 +123,14 @@ LoraConfig parse_adapter_config(const std::string& text, const std::string& path
       if (!v.is_boolean()) bad(path, key, "true or false");
       c.inference_mode = v.get<bool>();
     } else if (key == "layers_to_transform") {
+      std::int64_t layer = 0;
       if (v.is_number_integer()) {
-        c.layers_to_transform = {v.get<int>()};
+        if (!detail::json_integer(v, &layer, INT_MIN, INT_MAX)) bad(path, key, "an integer or a list of integers");
+        c.layers_to_transform = {static_cast<int>(layer)};
       } else if (v.is_array()) {
         for (const auto& item : v) {
-          if (!item.is_number_integer()) bad(path, key, "an integer or a list of integers");
-          c.layers_to_transform.push_back(item.get<int>());
+          if (!detail::json_integer(item, &layer, INT_MIN, INT_MAX)) bad(path, key, "an integer or a list of integers");
+          c.layers_to_transform.push_back(static_cast<int>(layer));
         }
       } else if (!v.is_null()) {
         bad(path, key, "an integer or a list of integers");
@@ -135,8 +139,9 @@ LoraConfig parse_adapter_config(const std::string& text, const std::string& path
       if (v.is_null()) continue;
       if (!v.is_object()) bad(path, key, "an object of integers");
       for (auto p = v.begin(); p != v.end(); ++p) {
-        if (!p.value().is_number_integer() || p.value().get<int>() <= 0) bad(path, key, "an object of positive integers");
-        c.rank_pattern.emplace_back(p.key(), p.value().get<int>());
+        std::int64_t r = 0;
+        if (!detail::json_integer(p.value(), &r, 1, INT_MAX)) bad(path, key, "an object of positive integers");
+        c.rank_pattern.emplace_back(p.key(), static_cast<int>(r));
       }
     } else if (key == "alpha_pattern") {
       if (v.is_null()) continue;
