@@ -1,0 +1,118 @@
+// A training process for the reliability tests, to be killed or starved.
+//
+//   crash_child loop RUN_DIR LOG      resume, then save checkpoints forever; before each save
+//                                     append "begin STEP METRIC" to LOG, after it "done STEP"
+//                                     (each line fsynced); "ready" once started
+//   crash_child save-once RUN_DIR STEP
+//                                     one save of step STEP; prints "ok" or
+//                                     "error <code> <message>" and exits 0 or 1
+//
+// The metric of step s is metric_of(s): noisy, sometimes NaN, so that the
+// best moves around and rotation has work to do.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include <torch/torch.h>
+
+#include "lorakeep/lorakeep.h"
+
+namespace {
+
+struct NetImpl : torch::nn::Module {
+  lorakeep::LoraLinear q_proj{nullptr}, v_proj{nullptr};
+  NetImpl() {
+    q_proj = register_module("q_proj", lorakeep::LoraLinear(64, 64));
+    v_proj = register_module("v_proj", lorakeep::LoraLinear(64, 64));
+  }
+};
+TORCH_MODULE(Net);
+
+lorakeep::LoraConfig lora() {
+  lorakeep::LoraConfig c;
+  c.r = 8;
+  c.target_modules = {"q_proj", "v_proj"};
+  return c;
+}
+
+lorakeep::CheckpointOptions options(const std::string& dir) {
+  lorakeep::CheckpointOptions o;
+  o.output_dir = dir;
+  o.save_total_limit = 2;
+  o.keep_best = 1;
+  o.metric_for_best_model = "loss";
+  return o;
+}
+
+double metric_of(std::int64_t step) {
+  if (step % 13 == 0) return std::nan("");
+  return 1.0 + 0.5 * std::sin(static_cast<double>(step) * 1.7) + 0.1 * std::cos(static_cast<double>(step) * 5.3);
+}
+
+void append(int fd, const std::string& line) {
+  const std::string text = line + "\n";
+  if (::write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size()) || ::fsync(fd) != 0) {
+    std::perror("crash_child: log");
+    std::exit(3);
+  }
+}
+
+void train_step(Net& net, torch::optim::Adam& adam, std::int64_t step) {
+  adam.zero_grad();
+  const torch::Tensor x = torch::full({4, 64}, static_cast<double>(step % 7) / 7.0);
+  net->v_proj(torch::relu(net->q_proj(x))).pow(2).sum().backward();
+  adam.step();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 4) {
+    std::fprintf(stderr, "usage: crash_child loop RUN_DIR LOG | save-once RUN_DIR STEP\n");
+    return 2;
+  }
+  lorakeep::set_log_level(lorakeep::LogLevel::kError);
+  const std::string mode = argv[1], dir = argv[2];
+  torch::manual_seed(0);
+  Net net;
+  lorakeep::inject_lora(*net, lora());
+  std::vector<torch::Tensor> trainable;
+  for (auto& p : net->parameters()) {
+    if (p.requires_grad()) trainable.push_back(p);
+  }
+  torch::optim::Adam adam(trainable, torch::optim::AdamOptions(1e-2));
+  try {
+    lorakeep::CheckpointManager ckpt(options(dir));
+    lorakeep::TrainingState state;
+    if (mode == "save-once") {
+      state.global_step = std::stoll(argv[3]);
+      train_step(net, adam, state.global_step);
+      state.record_evaluation({{"eval_loss", metric_of(state.global_step)}});
+      ckpt.save(*net, lora(), state, &adam);
+      std::printf("ok\n");
+      return 0;
+    }
+    const int log = ::open(argv[3], O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (log < 0) return 3;
+    ckpt.resume(*net, &adam, &state);
+    append(log, "ready " + std::to_string(state.global_step));
+    for (;;) {
+      ++state.global_step;
+      train_step(net, adam, state.global_step);
+      const double m = metric_of(state.global_step);
+      state.record_evaluation({{"eval_loss", m}});
+      char line[96];
+      std::snprintf(line, sizeof line, "begin %lld %.17g", static_cast<long long>(state.global_step), m);
+      append(log, line);
+      ckpt.save(*net, lora(), state, &adam);
+      append(log, "done " + std::to_string(state.global_step));
+    }
+  } catch (const lorakeep::Error& e) {
+    std::printf("error %s %s\n", lorakeep::error_code_name(e.code()), e.what());
+    return 1;
+  }
+}
