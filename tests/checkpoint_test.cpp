@@ -18,6 +18,7 @@
 #include "checkpoint/manifest.h"
 #include "checkpoint/policy.h"
 #include "checkpoint/run_dir.h"
+#include "checkpoint/trainer_state.h"
 #include "format/json_util.h"
 #include "test_util.h"
 
@@ -294,6 +295,20 @@ TEST_CASE("leftovers and damaged manifests are never loaded and a corrupt best f
   CHECK(e.code() == ErrorCode::kCorruption);
   CHECK_THAT(e.what(), Contains("checkpoint-2/adapter_model.safetensors"));
   CHECK(same(adapter_snapshot(live), before));
+}
+
+TEST_CASE("a trainer state with numbers past int64 reads and writes back without overflow", "[checkpoint]") {
+  // Found by fuzzing: these were cast to int64 when written back (undefined behaviour).
+  TrainingState s;
+  detail::parse_trainer_state(R"({"num_train_epochs": 1e53, "log_history": [{"step": 1e300, "loss": 1}]})",
+                              "trainer_state.json", &s);
+  const auto j = nlohmann::json::parse(detail::format_trainer_state(s, CheckpointOptions{}));
+  CHECK(j["num_train_epochs"].get<double>() == 1e53);
+  CHECK(j["log_history"][0]["step"].get<double>() == 1e300);
+  const Error e = test::capture_error([&] {
+    detail::parse_trainer_state(R"({"global_step": 18446744073709551615})", "trainer_state.json", &s);
+  });
+  CHECK_THAT(e.what(), Contains("'global_step' must be a 64-bit integer"));
 }
 
 TEST_CASE("a manifest checks itself: an edited metric is caught and a resealed one parses", "[checkpoint]") {

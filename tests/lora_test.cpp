@@ -102,6 +102,21 @@ TEST_CASE("adapters of other PEFT types are refused naming their peft_type", "[l
   }
 }
 
+TEST_CASE("adapter_config.json integers past the range of int are refused naming the field", "[lora]") {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {R"({"peft_type":"LORA","r":1099511627776})", "'r'"},
+      {R"({"peft_type":"LORA","r":18446744073709551615})", "'r'"},
+      {R"({"peft_type":"LORA","rank_pattern":{"q":4294967297}})", "'rank_pattern'"},
+      {R"({"peft_type":"LORA","layers_to_transform":[0,2147483648]})", "'layers_to_transform'"},
+  };
+  for (const auto& [text, field] : cases) {
+    INFO(text);
+    const Error e = test::capture_error([&] { parse_adapter_config(text, "cfg/adapter_config.json"); });
+    CHECK(e.code() == ErrorCode::kCorruption);
+    CHECK_THAT(e.what(), Contains("cfg/adapter_config.json") && Contains(field));
+  }
+}
+
 TEST_CASE("the GPT-2 PEFT adapter loads into the GPT-2 module tree and merges as base + scaling (BA)^T",
           "[lora][peft]") {
   torch::manual_seed(0);

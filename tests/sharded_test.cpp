@@ -89,6 +89,16 @@ TEST_CASE("a sharded set with a missing or inconsistent shard is refused by name
     test::write_file(dir / "model.safetensors.index.json", R"({"weight_map":{"x":1}})");
     CHECK_THAT(open_error(dir).what(), Contains("must be a file name"));
   }
+  SECTION("total_size out of range (found by fuzzing)") {
+    for (const char* size : {"8e95", "-1", "1.5", "18446744073709551616.0"}) {
+      INFO(size);
+      const std::string text = std::string(R"({"metadata":{"total_size":)") + size + R"(},"weight_map":{}})";
+      CHECK_THAT(test::capture_error([&] { detail::parse_shard_index(text, "index"); }).what(),
+                 Contains("'metadata.total_size' must be a non-negative integer"));
+    }
+    CHECK(detail::parse_shard_index(R"({"metadata":{"total_size":1024.0},"weight_map":{}})", "index").total_size ==
+          1024u);
+  }
 }
 
 TEST_CASE("save_sharded splits greedily like Hugging Face and writes an index", "[sharded]") {
