@@ -76,14 +76,6 @@ bool same(const NamedTensors& a, const NamedTensors& b) {
   return true;
 }
 
-std::set<std::int64_t> steps_on_disk(const std::string& dir) {
-  std::set<std::int64_t> out;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    if (auto step = detail::parse_checkpoint_dir_name(e.path().filename().string())) out.insert(*step);
-  }
-  return out;
-}
-
 CheckpointOptions options_for(const std::string& dir) {
   CheckpointOptions o;
   o.output_dir = dir;
@@ -92,14 +84,6 @@ CheckpointOptions options_for(const std::string& dir) {
   o.metric_for_best_model = "loss";
   o.load_best_model_at_end = true;
   return o;
-}
-
-void flip_byte(const std::string& path, std::uint64_t offset) {
-  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
-  f.seekg(static_cast<std::streamoff>(offset));
-  const char c = static_cast<char>(f.get());
-  f.seekp(static_cast<std::streamoff>(offset));
-  f.put(static_cast<char>(c ^ 0x40));
 }
 
 }  // namespace
@@ -168,7 +152,7 @@ TEST_CASE("a simulated run keeps exactly the newest 2 and the best and a restart
       }
       want.insert(best);
       INFO("after saving step " << state.global_step);
-      CHECK(steps_on_disk(dir.path()) == want);
+      CHECK(test::checkpoint_steps(dir.path()) == want);
       REQUIRE(ckpt.best().has_value());
       CHECK(ckpt.best()->step == best);
       CHECK(state.best_global_step == best);
@@ -194,7 +178,7 @@ TEST_CASE("a simulated run keeps exactly the newest 2 and the best and a restart
   state = resumed;
   run_steps(again, 6, losses.size());
   CHECK(again.best()->step == 30);
-  CHECK(steps_on_disk(dir.path()) == std::set<std::int64_t>{30, 110, 120});
+  CHECK(test::checkpoint_steps(dir.path()) == std::set<std::int64_t>{30, 110, 120});
 }
 
 TEST_CASE("trainer_state.json has exactly the keys of Trainer and agrees with the manifests", "[checkpoint]") {
@@ -290,7 +274,7 @@ TEST_CASE("leftovers and damaged manifests are never loaded and a corrupt best f
   Net live = lora_net(5);
   const NamedTensors before = adapter_snapshot(live);
   const std::string weights = dir / "checkpoint-2/adapter_model.safetensors";
-  flip_byte(weights, fs::file_size(weights) - 5);
+  test::flip_byte(weights, fs::file_size(weights) - 5);
   const Error e = test::capture_error([&] { ckpt.load_best_into(*live); });
   CHECK(e.code() == ErrorCode::kCorruption);
   CHECK_THAT(e.what(), Contains("checkpoint-2/adapter_model.safetensors"));
@@ -456,7 +440,7 @@ TEST_CASE("CallbackList runs evaluation saving early stopping and the reload at 
   REQUIRE(reload->loaded().has_value());
   CHECK(reload->loaded()->step == 4);
   CHECK(same(adapter_snapshot(net), at_best));
-  CHECK(steps_on_disk(dir.path()) == std::set<std::int64_t>{4, 6, 8});
+  CHECK(test::checkpoint_steps(dir.path()) == std::set<std::int64_t>{4, 6, 8});
   const std::string log = test::read_file(dir / "metrics.jsonl");
   CHECK_THAT(log, Contains("\"eval_loss\":0.4") && Contains("\"event\":\"save\""));
   CHECK(state.early_stopping->counter == 2);
@@ -497,7 +481,7 @@ TEST_CASE("lorakeep finalize exports the bytes that load_best_into loads and lor
   const auto verify = test::run_process({test::cli_path(), "verify", dir.path()});
   CHECK(verify.exit_code == 0);
   CHECK_THAT(verify.out, Contains("checkpoint-100") && Contains("checksums verified"));
-  flip_byte(dir / "checkpoint-100/trainer_state.json", 10);
+  test::flip_byte(dir / "checkpoint-100/trainer_state.json", 10);
   const auto bad = test::run_process({test::cli_path(), "verify", dir.path()});
   CHECK(bad.exit_code == 1);
   CHECK_THAT(bad.err, Contains("checkpoint-100/trainer_state.json") && Contains("checksum"));
@@ -519,7 +503,7 @@ TEST_CASE("a failed save leaves no partial checkpoint and the earlier ones intac
   state.record_evaluation({{"eval_loss", 0.1}});
   const TrainingState before = state;
   CHECK(test::capture_error([&] { ckpt.save(*bare, lora_config(), state); }).code() == ErrorCode::kInvalidArgument);
-  CHECK(steps_on_disk(dir.path()) == std::set<std::int64_t>{1});
+  CHECK(test::checkpoint_steps(dir.path()) == std::set<std::int64_t>{1});
   CHECK(state.best_global_step == before.best_global_step);
   for (const auto& e : fs::directory_iterator(dir.path())) {
     CHECK_FALSE(detail::is_temp_checkpoint_dir_name(e.path().filename().string()));

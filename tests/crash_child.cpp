@@ -7,8 +7,8 @@
 //                                     one save of step STEP; prints "ok" or
 //                                     "error <code> <message>" and exits 0 or 1
 //
-// The metric of step s is metric_of(s): noisy, sometimes NaN, so that the
-// best moves around and rotation has work to do.
+// The model, its LoRA and checkpoint options and the metric of each step are
+// in crash_model.h.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -20,38 +20,9 @@
 #include <torch/torch.h>
 
 #include "lorakeep/lorakeep.h"
+#include "crash_model.h"
 
 namespace {
-
-struct NetImpl : torch::nn::Module {
-  lorakeep::LoraLinear q_proj{nullptr}, v_proj{nullptr};
-  NetImpl() {
-    q_proj = register_module("q_proj", lorakeep::LoraLinear(64, 64));
-    v_proj = register_module("v_proj", lorakeep::LoraLinear(64, 64));
-  }
-};
-TORCH_MODULE(Net);
-
-lorakeep::LoraConfig lora() {
-  lorakeep::LoraConfig c;
-  c.r = 8;
-  c.target_modules = {"q_proj", "v_proj"};
-  return c;
-}
-
-lorakeep::CheckpointOptions options(const std::string& dir) {
-  lorakeep::CheckpointOptions o;
-  o.output_dir = dir;
-  o.save_total_limit = 2;
-  o.keep_best = 1;
-  o.metric_for_best_model = "loss";
-  return o;
-}
-
-double metric_of(std::int64_t step) {
-  if (step % 13 == 0) return std::nan("");
-  return 1.0 + 0.5 * std::sin(static_cast<double>(step) * 1.7) + 0.1 * std::cos(static_cast<double>(step) * 5.3);
-}
 
 void append(int fd, const std::string& line) {
   const std::string text = line + "\n";
@@ -61,7 +32,7 @@ void append(int fd, const std::string& line) {
   }
 }
 
-void train_step(Net& net, torch::optim::Adam& adam, std::int64_t step) {
+void train_step(lorakeep::test::CrashNet& net, torch::optim::Adam& adam, std::int64_t step) {
   adam.zero_grad();
   const torch::Tensor x = torch::full({4, 64}, static_cast<double>(step % 7) / 7.0);
   net->v_proj(torch::relu(net->q_proj(x))).pow(2).sum().backward();
@@ -78,21 +49,21 @@ int main(int argc, char** argv) {
   lorakeep::set_log_level(lorakeep::LogLevel::kError);
   const std::string mode = argv[1], dir = argv[2];
   torch::manual_seed(0);
-  Net net;
-  lorakeep::inject_lora(*net, lora());
+  lorakeep::test::CrashNet net;
+  lorakeep::inject_lora(*net, lorakeep::test::crash_lora());
   std::vector<torch::Tensor> trainable;
   for (auto& p : net->parameters()) {
     if (p.requires_grad()) trainable.push_back(p);
   }
   torch::optim::Adam adam(trainable, torch::optim::AdamOptions(1e-2));
   try {
-    lorakeep::CheckpointManager ckpt(options(dir));
+    lorakeep::CheckpointManager ckpt(lorakeep::test::crash_options(dir));
     lorakeep::TrainingState state;
     if (mode == "save-once") {
       state.global_step = std::stoll(argv[3]);
       train_step(net, adam, state.global_step);
-      state.record_evaluation({{"eval_loss", metric_of(state.global_step)}});
-      ckpt.save(*net, lora(), state, &adam);
+      state.record_evaluation({{"eval_loss", lorakeep::test::crash_metric(state.global_step)}});
+      ckpt.save(*net, lorakeep::test::crash_lora(), state, &adam);
       std::printf("ok\n");
       return 0;
     }
@@ -103,12 +74,12 @@ int main(int argc, char** argv) {
     for (;;) {
       ++state.global_step;
       train_step(net, adam, state.global_step);
-      const double m = metric_of(state.global_step);
+      const double m = lorakeep::test::crash_metric(state.global_step);
       state.record_evaluation({{"eval_loss", m}});
       char line[96];
       std::snprintf(line, sizeof line, "begin %lld %.17g", static_cast<long long>(state.global_step), m);
       append(log, line);
-      ckpt.save(*net, lora(), state, &adam);
+      ckpt.save(*net, lorakeep::test::crash_lora(), state, &adam);
       append(log, "done " + std::to_string(state.global_step));
     }
   } catch (const lorakeep::Error& e) {

@@ -24,6 +24,7 @@
 #include "lorakeep/transfer.h"
 #include "checkpoint/layout.h"
 #include "checkpoint/run_dir.h"
+#include "crash_model.h"
 #include "test_util.h"
 
 namespace lorakeep {
@@ -49,43 +50,11 @@ std::set<std::int64_t> keep(const std::map<std::int64_t, double>& metrics) {
   return out;
 }
 
-std::set<std::int64_t> steps_on_disk(const std::string& dir) {
-  std::set<std::int64_t> out;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    if (auto step = detail::parse_checkpoint_dir_name(e.path().filename().string())) out.insert(*step);
-  }
-  return out;
-}
-
-// The model of crash_child: two 64x64 LoRA layers of rank 8.
-struct NetImpl : torch::nn::Module {
-  LoraLinear q_proj{nullptr}, v_proj{nullptr};
-  NetImpl() {
-    q_proj = register_module("q_proj", LoraLinear(64, 64));
-    v_proj = register_module("v_proj", LoraLinear(64, 64));
-  }
-};
-TORCH_MODULE(Net);
-
-LoraConfig child_lora() {
-  LoraConfig c;
-  c.r = 8;
-  c.target_modules = {"q_proj", "v_proj"};
-  return c;
-}
-
-CheckpointOptions child_options(const std::string& dir) {
-  CheckpointOptions o;
-  o.output_dir = dir;
-  o.save_total_limit = 2;
-  o.keep_best = 1;
-  o.metric_for_best_model = "loss";
-  return o;
-}
+using Net = test::CrashNet;
 
 NamedTensors snapshot(Net& net) {
   NamedTensors out;
-  for (const auto& [name, t] : adapter_tensors(*net, child_lora())) out.emplace_back(name, t.detach().clone());
+  for (const auto& [name, t] : adapter_tensors(*net, test::crash_lora())) out.emplace_back(name, t.detach().clone());
   return out;
 }
 
@@ -99,7 +68,7 @@ bool same(const NamedTensors& a, const NamedTensors& b) {
 Net fresh_net(std::uint64_t seed) {
   torch::manual_seed(seed);
   Net net;
-  inject_lora(*net, child_lora());
+  inject_lora(*net, test::crash_lora());
   return net;
 }
 
@@ -173,11 +142,11 @@ int run_kill_trials(int trials, std::uint32_t seed) {
       }
     }
     INFO("trial " << trial << " (seed " << seed << "), " << done.size() << " saves committed");
-    CheckpointManager ckpt(child_options(run));  // the lock is free: the holder died
+    CheckpointManager ckpt(test::crash_options(run));  // the lock is free: the holder died
     for (const auto& e : fs::directory_iterator(run)) {
       CHECK_FALSE(detail::is_temp_checkpoint_dir_name(e.path().filename().string()));
     }
-    const std::set<std::int64_t> on_disk = steps_on_disk(run);
+    const std::set<std::int64_t> on_disk = test::checkpoint_steps(run);
     std::set<std::int64_t> listed;
     for (const auto& c : ckpt.checkpoints()) listed.insert(c.step);
     CHECK(listed == on_disk);  // every directory there is complete
@@ -241,7 +210,7 @@ TEST_CASE("every file of a checkpoint damaged in every way is caught naming it a
       if (p.requires_grad()) trainable.push_back(p);
     }
     torch::optim::Adam adam(trainable, torch::optim::AdamOptions(1e-2));
-    CheckpointOptions o = child_options(pristine);
+    CheckpointOptions o = test::crash_options(pristine);
     o.save_total_limit = 0;
     CheckpointManager ckpt(o);
     TrainingState state;
@@ -251,7 +220,7 @@ TEST_CASE("every file of a checkpoint damaged in every way is caught naming it a
       adam.step();
       state.global_step = step;
       state.record_evaluation({{"eval_loss", step == 2 ? 0.5 : 1.0}});  // step 2 is the best
-      ckpt.save(*net, child_lora(), state, &adam);
+      ckpt.save(*net, test::crash_lora(), state, &adam);
     }
   }
   const std::vector<std::string> files = {"adapter_model.safetensors", "adapter_config.json", "trainer_state.json",
@@ -263,17 +232,13 @@ TEST_CASE("every file of a checkpoint damaged in every way is caught naming it a
       INFO(file << ": " << damage);
       const std::string run = dir / ("case-" + std::to_string(cases++));
       REQUIRE(test::run_shell("cp -a '" + pristine + "' '" + run + "'").exit_code == 0);
-      CheckpointOptions o = child_options(run);
+      CheckpointOptions o = test::crash_options(run);
       o.save_total_limit = 0;
       CheckpointManager before_damage(o);  // a long-running manager, opened before the damage
       const std::string target = run + "/checkpoint-2/" + file;
       const std::uint64_t size = fs::file_size(target);
       if (damage == "flip") {
-        std::fstream f(target, std::ios::in | std::ios::out | std::ios::binary);
-        f.seekg(static_cast<std::streamoff>(size / 2));
-        const char c = static_cast<char>(f.get());
-        f.seekp(static_cast<std::streamoff>(size / 2));
-        f.put(static_cast<char>(c ^ 0x01));
+        test::flip_byte(target, size / 2, 0x01);
       } else if (damage == "truncate") {
         fs::resize_file(target, size / 2);
       } else if (damage == "delete") {
@@ -324,7 +289,7 @@ void check_nothing_partial(const std::string& run, const std::set<std::int64_t>&
   for (const auto& e : fs::directory_iterator(run)) {
     CHECK_FALSE(detail::is_temp_checkpoint_dir_name(e.path().filename().string()));
   }
-  CHECK(steps_on_disk(run) == committed);
+  CHECK(test::checkpoint_steps(run) == committed);
   for (std::int64_t step : committed) {
     const std::string path = run + "/" + detail::checkpoint_dir_name(step);
     CHECK_NOTHROW(detail::check_checkpoint_files(path, detail::read_manifest(path), /*full=*/true));
@@ -353,7 +318,7 @@ TEST_CASE("saves that hit the file size limit fail with kIOError and leave earli
   }
   CHECK(failures >= 4);
   REQUIRE(save_in_child(run, 2, "true").exit_code == 0);  // space is back: the next save succeeds
-  CHECK(steps_on_disk(run) == std::set<std::int64_t>{1, 2});
+  CHECK(test::checkpoint_steps(run) == std::set<std::int64_t>{1, 2});
 }
 
 TEST_CASE("saves on a full tmpfs fail at every stage and the next save after space returns succeeds",
@@ -404,7 +369,7 @@ TEST_CASE("saves on a full tmpfs fail at every stage and the next save after spa
   INFO("stages that ran out of space: " << stages.size());
   CHECK(stages.size() == 6);  // every file of a checkpoint ran out of space once
   REQUIRE(save_in_child(run, 2, "true").exit_code == 0);
-  CHECK(steps_on_disk(run) == std::set<std::int64_t>{1, 2});
+  CHECK(test::checkpoint_steps(run) == std::set<std::int64_t>{1, 2});
 }
 
 TEST_CASE("ten thousand adapter tensors load within the memory bounds", "[reliability]") {
@@ -461,7 +426,7 @@ TEST_CASE("readers of a run directory never see a partial checkpoint while a wri
   std::mutex mu;
   std::thread writer([&] {
     Net net = fresh_net(3);
-    CheckpointManager ckpt(child_options(run));
+    CheckpointManager ckpt(test::crash_options(run));
     TrainingState state;
     for (int step = 1; step <= 60; ++step) {
       {
@@ -472,7 +437,7 @@ TEST_CASE("readers of a run directory never see a partial checkpoint while a wri
       }
       state.global_step = step;
       state.record_evaluation({{"eval_loss", 1.0 + std::sin(step)}});
-      ckpt.save(*net, child_lora(), state);
+      ckpt.save(*net, test::crash_lora(), state);
     }
     stop = true;
   });

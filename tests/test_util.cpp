@@ -14,6 +14,8 @@
 
 #include <boost/filesystem.hpp>
 
+#include "checkpoint/layout.h"
+
 namespace lorakeep::test {
 
 TempDir::TempDir() {
@@ -93,6 +95,23 @@ void write_file(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   if (!out) throw std::runtime_error("cannot write " + path);
+}
+
+void flip_byte(const std::string& path, std::uint64_t offset, unsigned char mask) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekg(static_cast<std::streamoff>(offset));
+  const int c = f.get();
+  f.seekp(static_cast<std::streamoff>(offset));
+  f.put(static_cast<char>(c ^ mask));
+  if (c == EOF || !f) throw std::runtime_error("cannot flip byte " + std::to_string(offset) + " of " + path);
+}
+
+std::set<std::int64_t> checkpoint_steps(const std::string& dir) {
+  std::set<std::int64_t> out;
+  for (const auto& e : boost::filesystem::directory_iterator(dir)) {
+    if (auto step = detail::parse_checkpoint_dir_name(e.path().filename().string())) out.insert(*step);
+  }
+  return out;
 }
 
 }  // namespace lorakeep::test

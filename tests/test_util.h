@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -74,5 +75,11 @@ constexpr bool kUnderSanitizer =
 
 std::string read_file(const std::string& path);
 void write_file(const std::string& path, const std::string& bytes);
+
+// XORs the byte at `offset` of `path` with `mask`, in place.
+void flip_byte(const std::string& path, std::uint64_t offset, unsigned char mask = 0x40);
+
+// The steps of the checkpoint-<step> directories in `dir`.
+std::set<std::int64_t> checkpoint_steps(const std::string& dir);
 
 }  // namespace lorakeep::test
