@@ -36,9 +36,12 @@ class WritableFile {
  private:
   WritableFile(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
 
+  void start_writeback();
+
   std::string path_;
   int fd_;
   std::uint64_t size_ = 0;
+  std::uint64_t writeback_ = 0;  // bytes [0, writeback_) have been handed to writeback
 };
 
 // "<dir>/.<name>.tmp-<pid>-<n>": a fresh temporary name beside `final_path`.
