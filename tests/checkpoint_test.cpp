@@ -20,6 +20,7 @@
 #include "checkpoint/run_dir.h"
 #include "checkpoint/trainer_state.h"
 #include "format/json_util.h"
+#include "tensor_util.h"
 #include "test_util.h"
 
 namespace lorakeep {
@@ -62,19 +63,7 @@ void perturb(Net& net, double amount) {
   }
 }
 
-NamedTensors adapter_snapshot(Net& net) {
-  NamedTensors out;
-  for (const auto& [name, t] : adapter_tensors(*net, lora_config())) out.emplace_back(name, t.detach().clone());
-  return out;
-}
-
-bool same(const NamedTensors& a, const NamedTensors& b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (a[i].first != b[i].first || !torch::equal(a[i].second, b[i].second)) return false;
-  }
-  return true;
-}
+NamedTensors adapter_snapshot(Net& net) { return test::clone_all(adapter_tensors(*net, lora_config())); }
 
 CheckpointOptions options_for(const std::string& dir) {
   CheckpointOptions o;
@@ -174,7 +163,7 @@ TEST_CASE("a simulated run keeps exactly the newest 2 and the best and a restart
   CHECK(from->step == 60);
   CHECK(resumed.global_step == 60);
   CHECK(resumed.best_global_step == 30);
-  CHECK(same(adapter_snapshot(fresh), adapter_snapshot(net)));
+  CHECK(test::bitwise_equal(adapter_snapshot(fresh), adapter_snapshot(net)));
   state = resumed;
   run_steps(again, 6, losses.size());
   CHECK(again.best()->step == 30);
@@ -278,7 +267,7 @@ TEST_CASE("leftovers and damaged manifests are never loaded and a corrupt best f
   const Error e = test::capture_error([&] { ckpt.load_best_into(*live); });
   CHECK(e.code() == ErrorCode::kCorruption);
   CHECK_THAT(e.what(), Contains("checkpoint-2/adapter_model.safetensors"));
-  CHECK(same(adapter_snapshot(live), before));
+  CHECK(test::bitwise_equal(adapter_snapshot(live), before));
 }
 
 TEST_CASE("a trainer state with numbers past int64 reads and writes back without overflow", "[checkpoint]") {
@@ -344,7 +333,7 @@ TEST_CASE("fallback_to_next_best loads the next best when the best is damaged", 
   CheckpointManager ckpt(o);
   Net live = lora_net(5);
   ckpt.load_best_into(*live);
-  CHECK(same(adapter_snapshot(live), second_best));
+  CHECK(test::bitwise_equal(adapter_snapshot(live), second_best));
 }
 
 TEST_CASE("load_best_into restores the best adapter and resume restores the optimizer and the RNG", "[checkpoint]") {
@@ -366,7 +355,7 @@ TEST_CASE("load_best_into restores the best adapter and resume restores the opti
   }
   const torch::Tensor next_draw = torch::rand({3});  // the RNG right after the last save
   const TransferReport r = ckpt.load_best_into(*net);
-  CHECK(same(adapter_snapshot(net), best));
+  CHECK(test::bitwise_equal(adapter_snapshot(net), best));
   CHECK(r.tensors == 4);
   CHECK(r.peak_device_bytes == 0);
 
@@ -439,7 +428,7 @@ TEST_CASE("CallbackList runs evaluation saving early stopping and the reload at 
   CHECK(evals == 4);
   REQUIRE(reload->loaded().has_value());
   CHECK(reload->loaded()->step == 4);
-  CHECK(same(adapter_snapshot(net), at_best));
+  CHECK(test::bitwise_equal(adapter_snapshot(net), at_best));
   CHECK(test::checkpoint_steps(dir.path()) == std::set<std::int64_t>{4, 6, 8});
   const std::string log = test::read_file(dir / "metrics.jsonl");
   CHECK_THAT(log, Contains("\"eval_loss\":0.4") && Contains("\"event\":\"save\""));
@@ -477,7 +466,7 @@ TEST_CASE("lorakeep finalize exports the bytes that load_best_into loads and lor
   load_adapter(dir / "final", *a);
   CheckpointManager ckpt(options_for(dir.path()));
   ckpt.load_best_into(*b);
-  CHECK(same(adapter_snapshot(a), adapter_snapshot(b)));
+  CHECK(test::bitwise_equal(adapter_snapshot(a), adapter_snapshot(b)));
   const auto verify = test::run_process({test::cli_path(), "verify", dir.path()});
   CHECK(verify.exit_code == 0);
   CHECK_THAT(verify.out, Contains("checkpoint-100") && Contains("checksums verified"));

@@ -25,6 +25,7 @@
 #include "checkpoint/layout.h"
 #include "checkpoint/run_dir.h"
 #include "crash_model.h"
+#include "tensor_util.h"
 #include "test_util.h"
 
 namespace lorakeep {
@@ -52,18 +53,7 @@ std::set<std::int64_t> keep(const std::map<std::int64_t, double>& metrics) {
 
 using Net = test::CrashNet;
 
-NamedTensors snapshot(Net& net) {
-  NamedTensors out;
-  for (const auto& [name, t] : adapter_tensors(*net, test::crash_lora())) out.emplace_back(name, t.detach().clone());
-  return out;
-}
-
-bool same(const NamedTensors& a, const NamedTensors& b) {
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (!torch::equal(a[i].second, b[i].second)) return false;
-  }
-  return a.size() == b.size();
-}
+NamedTensors snapshot(Net& net) { return test::clone_all(adapter_tensors(*net, test::crash_lora())); }
 
 Net fresh_net(std::uint64_t seed) {
   torch::manual_seed(seed);
@@ -86,7 +76,14 @@ int run_kill_trials(int trials, std::uint32_t seed) {
   std::map<std::int64_t, double> committed_unlogged;
   std::set<std::int64_t> stale;  // on disk after a kill that came before rotation
   std::size_t dones_before = 0;
+  auto ready_lines = [&] {
+    std::ifstream in(log);
+    std::size_t n = 0;
+    for (std::string line; std::getline(in, line);) n += line.rfind("ready", 0) == 0;
+    return n;
+  };
   for (int trial = 0; trial < trials; ++trial) {
+    const std::size_t ready_before = ready_lines();
     const pid_t pid = ::fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
@@ -94,19 +91,7 @@ int run_kill_trials(int trials, std::uint32_t seed) {
       ::_exit(127);
     }
     // Wait for this incarnation to announce itself, then kill it at a random moment.
-    const std::size_t ready_lines = [&] {
-      std::ifstream in(log);
-      std::size_t n = 0;
-      for (std::string line; std::getline(in, line);) n += line.rfind("ready", 0) == 0;
-      return n;
-    }();
-    for (int i = 0; i < 3000; ++i) {
-      std::ifstream in(log);
-      std::size_t n = 0;
-      for (std::string line; std::getline(in, line);) n += line.rfind("ready", 0) == 0;
-      if (n > ready_lines) break;
-      ::usleep(2000);
-    }
+    for (int i = 0; i < 3000 && ready_lines() == ready_before; ++i) ::usleep(2000);
     ::usleep(static_cast<useconds_t>(delay_ms(rng)) * 1000);
     ::kill(pid, SIGKILL);
     int status = 0;
@@ -255,7 +240,7 @@ TEST_CASE("every file of a checkpoint damaged in every way is caught naming it a
       const Error e = test::capture_error([&] { before_damage.load_best_into(*live); });
       CHECK((e.code() == ErrorCode::kCorruption || e.code() == ErrorCode::kNotFound));
       CHECK_THAT(e.what(), Contains("checkpoint-2/" + file));
-      CHECK(same(snapshot(live), untouched));
+      CHECK(test::bitwise_equal(snapshot(live), untouched));
       if (file == "lorakeep_manifest.json") {
         // Without a valid manifest the directory does not count at all.
         std::set<std::int64_t> steps;

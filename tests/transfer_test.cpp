@@ -9,6 +9,7 @@
 #include "lorakeep/memory.h"
 #include "lorakeep/transfer.h"
 #include "pickle.h"
+#include "tensor_util.h"
 #include "test_util.h"
 
 namespace lorakeep {
@@ -34,26 +35,6 @@ NamedTensors zeros_like(const NamedTensors& tensors, at::ScalarType type = at::k
   NamedTensors out;
   for (const auto& [name, t] : tensors) out.emplace_back(name, at::zeros(t.sizes(), type));
   return out;
-}
-
-NamedTensors clone_all(const NamedTensors& tensors) {
-  NamedTensors out;
-  for (const auto& [name, t] : tensors) out.emplace_back(name, t.clone());
-  return out;
-}
-
-bool bitwise_equal(const NamedTensors& a, const NamedTensors& b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    const at::Tensor& x = a[i].second;
-    const at::Tensor& y = b[i].second;
-    if (x.sizes() != y.sizes() || x.scalar_type() != y.scalar_type()) return false;
-    const at::Tensor cx = x.contiguous(), cy = y.contiguous();
-    if (std::memcmp(cx.data_ptr(), cy.data_ptr(), static_cast<std::size_t>(cx.numel()) * cx.element_size()) != 0) {
-      return false;
-    }
-  }
-  return true;
 }
 
 // The naive path of the seed's bug: materialise the whole state dict in fresh
@@ -95,7 +76,7 @@ TEST_CASE("the seed bug reproduced: a capped allocator stops the naive reload bu
     report = load_into(live, *source);
     CHECK(probe.peak_bytes() == 0);  // same dtype, contiguous CPU targets: nothing allocated at all
   }
-  CHECK(bitwise_equal(live, adapter));
+  CHECK(test::bitwise_equal(live, adapter));
   CHECK(report.tensors == 64);
   CHECK(report.bytes == 256 * kMiB);
   CHECK(report.peak_device_bytes == 0);
@@ -122,7 +103,7 @@ TEST_CASE("adding a BF16 delta to F32 parameters stays within one chunk of stagi
   const NamedTensors delta = make_tensors(4, 1024, 1024, at::kBFloat16);
   save_safetensors(dir / "delta.safetensors", delta);
   NamedTensors live = make_tensors(4, 1024, 1024, at::kFloat, 7);
-  const NamedTensors before = clone_all(live);
+  const NamedTensors before = test::clone_all(live);
   LoadOptions options;
   options.op = TransferOp::kAdd;
   options.scale = 0.5;
@@ -168,7 +149,7 @@ TEST_CASE("host RSS stays bounded while loading because file bytes are read and 
     CHECK(converting <= static_cast<std::int64_t>(8 * kMiB + 8 * kMiB));
   }
   CHECK(naive >= static_cast<std::int64_t>(250 * kMiB));
-  CHECK(bitwise_equal(live, adapter));
+  CHECK(test::bitwise_equal(live, adapter));
 }
 
 TEST_CASE("a load that fails in planning leaves every live tensor bitwise unchanged", "[transfer]") {
@@ -176,17 +157,17 @@ TEST_CASE("a load that fails in planning leaves every live tensor bitwise unchan
   const NamedTensors adapter = make_tensors(6, 16, 32);
   const SaveReport saved = save_safetensors(dir / "a.safetensors", adapter);
   NamedTensors live = make_tensors(6, 16, 32, at::kFloat, 99);
-  const NamedTensors before = clone_all(live);
+  const NamedTensors before = test::clone_all(live);
   const auto source = open_tensor_source(dir / "a.safetensors");
 
   SECTION("a shape differs") {
     live[3].second = at::zeros({16, 31});
-    const NamedTensors snapshot = clone_all(live);
+    const NamedTensors snapshot = test::clone_all(live);
     const Error e = test::capture_error([&] { load_into(live, *source); });
     CHECK(e.code() == ErrorCode::kIncompatible);
     CHECK_THAT(e.what(), Contains("'layers.3.weight' is [16, 32] in the file but [16, 31] in the model") &&
                              Contains("nothing was changed"));
-    CHECK(bitwise_equal(live, snapshot));
+    CHECK(test::bitwise_equal(live, snapshot));
     return;
   }
   SECTION("a target is missing from the file") {
@@ -198,10 +179,10 @@ TEST_CASE("a load that fails in planning leaves every live tensor bitwise unchan
   }
   SECTION("a dtype cannot be converted") {
     live[0].second = at::zeros({16, 32}, at::kLong);
-    const NamedTensors snapshot = clone_all(live);
+    const NamedTensors snapshot = test::clone_all(live);
     const Error e = test::capture_error([&] { load_into(live, *source); });
     CHECK_THAT(e.what(), Contains("'layers.0.weight' is F32 in the file; cannot convert it to Long"));
-    CHECK(bitwise_equal(live, snapshot));
+    CHECK(test::bitwise_equal(live, snapshot));
     return;
   }
   SECTION("the bytes are corrupted and fail their checksum") {
@@ -220,7 +201,7 @@ TEST_CASE("a load that fails in planning leaves every live tensor bitwise unchan
     CHECK(e.code() == ErrorCode::kCorruption);
     CHECK_THAT(e.what(), Contains("fails its checksum") && Contains("a.safetensors"));
   }
-  CHECK(bitwise_equal(live, before));
+  CHECK(test::bitwise_equal(live, before));
 }
 
 TEST_CASE("strict errors list every problem at once with a prefix hint", "[transfer]") {
@@ -267,7 +248,7 @@ TEST_CASE("a delta applied then subtracted restores F32 parameters bit for bit",
     base.emplace_back("w" + std::to_string(i), at::randint(-4096, 4096, {37, 129}).to(at::kFloat) / 1024);
   }
   save_safetensors(dir / "delta.safetensors", delta);
-  const NamedTensors original = clone_all(base);
+  const NamedTensors original = test::clone_all(base);
   const auto source = open_tensor_source(dir / "delta.safetensors");
   LoadOptions options;
   options.op = TransferOp::kAdd;
@@ -276,7 +257,7 @@ TEST_CASE("a delta applied then subtracted restores F32 parameters bit for bit",
   CHECK(at::equal(base[2].second, original[2].second + delta[2].second));
   options.scale = -1.0;
   load_into(base, *source, options);
-  CHECK(bitwise_equal(base, original));
+  CHECK(test::bitwise_equal(base, original));
 }
 
 TEST_CASE("loads into strided parameters and from unaligned files land in the right elements", "[transfer]") {

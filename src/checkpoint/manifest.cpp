@@ -2,6 +2,8 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
+#include <string_view>
 
 #include "lorakeep/error.h"
 #include "format/json_util.h"
@@ -14,8 +16,18 @@ constexpr const char* kFormat = "lorakeep-checkpoint";
 
 // The manifest checks itself: "manifest_xxh3" holds the XXH3-64 of the file's
 // text with that value written as 16 zeros. Any changed byte fails.
-constexpr const char kSelfKey[] = "\"manifest_xxh3\": \"";
+constexpr std::string_view kSelfKey = "\"manifest_xxh3\": \"";
 constexpr std::size_t kHexDigits = 16;
+
+// Where the self-checksum's digits start, if the key is there exactly once
+// with room for them.
+std::optional<std::size_t> self_checksum_at(std::string_view text) {
+  const std::size_t key = text.find(kSelfKey);
+  if (key == std::string_view::npos || text.find(kSelfKey, key + 1) != std::string_view::npos) return std::nullopt;
+  const std::size_t at = key + kSelfKey.size();
+  if (text.size() < at + kHexDigits) return std::nullopt;
+  return at;
+}
 
 [[noreturn]] void bad(const std::string& path, const std::string& what) {
   throw Error(ErrorCode::kCorruption, "invalid manifest '" + path + "': " + what);
@@ -82,26 +94,16 @@ std::string format_manifest(const Manifest& m) {
 }
 
 std::string seal_manifest(std::string text) {
-  const std::size_t key = text.find(kSelfKey);
-  const std::size_t at = key + sizeof kSelfKey - 1;
-  if (key == std::string::npos || text.size() < at + kHexDigits) return text;
-  text.replace(at, kHexDigits, std::string(kHexDigits, '0'));
-  text.replace(at, kHexDigits, format_checksum(xxh3_64(text.data(), text.size())));
+  const std::optional<std::size_t> at = self_checksum_at(text);
+  if (!at) return text;
+  text.replace(*at, kHexDigits, std::string(kHexDigits, '0'));
+  text.replace(*at, kHexDigits, format_checksum(xxh3_64(text.data(), text.size())));
   return text;
 }
 
 Manifest parse_manifest(std::string_view text, const std::string& path) {
-  const std::size_t key = text.find(kSelfKey);
-  if (key == std::string_view::npos || text.find(kSelfKey, key + 1) != std::string_view::npos ||
-      text.size() < key + sizeof kSelfKey - 1 + kHexDigits) {
-    bad(path, "it has no self-checksum (hint: damaged, or not written by lorakeep)");
-  }
-  const std::size_t at = key + sizeof kSelfKey - 1;
-  std::uint64_t recorded = 0;
-  if (!parse_checksum(std::string(text.substr(at, kHexDigits)), &recorded)) bad(path, "its self-checksum is not hex");
-  std::string zeroed(text);
-  zeroed.replace(at, kHexDigits, std::string(kHexDigits, '0'));
-  if (xxh3_64(zeroed.data(), zeroed.size()) != recorded) {
+  if (!self_checksum_at(text)) bad(path, "it has no self-checksum (hint: damaged, or not written by lorakeep)");
+  if (seal_manifest(std::string(text)) != text) {
     bad(path, "it fails its own checksum (hint: the manifest was damaged after it was written)");
   }
   const OrderedJson j = parse_json_strict(text, path);
