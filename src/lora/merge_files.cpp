@@ -135,15 +135,17 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
             sink(scratch.as(piece, out, 0));
           } else {
             // Rows [r0, r0 + k / cols) of W, plus the same rows of the delta.
+            // The delta is computed into a reused slot too: a fresh [nr, cols]
+            // product per piece is what grew the heap past the RSS bound.
             const std::int64_t r0 = e / cols, nr = k / cols;
-            at::Tensor delta;
+            at::Tensor delta = scratch.get(4, compute, k).view({nr, cols});
             if (config.fan_in_fan_out) {  // W is [in, out]: rows are input features
-              delta = fold.A.narrow(1, r0, nr).t().matmul(fold.B.t());
+              at::mm_out(delta, fold.A.narrow(1, r0, nr).t(), fold.B.t());
             } else {  // W is [out, in]: rows are output features
-              delta = fold.B.narrow(0, r0, nr).matmul(fold.A);
+              at::mm_out(delta, fold.B.narrow(0, r0, nr), fold.A);
             }
             at::Tensor sum = scratch.get(1, compute, k);
-            at::add_out(sum, scratch.as(piece, compute, 2), delta.reshape({k}), fold.scaling);
+            at::add_out(sum, scratch.as(piece, compute, 2), delta.view({k}), fold.scaling);
             sink(scratch.as(sum, out, 3));
           }
           e += k;
