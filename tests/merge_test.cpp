@@ -91,6 +91,32 @@ TEST_CASE("make-delta then merge-delta reproduces the tuned tensors exactly", "[
   }
 }
 
+TEST_CASE("make-delta counts exactly the elements a narrower delta dtype will not reproduce", "[merge]") {
+  test::TempDir dir;
+  at::manual_seed(12);
+  const at::Tensor w = at::randn({257, 129});
+  const at::Tensor h = at::randn({300}).to(at::kHalf);
+  const NamedTensors base = {{"f32", w}, {"f16", h}};
+  const NamedTensors tuned = {{"f32", w + 1e-3 * at::randn({257, 129})},
+                              {"f16", (h.to(at::kFloat) * 1.01).to(at::kHalf)}};
+  save_safetensors(dir / "base.safetensors", base);
+  save_safetensors(dir / "tuned.safetensors", tuned);
+  MakeDeltaOptions make;
+  make.dtype = Dtype::kBF16;  // too narrow for either
+  const MergeReport made = make_delta_files(dir / "base.safetensors", dir / "tuned.safetensors", dir / "delta", make);
+  merge_delta_files(dir / "base.safetensors", dir / "delta", dir / "merged");
+  // What merge-delta actually got wrong, element by element.
+  const auto merged = open_tensor_source(dir / "merged");
+  std::int64_t wrong = 0;
+  for (const auto& [name, t] : tuned) {
+    const c10::ScalarType word = t.element_size() == 4 ? at::kInt : at::kShort;
+    wrong += at::ne(merged->tensor(name).view(word), t.view(word)).sum().item<std::int64_t>();
+  }
+  INFO("inexact elements: reported " << made.inexact_elements << ", found " << wrong);
+  CHECK(wrong > 0);
+  CHECK(made.inexact_elements == static_cast<std::uint64_t>(wrong));
+}
+
 TEST_CASE("merge-delta validates everything before writing anything", "[merge]") {
   test::TempDir dir;
   save_safetensors(dir / "base.safetensors", {{"a", at::ones({4, 4})}, {"b", at::ones({3})}, {"emb", at::ones({5, 2})}});
