@@ -24,20 +24,24 @@ MIB = 1 << 20
 FULL = {
     "reload_sizes": [16, 64, 256, 512, 1024, 2048],
     "reload_repeat": 5,
+    "reload_budget_mib": 512,
     "tiny": 10000,
     "save_sizes": [64, 512],
     "save_repeat": 3,
     "merge_mib": 2048,
-    "merge_repeat": 3,
+    "merge_repeat": 5,
+    "merge_warmup": True,
 }
 SMOKE = {
     "reload_sizes": [4],
     "reload_repeat": 1,
+    "reload_budget_mib": 0,
     "tiny": 100,
     "save_sizes": [4],
     "save_repeat": 1,
     "merge_mib": 8,
     "merge_repeat": 1,
+    "merge_warmup": False,
 }
 
 
@@ -76,20 +80,27 @@ def timed_rss(argv):
     return seconds, rss
 
 
+def reload_repeat(cfg, mib):
+    """Runs per method at `mib` MiB: a few milliseconds per run is noisy, so
+    small sizes run until each method has read about reload_budget_mib
+    (between reload_repeat and 31 runs; the median is reported)."""
+    return max(cfg["reload_repeat"], min(31, cfg["reload_budget_mib"] // max(1, mib)))
+
+
 def reload_matrix(r, cfg, log):
     rows = []
-    layouts = [(f"adapter:{mib}", "F32") for mib in cfg["reload_sizes"]]
-    layouts += [(f"adapter:{mib}", "BF16") for mib in cfg["reload_sizes"]]
-    layouts.append((f"tiny:{cfg['tiny']}", "F32"))
-    for layout, dtype in layouts:
+    layouts = [(f"adapter:{mib}", "F32", mib) for mib in cfg["reload_sizes"]]
+    layouts += [(f"adapter:{mib}", "BF16", mib) for mib in cfg["reload_sizes"]]
+    layouts.append((f"tiny:{cfg['tiny']}", "F32", cfg["tiny"] * 512 // MIB))
+    for layout, dtype, mib in layouts:
         st = r.path("reload.safetensors")
         binf = r.path("reload.bin")
         subprocess.run([r.bench, "make", "--layout", layout, "--dtype", dtype, "--out", st, "--bin", binf],
                        check=True)
-        rep = str(cfg["reload_repeat"])
+        rep = str(reload_repeat(cfg, mib))
         methods = ["lorakeep", "lorakeep-verify", "naive"]
         if dtype == "F32":
-            methods.insert(0, "memcpy")
+            methods[:0] = ["memcpy", "memcpy-all-cores"]
         for m in methods:
             res = r.bench_cmd("reload", "--layout", layout, "--file", st, "--method", m, "--repeat", rep)
             res.update(file_dtype=dtype)
@@ -171,9 +182,15 @@ def merge_matrix(r, cfg, log):
     ]
     samples = {name: [] for name, _, _ in methods}
     floors = {"delta": [], "lora": []}
-    for _ in range(cfg["merge_repeat"]):
+    # One untimed round first: on a fresh VM the first writes through
+    # never-used memory are several times slower for whichever method runs
+    # first.
+    for round_ in range(cfg["merge_repeat"] + int(cfg["merge_warmup"])):
+        timed = round_ >= int(cfg["merge_warmup"])
         for name, kind, argv in methods:
-            samples[name].append(timed_rss(argv))
+            sample = timed_rss(argv)
+            if timed:
+                samples[name].append(sample)
             shutil.rmtree(out)
         for kind, inputs_dirs in (("delta", [base, delta]), ("lora", [base, adapter])):
             t0 = time.perf_counter()
@@ -183,7 +200,8 @@ def merge_matrix(r, cfg, log):
             os.makedirs(out)
             subprocess.run(["dd", "if=/dev/zero", f"of={out}/o", "bs=1M", f"count={mib}", "conv=fsync"],
                            check=True, capture_output=True)
-            floors[kind].append(time.perf_counter() - t0)
+            if timed:
+                floors[kind].append(time.perf_counter() - t0)
             shutil.rmtree(out)
     rows = []
     for name, kind, _ in methods:
