@@ -10,9 +10,12 @@
 
 namespace lorakeep::detail {
 
-// Elements per computed piece of an offline merge: a few temporaries of this
-// many F64 values stay within about one 64 MiB chunk.
-inline constexpr std::int64_t kPieceElements = 4 << 20;
+// Elements per computed piece of an offline merge (256 KiB of F32): small
+// enough that a piece and its temporaries stay in the CPU's L2 cache between
+// the read into it, the arithmetic and the write out of it. Pieces of 4M
+// elements went through main memory at every step: on a 2 GiB merge, 1.5x
+// the time and 40-60 MiB more RSS (BENCHMARKS.md).
+inline constexpr std::int64_t kPieceElements = std::int64_t{1} << 16;
 
 // Reusable piece buffers. Every temporary of a merge lives in one of these,
 // allocated on first use: allocating fresh piece-sized tensors over and over
