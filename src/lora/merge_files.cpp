@@ -134,19 +134,17 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
           if (!fold.A.defined()) {
             sink(scratch.as(piece, out, 0));
           } else {
-            // Rows [r0, r0 + k / cols) of W, plus the same rows of the delta.
-            // The delta is computed into a reused slot too: a fresh [nr, cols]
-            // product per piece is what grew the heap past the RSS bound.
+            // Rows [r0, r0 + k / cols) of W, plus scaling times the same rows
+            // of B @ A, added in place by one GEMM (C = C + s * B A): the
+            // piece is in our own buffer, and no product is ever allocated.
             const std::int64_t r0 = e / cols, nr = k / cols;
-            at::Tensor delta = scratch.get(4, compute, k).view({nr, cols});
+            at::Tensor w = scratch.as(piece, compute, 2);
             if (config.fan_in_fan_out) {  // W is [in, out]: rows are input features
-              at::mm_out(delta, fold.A.narrow(1, r0, nr).t(), fold.B.t());
+              w.view({nr, cols}).addmm_(fold.A.narrow(1, r0, nr).t(), fold.B.t(), 1, fold.scaling);
             } else {  // W is [out, in]: rows are output features
-              at::mm_out(delta, fold.B.narrow(0, r0, nr), fold.A);
+              w.view({nr, cols}).addmm_(fold.B.narrow(0, r0, nr), fold.A, 1, fold.scaling);
             }
-            at::Tensor sum = scratch.get(1, compute, k);
-            at::add_out(sum, scratch.as(piece, compute, 2), delta.view({k}), fold.scaling);
-            sink(scratch.as(sum, out, 3));
+            sink(scratch.as(w, out, 3));
           }
           e += k;
         }
