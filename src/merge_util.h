@@ -13,8 +13,8 @@ namespace lorakeep::detail {
 // Elements per computed piece of an offline merge (256 KiB of F32): small
 // enough that a piece and its temporaries stay in the CPU's L2 cache between
 // the read into it, the arithmetic and the write out of it. Pieces of 4M
-// elements went through main memory at every step: on a 2 GiB merge, 1.5x
-// the time and 40-60 MiB more RSS (BENCHMARKS.md).
+// elements went through main memory at every step: a 2 GiB merge-delta took
+// 1.5x the time, and every merge 40-60 MiB more RSS.
 inline constexpr std::int64_t kPieceElements = std::int64_t{1} << 16;
 
 // Reusable piece buffers. Every temporary of a merge lives in one of these,
