@@ -186,8 +186,9 @@ def merge_matrix(r, cfg, log):
     # One untimed round first: on a fresh VM the first writes through
     # never-used memory are several times slower for whichever method runs
     # first.
-    for round_ in range(cfg["merge_repeat"] + int(cfg["merge_warmup"])):
-        timed = round_ >= int(cfg["merge_warmup"])
+    warmup = int(cfg["merge_warmup"])
+    for round_ in range(warmup + cfg["merge_repeat"]):
+        timed = round_ >= warmup
         for name, kind, argv in methods:
             sample = timed_rss(argv)
             if timed:

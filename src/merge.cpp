@@ -198,11 +198,8 @@ std::int64_t count_bit_differences(const at::Tensor& x, const at::Tensor& y) {
     case 4: return count_word_differences<std::uint32_t>(x.data_ptr(), y.data_ptr(), n);
     case 8: return count_word_differences<std::uint64_t>(x.data_ptr(), y.data_ptr(), n);
   }
-  const auto* p = static_cast<const std::uint8_t*>(x.data_ptr());
-  const auto* q = static_cast<const std::uint8_t*>(y.data_ptr());
-  std::int64_t diff = 0;
-  for (std::int64_t i = 0; i < n; ++i) diff += std::memcmp(p + i * size, q + i * size, size) != 0;
-  return diff;
+  // plan() admits no other element size (complex and bool are refused).
+  throw Error(ErrorCode::kNotSupported, "cannot compare " + std::to_string(size) + "-byte elements");
 }
 
 c10::ScalarType compute_type(std::initializer_list<c10::ScalarType> types) {
@@ -216,7 +213,8 @@ c10::ScalarType compute_type(std::initializer_list<c10::ScalarType> types) {
 }
 
 // Runs the plan: for each output tensor, pieces of a and b are combined by
-// `combine(a_piece or undefined, b_piece or undefined, out_type)`.
+// `combine(a_piece or undefined, b_piece or undefined, out_type)`. Pieces are
+// read into buffers of run()'s own (piece_view), which combine may overwrite.
 template <class Combine>
 MergeReport run(const TensorSource& a, const TensorSource& b, const std::string& out_dir, Plan plan,
                 const std::map<std::string, std::string>& metadata, const ShardOptions& shards,
@@ -274,16 +272,16 @@ MergeReport merge_delta_files(const std::string& base, const std::string& delta,
   MergeReport report = run(*a, *b, out_dir, std::move(p), options.metadata, options.shards, options.progress,
                            [scale](const Job& job, const at::Tensor& pa, const at::Tensor& pb, c10::ScalarType out,
                                    detail::Scratch& s, MergeReport&) {
-                             // Never in place: pieces may be views of the mapped inputs.
                              if (!pb.defined()) return s.as(pa, out, 0);
                              const c10::ScalarType c = compute_type({job.a_type, job.b_type, out});
                              const at::Scalar alpha = c == c10::kLong ? at::Scalar(static_cast<std::int64_t>(scale))
                                                                       : at::Scalar(scale);
-                             at::Tensor sum = s.get(2, c, pb.numel());
+                             // In place: pieces are in our own buffers.
+                             at::Tensor sum = s.as(pb, c, 1);
                              if (pa.defined()) {
-                               at::add_out(sum, s.as(pa, c, 0), s.as(pb, c, 1), alpha);
+                               sum = s.as(pa, c, 0).add_(sum, alpha);
                              } else {
-                               at::mul_out(sum, s.as(pb, c, 1), alpha);
+                               sum.mul_(alpha);
                              }
                              return s.as(sum, out, 3);
                            });
