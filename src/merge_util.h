@@ -1,12 +1,18 @@
 // Private helpers shared by the offline merges (merge.cpp, lora merge).
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <exception>
+#include <functional>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include <ATen/core/Tensor.h>
 
 #include "lorakeep/tensor_source.h"
+#include "safetensors_writer.h"
 
 namespace lorakeep::detail {
 
@@ -38,5 +44,55 @@ class Scratch {
 // then reused): the file is read, never mapped, so the RSS does not grow.
 at::Tensor piece_view(const TensorSource& source, const std::string& name, c10::ScalarType type, std::int64_t begin,
                       std::int64_t count, at::Tensor* scratch);
+
+// Computes the pieces of a merge on a second thread while the caller writes
+// the ones before: reading and arithmetic of one piece overlap the write and
+// hashing of the previous one. Each piece lives in a Slot with buffers of its
+// own; kSlots slots circulate between the two threads, so at most kSlots
+// pieces are in flight and no buffer is allocated per piece.
+class PiecePipeline {
+ public:
+  static constexpr int kSlots = 3;
+  struct Slot {
+    Scratch scratch;     // temporaries of the arithmetic
+    at::Tensor read[2];  // piece_view buffers of up to two inputs
+    at::Tensor piece;    // the producer's result
+  };
+
+  // Starts `produce` on a new thread (gradient mode off). For every piece, in
+  // the order the caller drains them, it calls acquire(), sets the slot's
+  // `piece`, then publish().
+  explicit PiecePipeline(std::function<void(PiecePipeline&)> produce);
+  // Stops the producer (its next acquire() throws) and waits for it.
+  ~PiecePipeline();
+  PiecePipeline(const PiecePipeline&) = delete;
+  PiecePipeline& operator=(const PiecePipeline&) = delete;
+
+  // Producer side: a slot to fill (waits while all are in flight), then
+  // hands it over.
+  Slot& acquire();
+  void publish();
+
+  // Caller side: passes pieces to `sink` until `bytes` bytes have gone, each
+  // slot returned to the producer once its sink call returns. Rethrows the
+  // producer's exception.
+  void drain(std::uint64_t bytes, const SafetensorsWriter::PieceSink& sink);
+  // Waits for the producer to return; rethrows its exception. REQUIRES: every
+  // piece drained.
+  void finish();
+
+ private:
+  struct Stopped {};
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  Slot slots_[kSlots];
+  std::uint64_t produced_ = 0;  // pieces published
+  std::uint64_t consumed_ = 0;  // pieces drained
+  bool stop_ = false;           // the caller gave up or finished
+  bool done_ = false;           // the producer returned
+  std::exception_ptr error_;
+  std::thread thread_;
+};
 
 }  // namespace lorakeep::detail

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <boost/filesystem.hpp>
 
+#include "lorakeep/lora.h"
 #include "lorakeep/lora_config.h"
 #include "lorakeep/merge.h"
 #include "lorakeep/tensor_source.h"
@@ -24,6 +25,13 @@ bool same_bits(const at::Tensor& a, const at::Tensor& b) {
   if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
   const at::Tensor x = a.contiguous(), y = b.contiguous();
   return std::memcmp(x.data_ptr(), y.data_ptr(), static_cast<std::size_t>(x.numel()) * x.element_size()) == 0;
+}
+
+// Checks that `dir` holds no temporary left by an unfinished write.
+void check_no_temporaries(const fs::path& dir) {
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    CHECK(entry.path().filename().string().find(".tmp-") == std::string::npos);
+  }
 }
 
 // Runs the lorakeep CLI with `args` and checks the whole process's peak RSS
@@ -132,9 +140,66 @@ TEST_CASE("merge-delta validates everything before writing anything", "[merge]")
                            Contains("'c' is in the delta but not in the base (hint: --allow-new)") &&
                            Contains("--allow-grow"));
   CHECK_FALSE(fs::exists(dir / "out"));
-  for (const auto& entry : fs::directory_iterator(dir.path())) {
-    CHECK(entry.path().filename().string().find(".tmp-") == std::string::npos);
+  check_no_temporaries(dir.path());
+}
+
+// Merges read and compute on a second thread while the caller writes: a
+// failure on either side stops both, and nothing is published.
+TEST_CASE("a merge whose input is truncated while it runs fails with the reader's error and publishes nothing",
+          "[merge]") {
+  test::TempDir dir;
+  NamedTensors base;
+  for (int i = 0; i < 4; ++i) base.emplace_back("t" + std::to_string(i), at::full({1024, 1024}, 1.0));  // 4 MiB, 16 pieces
+  save_safetensors(dir / "base.safetensors", base);
+  save_safetensors(dir / "delta.safetensors", base);
+  const std::uint64_t first_end = fs::file_size(dir / "base.safetensors") - 3 * 4 * kMiB;  // t0's last byte
+  MergeDeltaOptions o;
+  std::vector<std::size_t> done;
+  o.progress = [&](std::size_t tensors, std::size_t, std::uint64_t) {
+    done.push_back(tensors);
+    // After t0 is written, everything past it goes: the reader is at most
+    // a few pieces into t1, so some of t1 is still to read.
+    if (tensors == 1) fs::resize_file(dir / "base.safetensors", first_end);
+  };
+  const Error e = test::capture_error(
+      [&] { merge_delta_files(dir / "base.safetensors", dir / "delta.safetensors", dir / "out", o); });
+  CHECK(e.code() == ErrorCode::kCorruption);
+  CHECK_THAT(e.what(), Contains("base.safetensors") && Contains("another process truncated it"));
+  CHECK(done == std::vector<std::size_t>{1});
+  CHECK_FALSE(fs::exists(dir / "out"));
+  check_no_temporaries(dir.path());
+}
+
+TEST_CASE("a merge whose writing side fails stops its reader and publishes nothing", "[merge]") {
+  test::TempDir dir;
+  NamedTensors base, adapter;
+  LoraConfig config;
+  config.r = 2;
+  config.lora_alpha = 2;
+  for (int i = 0; i < 4; ++i) {
+    const std::string path = "l" + std::to_string(i);
+    base.emplace_back(path + ".weight", at::ones({512, 512}));  // 1 MiB, 4 pieces
+    config.target_modules.push_back(path);
+    adapter.emplace_back("base_model.model." + path + ".lora_A.weight", at::ones({2, 512}));
+    adapter.emplace_back("base_model.model." + path + ".lora_B.weight", at::ones({512, 2}));
   }
+  save_safetensors(dir / "base.safetensors", base);
+  fs::create_directories(dir / "adapter");
+  save_safetensors(dir / "adapter/adapter_model.safetensors", adapter);
+  std::ofstream(dir / "adapter/adapter_config.json") << format_adapter_config(config);
+  MergeLoraOptions o;
+  int calls = 0;
+  o.progress = [&](std::size_t, std::size_t, std::uint64_t) {
+    if (++calls == 2) throw std::runtime_error("stopped by the caller");
+  };
+  REQUIRE_THROWS_WITH(merge_lora_files(dir / "base.safetensors", dir / "adapter", dir / "out", o),
+                      "stopped by the caller");
+  CHECK(calls == 2);
+  CHECK_FALSE(fs::exists(dir / "out"));
+  check_no_temporaries(dir.path());
+  // The same merge, uninterrupted, still works: every weight gained 2 * 1.
+  merge_lora_files(dir / "base.safetensors", dir / "adapter", dir / "out");
+  CHECK(at::equal(open_tensor_source(dir / "out")->tensor("l3.weight"), at::full({512, 512}, 3.0)));
 }
 
 TEST_CASE("merge-delta scales the delta and converts the output dtype", "[merge]") {

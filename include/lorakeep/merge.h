@@ -22,7 +22,10 @@
 
 namespace lorakeep {
 
-// Called after each output tensor: (tensors done, tensors in all, bytes read so far).
+// Called on the calling thread after each output tensor is written: (tensors
+// done, tensors in all, bytes read so far). A merge reads and computes on a
+// thread of its own meanwhile; an exception thrown here stops it, and the
+// merge throws it with nothing published.
 using MergeProgress = std::function<void(std::size_t, std::size_t, std::uint64_t)>;
 
 struct MergeDeltaOptions {

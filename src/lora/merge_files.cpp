@@ -4,7 +4,6 @@
 #include <map>
 
 #include <ATen/ATen.h>
-#include <c10/core/GradMode.h>
 
 #include "lorakeep/error.h"
 #include "lorakeep/lora.h"
@@ -99,17 +98,17 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
     detail::logger()->info("'{}' is not in the base: added from the adapter", name);
   }
   detail::ShardedWriter writer(out_dir, std::move(specs), options.metadata, options.shards);
-  MergeReport report;
-  detail::Scratch scratch;
-  at::Tensor read_buffer;
-  c10::NoGradGuard no_grad;
   const std::vector<TensorInfo> order = writer.order();
-  for (const TensorInfo& spec : order) {
-    const c10::ScalarType out = to_scalar_type(spec.dtype, spec.name);
-    if (auto w = whole.find(spec.name); w != whole.end()) {
-      writer.write(adapter->tensor(w->second).to(out));
-      report.bytes_read += adapter->info(w->second).byte_size();
-    } else {
+  // Pieces are read and folded on the pipeline's thread while the ones
+  // before are written.
+  detail::PiecePipeline pipeline([&](detail::PiecePipeline& pipe) {
+    for (const TensorInfo& spec : order) {
+      const c10::ScalarType out = to_scalar_type(spec.dtype, spec.name);
+      if (auto w = whole.find(spec.name); w != whole.end()) {
+        pipe.acquire().piece = adapter->tensor(w->second).to(out);
+        pipe.publish();
+        continue;
+      }
       const TensorInfo& info = source->info(spec.name);
       const c10::ScalarType stored = to_scalar_type(info.dtype, spec.name);
       const std::int64_t n = info.numel();
@@ -117,7 +116,7 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
       const std::int64_t rows_per = std::max<std::int64_t>(1, detail::kPieceElements / std::max<std::int64_t>(1, cols));
       auto layer = layer_of.find(spec.name);
       Fold fold;
-      c10::ScalarType compute = stored == c10::kDouble ? c10::kDouble : c10::kFloat;
+      const c10::ScalarType compute = stored == c10::kDouble ? c10::kDouble : c10::kFloat;
       if (layer != layer_of.end()) {
         const std::string& path = layer->second;
         fold.A = adapter->tensor(prefix + path + ".lora_A.weight").to(compute);
@@ -127,35 +126,43 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
         fold.scaling = config.use_rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / r;
       }
       source->prefetch(spec.name);
-      writer.write_pieces([&](const detail::SafetensorsWriter::PieceSink& sink) {
-        for (std::int64_t e = 0; e < n;) {
-          const std::int64_t k = std::min(n - e, info.shape.empty() ? n : rows_per * cols);
-          const at::Tensor piece = detail::piece_view(*source, spec.name, stored, e, k, &read_buffer);
-          if (!fold.A.defined()) {
-            sink(scratch.as(piece, out, 0));
-          } else {
-            // Rows [r0, r0 + k / cols) of W, plus scaling times the same rows
-            // of B @ A, added in place by one GEMM (C = C + s * B A): the
-            // piece is in our own buffer, and no product is ever allocated.
-            const std::int64_t r0 = e / cols, nr = k / cols;
-            at::Tensor w = scratch.as(piece, compute, 2);
-            if (config.fan_in_fan_out) {  // W is [in, out]: rows are input features
-              w.view({nr, cols}).addmm_(fold.A.narrow(1, r0, nr).t(), fold.B.t(), 1, fold.scaling);
-            } else {  // W is [out, in]: rows are output features
-              w.view({nr, cols}).addmm_(fold.B.narrow(0, r0, nr), fold.A, 1, fold.scaling);
-            }
-            sink(scratch.as(w, out, 3));
+      for (std::int64_t e = 0; e < n;) {
+        const std::int64_t k = std::min(n - e, info.shape.empty() ? n : rows_per * cols);
+        detail::PiecePipeline::Slot& slot = pipe.acquire();
+        const at::Tensor piece = detail::piece_view(*source, spec.name, stored, e, k, &slot.read[0]);
+        if (!fold.A.defined()) {
+          slot.piece = slot.scratch.as(piece, out, 0);
+        } else {
+          // Rows [r0, r0 + k / cols) of W, plus scaling times the same rows
+          // of B @ A, added in place by one GEMM (C = C + s * B A): the
+          // piece is in our own buffer, and no product is ever allocated.
+          const std::int64_t r0 = e / cols, nr = k / cols;
+          at::Tensor w = slot.scratch.as(piece, compute, 2);
+          if (config.fan_in_fan_out) {  // W is [in, out]: rows are input features
+            w.view({nr, cols}).addmm_(fold.A.narrow(1, r0, nr).t(), fold.B.t(), 1, fold.scaling);
+          } else {  // W is [out, in]: rows are output features
+            w.view({nr, cols}).addmm_(fold.B.narrow(0, r0, nr), fold.A, 1, fold.scaling);
           }
-          e += k;
+          slot.piece = slot.scratch.as(w, out, 3);
         }
-      });
-      report.bytes_read += info.byte_size();
+        pipe.publish();
+        e += k;
+      }
     }
+  });
+  MergeReport report;
+  for (const TensorInfo& spec : order) {
+    writer.write_pieces([&](const detail::SafetensorsWriter::PieceSink& sink) {
+      pipeline.drain(spec.byte_size(), sink);
+    });
+    auto w = whole.find(spec.name);
+    report.bytes_read += w != whole.end() ? adapter->info(w->second).byte_size() : source->info(spec.name).byte_size();
     report.bytes_written += spec.byte_size();
     report.elements += static_cast<std::uint64_t>(spec.numel());
     ++report.tensors;
     if (options.progress) options.progress(report.tensors, order.size(), report.bytes_read);
   }
+  pipeline.finish();
   report.output = writer.finish();
   report.seconds = now_seconds() - start;
   detail::logger()->info("merged adapter '{}' ({} layers) into '{}': {} tensors in {:.1f} s", adapter_dir,
