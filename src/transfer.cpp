@@ -1,8 +1,10 @@
 #include "lorakeep/transfer.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <set>
 #include <thread>
 #include <unordered_map>
@@ -15,6 +17,7 @@
 #include "format/json_util.h"
 #include "io/checksum.h"
 #include "logging.h"
+#include "openmp_threads.h"
 #include "parallel.h"
 #include "torch_error.h"
 #include "transfer_device.h"
@@ -39,6 +42,12 @@ std::string quoted_list(const std::vector<std::string>& names, std::size_t limit
 // Checksum verification reads in blocks of this size: small enough to stay
 // in the L2 cache while being hashed.
 constexpr std::uint64_t kHashBlock = 1ull << 20;
+
+// Pieces converted or added into CPU tensors use at most this much staging
+// per thread: small enough to stay in the L2 cache between the read into it
+// and the arithmetic out of it (64 MiB pieces went through main memory at
+// both steps).
+constexpr std::uint64_t kHostPieceBytes = 256u << 10;
 
 // Reading (and hashing) is bound by one core's memory throughput: a second
 // thread nearly halves the time, where LibTorch's own pool may have one
@@ -243,18 +252,22 @@ std::vector<Planned> plan(const NamedTensors& targets, const TensorSource& sourc
 class RssSampler {
  public:
   RssSampler() : base_(current_rss_bytes()) {}
+  // Safe to call from several threads.
   void sample() {
     const std::uint64_t now = current_rss_bytes();
-    if (now > peak_) peak_ = now;
+    std::uint64_t peak = peak_.load();
+    while (now > peak && !peak_.compare_exchange_weak(peak, now)) {
+    }
   }
   std::int64_t peak_extra() const {
     if (base_ == 0) return -1;
-    return peak_ > base_ ? static_cast<std::int64_t>(peak_ - base_) : 0;
+    const std::uint64_t peak = peak_.load();
+    return peak > base_ ? static_cast<std::int64_t>(peak - base_) : 0;
   }
 
  private:
   std::uint64_t base_;
-  std::uint64_t peak_ = 0;
+  std::atomic<std::uint64_t> peak_{0};
 };
 
 // A piece goes straight from the file into the live storage (one pread, no
@@ -271,21 +284,34 @@ bool mixed_cpu_add(const Planned& p, const LoadOptions& o) {
 
 // Elements per piece, chosen so that all the staging one piece needs (the
 // piece as stored, plus its converted copy for a mixed-dtype add or a
-// device) fits in chunk_bytes.
-std::int64_t piece_elements(const Planned& p, const LoadOptions& o) {
+// device) fits in `budget` bytes.
+std::int64_t piece_elements(const Planned& p, const LoadOptions& o, std::uint64_t budget) {
   std::uint64_t per_element = 0;
   if (!direct(p, o)) per_element += c10::elementSize(p.source_type);
   if (mixed_cpu_add(p, o) || !p.target.device().is_cpu()) {
     per_element += std::max<std::uint64_t>(p.target.element_size(), c10::elementSize(p.source_type));
   }
   if (per_element == 0) per_element = c10::elementSize(p.source_type);  // direct: only the read size
-  return static_cast<std::int64_t>(std::max<std::uint64_t>(1, o.chunk_bytes / per_element));
+  return static_cast<std::int64_t>(std::max<std::uint64_t>(1, budget / per_element));
 }
 
-// Everything the apply phase allocates, allocated before it starts.
-struct Staging {
+// Host buffers for the pieces of one thread.
+struct HostBuffers {
   at::Tensor source;   // a piece as stored (source dtype), for pieces that are not direct
-  at::Tensor convert;  // a CPU piece converted to the target dtype (kAdd with mixed dtypes)
+  at::Tensor convert;  // a CPU piece converted to a wider dtype (kAdd with mixed dtypes)
+  std::uint64_t budget = 0;  // staging bytes one piece may use
+};
+
+// Everything the apply phase allocates, allocated before it starts. Pieces
+// bound for a device go one at a time through `serial`; CPU tensors are
+// spread over `threads` threads, each with buffers of its own. All host
+// buffers are slices of one arena of at most about chunk_bytes: the device
+// pieces are done before the CPU ones start.
+struct Staging {
+  at::Tensor arena;
+  HostBuffers serial;
+  std::vector<HostBuffers> workers;  // one per thread; empty if every CPU tensor is read straight in
+  unsigned threads = 1;              // for the CPU tensors
   std::map<std::string, std::unique_ptr<detail::DeviceStager>> stagers;  // by device
 };
 
@@ -298,7 +324,25 @@ at::Tensor piece_of(const at::Tensor& buffer, c10::ScalarType type, at::IntArray
 }
 
 Staging allocate_staging(const std::vector<Planned>& planned, const LoadOptions& o) {
-  std::uint64_t source = 0, convert = 0;
+  Staging s;
+  std::uint64_t host_bytes = 0;
+  bool staged_on_host = false;  // some CPU tensor is not read straight in
+  for (const Planned& p : planned) {
+    if (!p.target.device().is_cpu()) continue;
+    host_bytes += p.info->byte_size();
+    staged_on_host = staged_on_host || (!direct(p, o) && p.target.numel() > 0);
+  }
+  s.threads = io_threads(host_bytes);
+  if (staged_on_host) {
+    // Every thread's staging together stays within chunk_bytes.
+    s.threads = static_cast<unsigned>(std::max<std::uint64_t>(
+        1, std::min<std::uint64_t>(s.threads, o.chunk_bytes / kHostPieceBytes)));
+    s.workers.resize(s.threads);
+  }
+  s.serial.budget = o.chunk_bytes;
+  for (HostBuffers& w : s.workers) w.budget = std::min<std::uint64_t>(kHostPieceBytes, o.chunk_bytes / s.threads);
+
+  std::uint64_t source = 0, worker_source = 0, worker_convert = 0;
   struct DeviceNeeds {
     c10::Device device;
     detail::StagingNeeds needs;
@@ -306,39 +350,54 @@ Staging allocate_staging(const std::vector<Planned>& planned, const LoadOptions&
   std::map<std::string, DeviceNeeds> devices;
   for (const Planned& p : planned) {
     if (direct(p, o) || p.target.numel() == 0) continue;
+    const bool on_cpu = p.target.device().is_cpu();
     const std::uint64_t src_size = c10::elementSize(p.source_type);
     const std::uint64_t dst_size = p.target.element_size();
-    const auto piece = static_cast<std::uint64_t>(std::min(piece_elements(p, o), p.target.numel()));
-    source = std::max(source, piece * src_size);
-    const bool mixed = p.source_type != p.target.scalar_type();
-    if (p.target.device().is_cpu()) {
-      if (mixed_cpu_add(p, o)) convert = std::max(convert, piece * std::max(dst_size, src_size));
+    const std::uint64_t budget = on_cpu ? s.workers[0].budget : s.serial.budget;
+    const auto piece = static_cast<std::uint64_t>(std::min(piece_elements(p, o, budget), p.target.numel()));
+    if (on_cpu) {
+      worker_source = std::max(worker_source, piece * src_size);
+      if (mixed_cpu_add(p, o)) worker_convert = std::max(worker_convert, piece * std::max(dst_size, src_size));
       continue;
     }
+    source = std::max(source, piece * src_size);
+    const bool mixed = p.source_type != p.target.scalar_type();
     auto& d = devices.emplace(p.target.device().str(), DeviceNeeds{p.target.device(), {}}).first->second;
     d.needs.piece_bytes = std::max(d.needs.piece_bytes, piece * std::max(dst_size, src_size));
     d.needs.convert = d.needs.convert || mixed;
     d.needs.add = d.needs.add || o.op == TransferOp::kAdd;
   }
-  Staging s;
-  if (source) s.source = bytes_buffer(source);
-  if (convert) s.convert = bytes_buffer(convert);
+  // Slices start on 64-byte boundaries.
+  auto round_up = [](std::uint64_t n) { return (n + 63) / 64 * 64; };
+  const std::uint64_t per_worker = round_up(worker_source) + round_up(worker_convert);
+  const std::uint64_t arena = std::max(round_up(source), per_worker * s.workers.size());
+  if (arena > 0) s.arena = bytes_buffer(arena);
+  auto slice = [&](std::uint64_t offset, std::uint64_t bytes) {
+    return bytes == 0 ? at::Tensor() : s.arena.narrow(0, static_cast<std::int64_t>(offset), static_cast<std::int64_t>(bytes));
+  };
+  s.serial.source = slice(0, source);
+  for (std::size_t t = 0; t < s.workers.size(); ++t) {
+    s.workers[t].source = slice(t * per_worker, worker_source);
+    s.workers[t].convert = slice(t * per_worker + round_up(worker_source), worker_convert);
+  }
   for (const auto& [name, d] : devices) s.stagers[name] = detail::make_stager(d.device, d.needs);
   return s;
 }
 
 // Applies the tensors that need staging (a conversion, a device, an add or
-// strides), one piece at a time through the preallocated buffers.
+// strides), one piece at a time through one thread's preallocated buffers
+// (and, for device tensors, the stagers).
 class Applier {
  public:
-  Applier(const TensorSource& source, const LoadOptions& o, Staging& staging, RssSampler& rss)
-      : source_(source), o_(o), staging_(staging), rss_(rss) {}
+  Applier(const TensorSource& source, const LoadOptions& o, const HostBuffers& buffers, Staging& staging,
+          RssSampler& rss)
+      : source_(source), o_(o), buffers_(buffers), staging_(staging), rss_(rss) {}
 
   void apply(const Planned& p) {
     if (p.target.numel() == 0) return;
     p_ = &p;
     src_size_ = c10::elementSize(p.source_type);
-    per_ = piece_elements(p, o_);
+    per_ = piece_elements(p, o_, buffers_.budget);
     source_.prefetch(p.source_name);
     process(p.target, 0);
   }
@@ -376,8 +435,8 @@ class Applier {
   void piece(const at::Tensor& dst, std::int64_t offset) {
     const std::uint64_t begin = static_cast<std::uint64_t>(offset) * src_size_;
     const std::uint64_t size = static_cast<std::uint64_t>(dst.numel()) * src_size_;
-    source_.read(p_->source_name, begin, staging_.source.data_ptr(), size);
-    const at::Tensor src = piece_of(staging_.source, p_->source_type, dst.sizes());
+    source_.read(p_->source_name, begin, buffers_.source.data_ptr(), size);
+    const at::Tensor src = piece_of(buffers_.source, p_->source_type, dst.sizes());
     if (dst.device().is_cpu()) {
       apply_cpu(dst, src);
     } else {
@@ -404,7 +463,7 @@ class Applier {
     // merge gives), through the preallocated buffer: a mixed-dtype add_ would
     // cast through a temporary of the piece.
     const c10::ScalarType wide = c10::promoteTypes(src.scalar_type(), dst.scalar_type());
-    at::Tensor sum = piece_of(staging_.convert, wide, dst.sizes());
+    at::Tensor sum = piece_of(buffers_.convert, wide, dst.sizes());
     if (wide == dst.scalar_type()) {
       sum.copy_(src);  // exact widening
       dst.add_(sum, o_.scale);
@@ -417,6 +476,7 @@ class Applier {
 
   const TensorSource& source_;
   const LoadOptions& o_;
+  const HostBuffers& buffers_;
   Staging& staging_;
   RssSampler& rss_;
   const Planned* p_ = nullptr;
@@ -478,23 +538,31 @@ TransferReport load_into_impl(const NamedTensors& targets, const TensorSource& s
   // staging is in place: writes begin.
   {
     c10::NoGradGuard no_grad;
-    std::vector<const Planned*> straight;
-    std::uint64_t straight_bytes = 0;
-    Applier applier(source, options, staging, rss);
+    std::vector<const Planned*> on_host;
+    Applier serial(source, options, staging.serial, staging, rss);
     for (const Planned& p : planned) {
       report.bytes += p.info->byte_size();
       report.naive_device_bytes += static_cast<std::uint64_t>(p.target.numel()) * p.target.element_size();
-      if (direct(p, options)) {
-        straight.push_back(&p);
-        straight_bytes += p.info->byte_size();
+      if (p.target.device().is_cpu()) {
+        on_host.push_back(&p);
       } else {
-        applier.apply(p);
+        serial.apply(p);
       }
     }
     for (auto& [device, stager] : staging.stagers) stager->finish();
-    // Straight reads into distinct tensors are independent of each other.
-    detail::run_parallel(straight.size(), io_threads(straight_bytes), [&](std::size_t i) {
-      const Planned& p = *straight[i];
+    // CPU tensors are independent of each other: each is read straight in,
+    // or converted (added) piece by piece through its thread's buffers.
+    detail::run_parallel(on_host.size(), staging.threads, [&](std::size_t i, unsigned worker) {
+      const Planned& p = *on_host[i];
+      if (p.target.numel() == 0) return;
+      if (!direct(p, options)) {
+        // This thread is one of those keeping every core busy: LibTorch's
+        // arithmetic on it stays on it.
+        std::optional<detail::OpenMpThreadLimit> one_thread;
+        if (staging.threads > 1) one_thread.emplace(1);
+        Applier(source, options, staging.workers[worker], staging, rss).apply(p);
+        return;
+      }
       const std::uint64_t size = p.info->byte_size();
       source.prefetch(p.source_name);
       auto* dst = static_cast<std::uint8_t*>(p.target.data_ptr());

@@ -98,6 +98,47 @@ TEST_CASE("a BF16 file reloads into F32 parameters allocating at most one chunk"
   for (std::size_t i = 0; i < live.size(); ++i) CHECK(at::equal(live[i].second, adapter[i].second.to(at::kFloat)));
 }
 
+TEST_CASE("tensors that need converting spread over threads, each piece in its own thread's buffers", "[transfer]") {
+  // 40 MiB of BF16 in 20 tensors: enough for every core, pieces far smaller
+  // than a tensor, targets of every kind (converted, transposed, read
+  // straight in) interleaved.
+  test::TempDir dir;
+  NamedTensors file = make_tensors(20, 1024, 1024, at::kBFloat16, 3);
+  for (int i = 0; i < 20; i += 5) file[i].second = file[i].second.to(at::kFloat);  // read straight in
+  save_safetensors(dir / "mixed.safetensors", file);
+  NamedTensors live;
+  std::vector<at::Tensor> storage;  // the transposed targets' own tensors
+  for (std::size_t i = 0; i < file.size(); ++i) {
+    if (i % 5 == 3) {
+      storage.push_back(at::zeros({1024, 1024}));
+      live.emplace_back(file[i].first, storage.back().t());
+    } else {
+      live.emplace_back(file[i].first, at::zeros({1024, 1024}));
+    }
+  }
+  const auto source = open_tensor_source(dir / "mixed.safetensors");
+  LoadOptions options;
+  options.chunk_bytes = 1 * kMiB;
+  AllocationProbe probe;
+  load_into(live, *source, options);
+  CHECK(probe.peak_bytes() <= static_cast<std::int64_t>(options.chunk_bytes));
+  for (std::size_t i = 0; i < live.size(); ++i) {
+    INFO(live[i].first);
+    CHECK(at::equal(live[i].second, file[i].second.to(at::kFloat)));
+  }
+
+  // Added, scaled, into F64 parameters: each sum rounded once.
+  NamedTensors wide;
+  for (const auto& [name, t] : file) wide.emplace_back(name, at::full({1024, 1024}, 0.25, at::kDouble));
+  options.op = TransferOp::kAdd;
+  options.scale = 3.0;
+  load_into(wide, *source, options);
+  for (std::size_t i = 0; i < wide.size(); ++i) {
+    INFO(wide[i].first);
+    CHECK(at::equal(wide[i].second, 0.25 + 3.0 * file[i].second.to(at::kDouble)));
+  }
+}
+
 TEST_CASE("adding a BF16 delta to F32 parameters stays within one chunk of staging", "[transfer]") {
   test::TempDir dir;
   const NamedTensors delta = make_tensors(4, 1024, 1024, at::kBFloat16);

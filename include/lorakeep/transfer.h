@@ -77,10 +77,12 @@ struct TransferReport {
 // phase needs is made before the first write, so a load that fails leaves every
 // live tensor bitwise unchanged.
 //
-// Apply phase, under NoGradGuard: each tensor goes file -> host piece of at
-// most chunk_bytes -> (dtype conversion on the host) -> copy_ (or add_) into
-// the live storage; a same-dtype piece for a contiguous CPU tensor is read
-// straight into it.
+// Apply phase, under NoGradGuard: each tensor goes file -> host piece ->
+// (dtype conversion on the host) -> copy_ (or add_) into the live storage; a
+// same-dtype piece for a contiguous CPU tensor is read straight into it. All
+// host staging together stays within about chunk_bytes: device tensors go one
+// piece at a time, CPU tensors are spread over up to 4 threads with pieces of
+// at most 256 KiB each (cache-sized).
 // REQUIRES: no other thread uses the module's tensors during the call.
 TransferReport load_into(torch::nn::Module& module, const TensorSource& source, const LoadOptions& options = {});
 
