@@ -373,7 +373,8 @@ Staging allocate_staging(const std::vector<Planned>& planned, const LoadOptions&
   const std::uint64_t arena = std::max(round_up(source), per_worker * s.workers.size());
   if (arena > 0) s.arena = bytes_buffer(arena);
   auto slice = [&](std::uint64_t offset, std::uint64_t bytes) {
-    return bytes == 0 ? at::Tensor() : s.arena.narrow(0, static_cast<std::int64_t>(offset), static_cast<std::int64_t>(bytes));
+    if (bytes == 0) return at::Tensor();
+    return s.arena.narrow(0, static_cast<std::int64_t>(offset), static_cast<std::int64_t>(bytes));
   };
   s.serial.source = slice(0, source);
   for (std::size_t t = 0; t < s.workers.size(); ++t) {

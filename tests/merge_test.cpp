@@ -149,7 +149,9 @@ TEST_CASE("a merge whose input is truncated while it runs fails with the reader'
           "[merge]") {
   test::TempDir dir;
   NamedTensors base;
-  for (int i = 0; i < 4; ++i) base.emplace_back("t" + std::to_string(i), at::full({1024, 1024}, 1.0));  // 4 MiB, 16 pieces
+  for (int i = 0; i < 4; ++i) {
+    base.emplace_back("t" + std::to_string(i), at::full({1024, 1024}, 1.0));  // 4 MiB: 16 pieces
+  }
   save_safetensors(dir / "base.safetensors", base);
   save_safetensors(dir / "delta.safetensors", base);
   const std::uint64_t first_end = fs::file_size(dir / "base.safetensors") - 3 * 4 * kMiB;  // t0's last byte
