@@ -1,4 +1,5 @@
 // LoRA layers, PEFT's matching rules, and adapters exchanged with PEFT.
+#include <array>
 #include <cmath>
 
 #include <ATen/ATen.h>
@@ -11,6 +12,7 @@
 #include "lorakeep/memory.h"
 #include <c10/core/CPUAllocator.h>
 #include "lorakeep/tensor_source.h"
+#include "lora/rank_update.h"
 #include "pickle.h"
 #include "test_util.h"
 
@@ -323,6 +325,38 @@ TEST_CASE("an adapter initialises as in PEFT and merges in F32 into a BF16 base"
 }  // namespace lorakeep
 
 namespace lorakeep {
+
+TEST_CASE("merge-lora's rank-r update equals a GEMM in every instruction set this CPU runs", "[lora][merge]") {
+  // Shapes that reach every path: pairs of rows and a last single row,
+  // whole column blocks (AVX-512: 128 floats, 64 doubles; narrower sets
+  // less) and a tail, ranks from 1 up.
+  const std::vector<std::array<std::int64_t, 3>> shapes = {{5, 4096, 16}, {1, 300, 1}, {7, 129, 7}, {2, 64, 64}};
+  const std::vector<detail::RankUpdateIsa> isas = detail::rank_update_isas();
+  REQUIRE(isas.back() == detail::RankUpdateIsa::kGeneric);
+  at::manual_seed(11);
+  for (const at::ScalarType type : {at::kFloat, at::kDouble}) {
+    for (const auto& [rows, cols, r] : shapes) {
+      const at::Tensor w = at::randn({rows, cols}, type);
+      const at::Tensor c = at::randn({rows, r}, type) * 0.1;
+      const at::Tensor v = at::randn({r, cols}, type);
+      // The exact sum, rounded once into w's dtype.
+      const at::Tensor want = (w.to(at::kDouble) + at::mm(c.to(at::kDouble), v.to(at::kDouble))).to(type);
+      for (const detail::RankUpdateIsa isa : isas) {
+        INFO("type " << type << ", isa " << static_cast<int>(isa) << ", " << rows << " x " << cols << " rank " << r);
+        at::Tensor got = w.clone();
+        if (type == at::kFloat) {
+          detail::rank_update(isa, got.data_ptr<float>(), rows, cols, c.data_ptr<float>(), v.data_ptr<float>(), r);
+        } else {
+          detail::rank_update(isa, got.data_ptr<double>(), rows, cols, c.data_ptr<double>(), v.data_ptr<double>(), r);
+        }
+        // Summed in the dtype: a few units in the last place of the sum.
+        const double tolerance = (type == at::kFloat ? 1e-6 : 1e-14) * (1 + std::sqrt(static_cast<double>(r)));
+        CHECK(at::allclose(got, want, tolerance, tolerance));
+        CHECK_FALSE(at::equal(got, w));  // it did write
+      }
+    }
+  }
+}
 
 TEST_CASE("merge-lora output equals the in-memory merged weights", "[lora][merge]") {
   test::TempDir dir;

@@ -9,6 +9,7 @@
 #include "lorakeep/lora.h"
 #include "logging.h"
 #include "lora/adapter_internal.h"
+#include "lora/rank_update.h"
 #include "merge_util.h"
 #include "sharded_writer.h"
 
@@ -19,9 +20,17 @@ double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// One adapted weight's update, W[i, :] += sum_k C[i, k] V[k, :], in the
+// compute dtype, contiguous: C = s * B and V = A, or for a fan_in_fan_out
+// weight (W is [in, out]) C = s * A^T and V = B^T.
 struct Fold {
-  at::Tensor A, B;  // [r, in], [out, r], in the compute dtype
-  double scaling = 0;
+  at::Tensor C, V;
+  std::int64_t r = 0;
+
+  template <class T>
+  void apply(const at::Tensor& w, std::int64_t r0, std::int64_t rows, std::int64_t cols) const {
+    detail::rank_update(w.data_ptr<T>(), rows, cols, C.data_ptr<T>() + r0 * r, V.data_ptr<T>(), r);
+  }
 };
 
 }  // namespace
@@ -119,29 +128,32 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
       const c10::ScalarType compute = stored == c10::kDouble ? c10::kDouble : c10::kFloat;
       if (layer != layer_of.end()) {
         const std::string& path = layer->second;
-        fold.A = adapter->tensor(prefix + path + ".lora_A.weight").to(compute);
-        fold.B = adapter->tensor(prefix + path + ".lora_B.weight").to(compute);
-        const int r = static_cast<int>(fold.A.size(0));
+        const at::Tensor A = adapter->tensor(prefix + path + ".lora_A.weight").to(compute);  // [r, in]
+        const at::Tensor B = adapter->tensor(prefix + path + ".lora_B.weight").to(compute);  // [out, r]
+        fold.r = A.size(0);
         const double alpha = alpha_for(config, path);
-        fold.scaling = config.use_rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / r;
+        const double scaling =
+            config.use_rslora ? alpha / std::sqrt(static_cast<double>(fold.r)) : alpha / static_cast<double>(fold.r);
+        fold.C = (config.fan_in_fan_out ? A.t() * scaling : B * scaling).contiguous();
+        fold.V = (config.fan_in_fan_out ? B.t() : A).contiguous();
       }
       source->prefetch(spec.name);
       for (std::int64_t e = 0; e < n;) {
         const std::int64_t k = std::min(n - e, info.shape.empty() ? n : rows_per * cols);
         detail::PiecePipeline::Slot& slot = pipe.acquire();
         const at::Tensor piece = detail::piece_view(*source, spec.name, stored, e, k, &slot.read[0]);
-        if (!fold.A.defined()) {
+        if (!fold.C.defined()) {
           slot.piece = slot.scratch.as(piece, out, 0);
         } else {
-          // Rows [r0, r0 + k / cols) of W, plus scaling times the same rows
-          // of B @ A, added in place by one GEMM (C = C + s * B A): the
-          // piece is in our own buffer, and no product is ever allocated.
+          // Rows [r0, r0 + k / cols) of W plus the same rows of s * B A,
+          // added in place: the piece is in our own buffer, and no product
+          // is ever allocated.
           const std::int64_t r0 = e / cols, nr = k / cols;
-          at::Tensor w = slot.scratch.as(piece, compute, 2);
-          if (config.fan_in_fan_out) {  // W is [in, out]: rows are input features
-            w.view({nr, cols}).addmm_(fold.A.narrow(1, r0, nr).t(), fold.B.t(), 1, fold.scaling);
-          } else {  // W is [out, in]: rows are output features
-            w.view({nr, cols}).addmm_(fold.B.narrow(0, r0, nr), fold.A, 1, fold.scaling);
+          const at::Tensor w = slot.scratch.as(piece, compute, 2);
+          if (compute == c10::kDouble) {
+            fold.apply<double>(w, r0, nr, cols);
+          } else {
+            fold.apply<float>(w, r0, nr, cols);
           }
           slot.piece = slot.scratch.as(w, out, 3);
         }
