@@ -329,7 +329,8 @@ Staging allocate_staging(const std::vector<Planned>& planned, const LoadOptions&
   bool staged_on_host = false;  // some CPU tensor is not read straight in
   for (const Planned& p : planned) {
     if (!p.target.device().is_cpu()) continue;
-    host_bytes += p.info->byte_size();
+    // Read or written, whichever is more: a conversion writes more than it reads.
+    host_bytes += std::max<std::uint64_t>(p.info->byte_size(), p.target.numel() * p.target.element_size());
     staged_on_host = staged_on_host || (!direct(p, o) && p.target.numel() > 0);
   }
   s.threads = io_threads(host_bytes);
