@@ -196,9 +196,11 @@ def write(results, md_path, svg_path):
         "(Python `torch.load` of the same tensors saved with `torch.save`, then `copy_`); `safetensors` "
         "(the reference `safetensors.torch.load_file`, then `copy_`). Peak extra RSS is the process's "
         "resident high-water mark above its level before the load; extra allocator bytes are counted by "
-        "lorakeep's counting CPU allocator (C++ methods only). Times are medians: of 31 runs at 16 MiB and "
-        "for the 10,000 tiny tensors, fewer for larger sizes (each method reads about 512 MiB in all, "
-        "at least 5 runs).",
+        "lorakeep's counting CPU allocator (C++ methods only). Every method runs in 3 rounds, each a process "
+        "of its own, in turn with the others (a slow spell of this shared machine then hits one round of "
+        "every method, not all the runs of one); the time is the median of the rounds' medians. Runs in "
+        "all: 33 at 16 MiB and for the 10,000 tiny tensors, fewer for larger sizes (each method reads "
+        "about 512 MiB in all, at least 6 runs).",
         "",
         "![time and peak memory vs adapter size](bench/scaling.svg)",
         "",

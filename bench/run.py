@@ -26,6 +26,7 @@ FULL = {
     "reload_sizes": [16, 64, 256, 512, 1024, 2048],
     "reload_repeat": 5,
     "reload_budget_mib": 512,
+    "reload_rounds": 3,
     "tiny": 10000,
     "save_sizes": [64, 512],
     "save_repeat": 3,
@@ -37,6 +38,7 @@ SMOKE = {
     "reload_sizes": [4],
     "reload_repeat": 1,
     "reload_budget_mib": 0,
+    "reload_rounds": 1,
     "tiny": 100,
     "save_sizes": [4],
     "save_repeat": 1,
@@ -88,27 +90,47 @@ def reload_repeat(cfg, mib):
     return max(cfg["reload_repeat"], min(31, cfg["reload_budget_mib"] // max(1, mib)))
 
 
+def combine_rounds(results):
+    """One row from a method's rounds: the median of the rounds' medians, the
+    least time seen, the highest memory seen."""
+    times = sorted(res["seconds"] for res in results)
+    row = dict(results[0])
+    row.update(seconds=times[len(times) // 2], seconds_rounds=times,
+               seconds_min=min(res["seconds_min"] for res in results),
+               repeat=sum(int(res["repeat"]) for res in results))
+    for key in ("peak_rss_bytes", "peak_alloc_bytes"):
+        row[key] = max(res[key] for res in results)
+    return row
+
+
 def reload_matrix(r, cfg, log):
+    """Every method in turn, `reload_rounds` times over, each round a process
+    of its own: a slow spell of this shared machine then lands in one round
+    of every method rather than in all the runs of one."""
     rows = []
     layouts = [(f"adapter:{mib}", "F32", mib) for mib in cfg["reload_sizes"]]
     layouts += [(f"adapter:{mib}", "BF16", mib) for mib in cfg["reload_sizes"]]
     layouts.append((f"tiny:{cfg['tiny']}", "F32", cfg["tiny"] * 512 // MIB))
+    rounds = cfg["reload_rounds"]
     for layout, dtype, mib in layouts:
         st = r.path("reload.safetensors")
         binf = r.path("reload.bin")
         subprocess.run([r.bench, "make", "--layout", layout, "--dtype", dtype, "--out", st, "--bin", binf],
                        check=True)
-        rep = str(reload_repeat(cfg, mib))
+        rep = str(max(1, -(-reload_repeat(cfg, mib) // rounds)))
         methods = ["lorakeep", "lorakeep-verify", "naive"]
         if dtype == "F32":
             methods[:0] = ["memcpy", "memcpy-all-cores"]
-        for m in methods:
-            res = r.bench_cmd("reload", "--layout", layout, "--file", st, "--method", m, "--repeat", rep)
-            res.update(file_dtype=dtype)
-            rows.append(res)
-            log(res)
-        for m, f in (("torch-load", binf), ("safetensors", st)):
-            res = r.peer("reload", "--method", m, "--layout", layout, "--file", f, "--repeat", rep)
+        runs = {}
+        for _ in range(rounds):
+            for m in methods:
+                runs.setdefault(m, []).append(
+                    r.bench_cmd("reload", "--layout", layout, "--file", st, "--method", m, "--repeat", rep))
+            for m, f in (("torch-load", binf), ("safetensors", st)):
+                runs.setdefault(m, []).append(
+                    r.peer("reload", "--method", m, "--layout", layout, "--file", f, "--repeat", rep))
+        for results in runs.values():
+            res = combine_rounds(results)
             res.update(file_dtype=dtype)
             rows.append(res)
             log(res)

@@ -2,9 +2,11 @@
 
 #include <cstring>
 
-// Vectors only ever live inside always-inlined functions: the ABI notes
-// about passing them by value do not apply.
+// Vectors only ever live inside always-inlined functions: GCC's notes about
+// the ABI of passing them by value do not apply.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi"
+#endif
 
 namespace lorakeep::detail {
 namespace {
@@ -12,30 +14,8 @@ namespace {
 // A vector of `Bytes` bytes of T (GCC's vector extensions: the compiler
 // emits the instructions of the function's target).
 template <class T, int Bytes>
-struct VecOf;
-template <>
-struct VecOf<float, 64> {
-  typedef float type __attribute__((vector_size(64)));
-};
-template <>
-struct VecOf<float, 32> {
-  typedef float type __attribute__((vector_size(32)));
-};
-template <>
-struct VecOf<float, 16> {
-  typedef float type __attribute__((vector_size(16)));
-};
-template <>
-struct VecOf<double, 64> {
-  typedef double type __attribute__((vector_size(64)));
-};
-template <>
-struct VecOf<double, 32> {
-  typedef double type __attribute__((vector_size(32)));
-};
-template <>
-struct VecOf<double, 16> {
-  typedef double type __attribute__((vector_size(16)));
+struct VecOf {
+  typedef T type __attribute__((vector_size(Bytes)));
 };
 
 template <class V, class T>
