@@ -250,7 +250,7 @@ def write(results, md_path, svg_path):
         for r in merge:
             runs = ", ".join(secs(t) for t in r["seconds_all"])
             lines.append(f"| {r['method']} | {secs(r['seconds'])} | {runs} | {mib(r['peak_rss_bytes'])} |")
-    lines += ["", "## How to rerun", "", "```sh", "bench/run.sh          # about 13 minutes on 2 cores", "```", ""]
+    lines += ["", "## How to rerun", "", "```sh", "bench/run.sh          # about 18 minutes on 2 cores", "```", ""]
     with open(md_path, "w") as f:
         f.write("\n".join(lines))
     svg(results, svg_path)

@@ -2,7 +2,7 @@
 # Builds lorakeep in Release and runs every benchmark side by side with its
 # peers: writes bench/results.json, BENCHMARKS.md and bench/scaling.svg.
 #
-#   bench/run.sh            the full matrix (about 13 minutes on 2 cores)
+#   bench/run.sh            the full matrix (about 18 minutes on 2 cores)
 #   bench/run.sh --smoke    tiny sizes, results under build-release/bench-smoke
 set -euo pipefail
 

@@ -52,10 +52,11 @@ PiecePipeline::PiecePipeline(std::function<void(PiecePipeline&)> produce) {
   thread_ = std::thread([this, produce = std::move(produce)] {
     try {
       c10::NoGradGuard no_grad;  // thread-local
-      // One core fewer for the arithmetic: the caller's thread keeps one
-      // busy writing and hashing, and a compute thread beside it only
-      // spin-waits against it (2 GiB merge-lora on 2 cores, written to tmpfs:
-      // 1.9 s -> 1.55 s).
+      // One core fewer for LibTorch's parallel ops started here (dtype
+      // conversions, merge-delta's adds): the caller's thread keeps one core
+      // busy writing and hashing, and a full OpenMP team beside it only
+      // spin-waits against it (2 GiB merge-lora with an OpenBLAS GEMM per
+      // piece, on 2 cores, written to tmpfs: 1.9 s -> 1.55 s).
       OpenMpThreadLimit limit(std::max(1, at::get_num_threads() - 1));
       produce(*this);
     } catch (const Stopped&) {

@@ -183,12 +183,14 @@ std::vector<Planned> plan(const NamedTensors& targets, const TensorSource& sourc
     std::uint64_t total = 0;
     for (const auto& job : jobs) total += job.first->info->byte_size();
     const std::uint64_t block = std::min<std::uint64_t>(o.chunk_bytes, kHashBlock);
-    detail::run_parallel(jobs.size(), io_threads(total), [&](std::size_t i) {
-      thread_local std::vector<std::uint8_t> buffer;
+    const unsigned threads = io_threads(total);
+    std::vector<std::vector<std::uint8_t>> buffers(threads);  // one per thread, freed after the load
+    detail::run_parallel(jobs.size(), threads, [&](std::size_t i, unsigned worker) {
+      std::vector<std::uint8_t>& buffer = buffers[worker];
       buffer.resize(block);
       const Planned& p = *jobs[i].first;
       const std::uint64_t size = p.info->byte_size();
-      source.prefetch(p.source_name);
+      if (size > block) source.prefetch(p.source_name);  // see the apply phase
       detail::Xxh3Stream hash;
       for (std::uint64_t off = 0; off < size; off += block) {
         const std::uint64_t n = std::min(block, size - off);
@@ -566,7 +568,9 @@ TransferReport load_into_impl(const NamedTensors& targets, const TensorSource& s
         return;
       }
       const std::uint64_t size = p.info->byte_size();
-      source.prefetch(p.source_name);
+      // Read-ahead helps only while a later chunk waits for an earlier one:
+      // for a single read it is one more system call for the same pages.
+      if (size > options.chunk_bytes) source.prefetch(p.source_name);
       auto* dst = static_cast<std::uint8_t*>(p.target.data_ptr());
       for (std::uint64_t off = 0; off < size; off += options.chunk_bytes) {
         source.read(p.source_name, off, dst + off, std::min(options.chunk_bytes, size - off));
