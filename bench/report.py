@@ -208,7 +208,8 @@ def write(results, md_path, svg_path):
         "",
         "### A BF16 file into F32 parameters",
         "",
-        "The conversion happens on the host, in pieces of at most 256 KiB that stay in the CPU cache, on every core (at most 4).",
+        "The conversion happens on the host, in pieces of at most 256 KiB that stay in the CPU cache, "
+        "on every core (at most 4).",
         "",
         reload_table(rows, "BF16", sizes),
         "",

@@ -70,7 +70,7 @@ PiecePipeline::PiecePipeline(std::function<void(PiecePipeline&)> produce) {
   });
 }
 
-PiecePipeline::~PiecePipeline() {
+void PiecePipeline::stop_and_join() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
@@ -78,6 +78,8 @@ PiecePipeline::~PiecePipeline() {
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
 }
+
+PiecePipeline::~PiecePipeline() { stop_and_join(); }
 
 PiecePipeline::Slot& PiecePipeline::acquire() {
   std::unique_lock<std::mutex> lock(mu_);
@@ -112,14 +114,28 @@ void PiecePipeline::drain(std::uint64_t bytes, const SafetensorsWriter::PieceSin
 }
 
 void PiecePipeline::finish() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-  }
-  cv_.notify_all();
-  thread_.join();
+  stop_and_join();
   if (error_) std::rethrow_exception(error_);
   if (produced_ != consumed_) throw std::logic_error("the merge produced pieces beyond its tensors");
+}
+
+MergeReport write_merged(ShardedWriter& writer, std::function<void(PiecePipeline&)> produce,
+                         const std::function<std::uint64_t(const TensorInfo&)>& bytes_read,
+                         const MergeProgress& progress) {
+  PiecePipeline pipeline(std::move(produce));
+  MergeReport report;
+  const std::vector<TensorInfo>& order = writer.order();
+  for (const TensorInfo& spec : order) {
+    writer.write_pieces([&](const SafetensorsWriter::PieceSink& sink) { pipeline.drain(spec.byte_size(), sink); });
+    report.bytes_read += bytes_read(spec);
+    report.bytes_written += spec.byte_size();
+    report.elements += static_cast<std::uint64_t>(spec.numel());
+    ++report.tensors;
+    if (progress) progress(report.tensors, order.size(), report.bytes_read);
+  }
+  pipeline.finish();
+  report.output = writer.finish();
+  return report;
 }
 
 }  // namespace detail
@@ -303,10 +319,9 @@ MergeReport run(const TensorSource& a, const TensorSource& b, const std::string&
   std::vector<TensorInfo> specs;
   for (const Job& job : plan.jobs) specs.push_back(job.out);
   detail::ShardedWriter writer(out_dir, std::move(specs), metadata, shards);
-  const std::vector<TensorInfo> order = writer.order();
-  std::uint64_t inexact = 0;  // the producer's until finish()
-  detail::PiecePipeline pipeline([&](detail::PiecePipeline& pipe) {
-    for (const TensorInfo& spec : order) {
+  std::uint64_t inexact = 0;  // the producer's until write_merged returns
+  auto produce = [&](detail::PiecePipeline& pipe) {
+    for (const TensorInfo& spec : writer.order()) {
       const Job& job = plan.jobs[plan.index.at(spec.name)];
       const c10::ScalarType out_type = to_scalar_type(spec.dtype, spec.name);
       const std::int64_t n = spec.numel();
@@ -326,23 +341,13 @@ MergeReport run(const TensorSource& a, const TensorSource& b, const std::string&
         e = end;
       }
     }
-  });
-  MergeReport report;
-  for (const TensorInfo& spec : order) {
+  };
+  auto bytes_read = [&](const TensorInfo& spec) {
     const Job& job = plan.jobs[plan.index.at(spec.name)];
-    writer.write_pieces([&](const detail::SafetensorsWriter::PieceSink& sink) {
-      pipeline.drain(spec.byte_size(), sink);
-    });
-    if (job.in_a) report.bytes_read += a.info(job.name).byte_size();
-    if (job.in_b) report.bytes_read += b.info(job.name).byte_size();
-    report.bytes_written += spec.byte_size();
-    report.elements += static_cast<std::uint64_t>(spec.numel());
-    ++report.tensors;
-    if (progress) progress(report.tensors, order.size(), report.bytes_read);
-  }
-  pipeline.finish();
+    return (job.in_a ? a.info(job.name).byte_size() : 0) + (job.in_b ? b.info(job.name).byte_size() : 0);
+  };
+  MergeReport report = detail::write_merged(writer, produce, bytes_read, progress);
   report.inexact_elements = inexact;
-  report.output = writer.finish();
   report.seconds = now_seconds() - start;
   return report;
 }

@@ -11,8 +11,10 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "lorakeep/merge.h"
 #include "lorakeep/tensor_source.h"
 #include "safetensors_writer.h"
+#include "sharded_writer.h"
 
 namespace lorakeep::detail {
 
@@ -83,6 +85,7 @@ class PiecePipeline {
 
  private:
   struct Stopped {};
+  void stop_and_join();
 
   std::mutex mu_;
   std::condition_variable cv_;
@@ -94,5 +97,14 @@ class PiecePipeline {
   std::exception_ptr error_;
   std::thread thread_;
 };
+
+// The writing side of every offline merge: writes each tensor of
+// writer.order() from the pieces `produce` computes on a PiecePipeline, then
+// publishes the output. After each tensor, `progress` (if set) gets the
+// running total of bytes_read(tensor). The report has every count and the
+// output filled in; its seconds are the caller's to set.
+MergeReport write_merged(ShardedWriter& writer, std::function<void(PiecePipeline&)> produce,
+                         const std::function<std::uint64_t(const TensorInfo&)>& bytes_read,
+                         const MergeProgress& progress);
 
 }  // namespace lorakeep::detail

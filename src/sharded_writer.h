@@ -23,7 +23,8 @@ class ShardedWriter {
   ShardedWriter(const ShardedWriter&) = delete;
   ShardedWriter& operator=(const ShardedWriter&) = delete;
 
-  // Every tensor, in the order write() expects them.
+  // Every tensor, in the order write() expects them. Fixed at construction:
+  // safe to read from any thread while another writes.
   const std::vector<TensorInfo>& order() const { return order_; }
 
   // Writes the next tensor of order(), whole or in pieces (see

@@ -397,8 +397,8 @@ class Applier {
           RssSampler& rss)
       : source_(source), o_(o), buffers_(buffers), staging_(staging), rss_(rss) {}
 
+  // REQUIRES: p.target is not empty.
   void apply(const Planned& p) {
-    if (p.target.numel() == 0) return;
     p_ = &p;
     src_size_ = c10::elementSize(p.source_type);
     per_ = piece_elements(p, o_, buffers_.budget);
@@ -547,6 +547,7 @@ TransferReport load_into_impl(const NamedTensors& targets, const TensorSource& s
     for (const Planned& p : planned) {
       report.bytes += p.info->byte_size();
       report.naive_device_bytes += static_cast<std::uint64_t>(p.target.numel()) * p.target.element_size();
+      if (p.target.numel() == 0) continue;  // nothing to read or write
       if (p.target.device().is_cpu()) {
         on_host.push_back(&p);
       } else {
@@ -558,7 +559,6 @@ TransferReport load_into_impl(const NamedTensors& targets, const TensorSource& s
     // or converted (added) piece by piece through its thread's buffers.
     detail::run_parallel(on_host.size(), staging.threads, [&](std::size_t i, unsigned worker) {
       const Planned& p = *on_host[i];
-      if (p.target.numel() == 0) return;
       if (!direct(p, options)) {
         // This thread is one of those keeping every core busy: LibTorch's
         // arithmetic on it stays on it.

@@ -27,9 +27,13 @@ struct Fold {
   at::Tensor C, V;
   std::int64_t r = 0;
 
-  template <class T>
+  // Rows [r0, r0 + rows) of W, in `w` (the compute dtype).
   void apply(const at::Tensor& w, std::int64_t r0, std::int64_t rows, std::int64_t cols) const {
-    detail::rank_update(w.data_ptr<T>(), rows, cols, C.data_ptr<T>() + r0 * r, V.data_ptr<T>(), r);
+    if (w.scalar_type() == c10::kDouble) {
+      detail::rank_update(w.data_ptr<double>(), rows, cols, C.data_ptr<double>() + r0 * r, V.data_ptr<double>(), r);
+    } else {
+      detail::rank_update(w.data_ptr<float>(), rows, cols, C.data_ptr<float>() + r0 * r, V.data_ptr<float>(), r);
+    }
   }
 };
 
@@ -107,11 +111,10 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
     detail::logger()->info("'{}' is not in the base: added from the adapter", name);
   }
   detail::ShardedWriter writer(out_dir, std::move(specs), options.metadata, options.shards);
-  const std::vector<TensorInfo> order = writer.order();
   // Pieces are read and folded on the pipeline's thread while the ones
   // before are written.
-  detail::PiecePipeline pipeline([&](detail::PiecePipeline& pipe) {
-    for (const TensorInfo& spec : order) {
+  auto produce = [&](detail::PiecePipeline& pipe) {
+    for (const TensorInfo& spec : writer.order()) {
       const c10::ScalarType out = to_scalar_type(spec.dtype, spec.name);
       if (auto w = whole.find(spec.name); w != whole.end()) {
         pipe.acquire().piece = adapter->tensor(w->second).to(out);
@@ -150,32 +153,19 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
           // is ever allocated.
           const std::int64_t r0 = e / cols, nr = k / cols;
           const at::Tensor w = slot.scratch.as(piece, compute, 2);
-          if (compute == c10::kDouble) {
-            fold.apply<double>(w, r0, nr, cols);
-          } else {
-            fold.apply<float>(w, r0, nr, cols);
-          }
+          fold.apply(w, r0, nr, cols);
           slot.piece = slot.scratch.as(w, out, 3);
         }
         pipe.publish();
         e += k;
       }
     }
-  });
-  MergeReport report;
-  for (const TensorInfo& spec : order) {
-    writer.write_pieces([&](const detail::SafetensorsWriter::PieceSink& sink) {
-      pipeline.drain(spec.byte_size(), sink);
-    });
+  };
+  auto bytes_read = [&](const TensorInfo& spec) {
     auto w = whole.find(spec.name);
-    report.bytes_read += w != whole.end() ? adapter->info(w->second).byte_size() : source->info(spec.name).byte_size();
-    report.bytes_written += spec.byte_size();
-    report.elements += static_cast<std::uint64_t>(spec.numel());
-    ++report.tensors;
-    if (options.progress) options.progress(report.tensors, order.size(), report.bytes_read);
-  }
-  pipeline.finish();
-  report.output = writer.finish();
+    return w != whole.end() ? adapter->info(w->second).byte_size() : source->info(spec.name).byte_size();
+  };
+  MergeReport report = detail::write_merged(writer, produce, bytes_read, options.progress);
   report.seconds = now_seconds() - start;
   detail::logger()->info("merged adapter '{}' ({} layers) into '{}': {} tensors in {:.1f} s", adapter_dir,
                          layout.layers.size(), out_dir, report.tensors, report.seconds);

@@ -14,8 +14,8 @@ namespace lorakeep::detail {
 // Our own loop rather than BLAS: with r of 8 to 64 the update is bound by
 // reading v from the cache, which a plain loop vectorized for the CPU at
 // hand does at full speed, where a BLAS may pick generic kernels (OpenBLAS
-// on CPUs it does not recognise: SSE3 only, 3x slower here).
-// Uses the best version for the CPU at hand.
+// on CPUs it does not recognise: SSE3 only, 3x slower here). This runs the
+// best version for the CPU at hand.
 void rank_update(float* w, std::int64_t rows, std::int64_t cols, const float* c, const float* v, std::int64_t r);
 void rank_update(double* w, std::int64_t rows, std::int64_t cols, const double* c, const double* v, std::int64_t r);
 
