@@ -29,10 +29,10 @@
 #include <nlohmann/json.hpp>
 
 #include "lorakeep/lorakeep.h"
-#include "format/json_util.h"
+#include "base/text.h"
 #include "io/checksum.h"
-#include "parallel.h"
-#include "pickle.h"
+#include "base/parallel.h"
+#include "tensors/pickle.h"
 
 namespace {
 

@@ -14,12 +14,11 @@
 #include "lorakeep/callbacks.h"
 #include "lorakeep/checkpoint.h"
 #include "lorakeep/lora.h"
-#include "checkpoint/layout.h"
+#include "base/file_names.h"
 #include "checkpoint/manifest.h"
 #include "checkpoint/policy.h"
 #include "checkpoint/run_dir.h"
 #include "checkpoint/trainer_state.h"
-#include "format/json_util.h"
 #include "tensor_util.h"
 #include "test_util.h"
 

@@ -51,6 +51,14 @@ TEST_CASE("a minimal config takes the defaults of Trainer and PEFT", "[config]")
   CHECK(run.lora.lora_alpha == 8);
   CHECK(run.lora.lora_dropout == 0.0);
   CHECK(run.lora.init_lora_weights == "true");
+  CHECK(run.checkpoint.verify_checksums);
+}
+
+TEST_CASE("the transfer section sets how reloads read: piece size and checksum verification", "[config]") {
+  const RunConfig run =
+      parse_run_config(std::string(kGood) + "transfer:\n  chunk_bytes: 1MiB\n  verify_checksums: false\n", "t.yaml");
+  CHECK(run.checkpoint.chunk_bytes == 1ull << 20);
+  CHECK_FALSE(run.checkpoint.verify_checksums);  // what load_best_into and resume honour
 }
 
 TEST_CASE("each kind of bad YAML gives an error with line and key", "[config]") {

@@ -6,7 +6,7 @@
 #include <boost/filesystem.hpp>
 #include <nlohmann/json.hpp>
 
-#include "checkpoint/layout.h"
+#include "base/file_names.h"
 #include "test_util.h"
 
 namespace lorakeep {

@@ -13,7 +13,7 @@
 #include <c10/core/CPUAllocator.h>
 #include "lorakeep/tensor_source.h"
 #include "lora/rank_update.h"
-#include "pickle.h"
+#include "tensors/pickle.h"
 #include "test_util.h"
 
 namespace lorakeep {

@@ -22,7 +22,7 @@
 #include "lorakeep/lora.h"
 #include "lorakeep/memory.h"
 #include "lorakeep/transfer.h"
-#include "checkpoint/layout.h"
+#include "base/file_names.h"
 #include "checkpoint/run_dir.h"
 #include "crash_model.h"
 #include "tensor_util.h"

@@ -10,7 +10,7 @@
 #include "lorakeep/tensor_source.h"
 #include "io/checksum.h"
 #include "test_util.h"
-#include "torch_compat.h"
+#include "tensors/torch_compat.h"
 
 namespace lorakeep {
 namespace {

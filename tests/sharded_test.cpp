@@ -6,7 +6,7 @@
 
 #include "lorakeep/sharded.h"
 #include "lorakeep/tensor_source.h"
-#include "format/json_util.h"
+#include "base/text.h"
 #include "format/shard_index.h"
 #include "test_util.h"
 

@@ -14,7 +14,7 @@
 
 #include <boost/filesystem.hpp>
 
-#include "checkpoint/layout.h"
+#include "base/file_names.h"
 
 namespace lorakeep::test {
 

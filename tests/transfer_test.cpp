@@ -1,5 +1,5 @@
 // The transfer engine: validate-then-apply loads into live tensors, with the
-// memory bounds of DESIGN.md counted in bytes.
+// memory bounds of docs/ARCHITECTURE.md counted in bytes.
 #include <cstring>
 #include <fstream>
 
@@ -8,7 +8,7 @@
 
 #include "lorakeep/memory.h"
 #include "lorakeep/transfer.h"
-#include "pickle.h"
+#include "tensors/pickle.h"
 #include "tensor_util.h"
 #include "test_util.h"
 

@@ -71,19 +71,34 @@ class CheckpointManager {
   std::optional<CheckpointInfo> latest() const;
   std::vector<CheckpointInfo> checkpoints() const;  // committed, by step
 
-  // Verifies every file of the best checkpoint against its manifest, then
-  // loads its adapter into the live LoRA parameters through the transfer
-  // engine. The report is logged. A corrupt or missing best fails with
-  // Error(kCorruption) / Error(kNotFound) naming the file, live parameters
+  // Loads the best checkpoint's adapter into the live LoRA parameters through
+  // the transfer engine, CPU-first (load_adapter; an unarmed model is armed),
+  // in pieces of options().chunk_bytes. With options().verify_checksums every
+  // byte the load reads is checked once against the manifest before anything
+  // is written: each tensor against its own checksum, the config against its
+  // file's. The report is logged. A corrupt or missing best fails with
+  // Error(kCorruption) / Error(kNotFound) naming the file, the model
   // unchanged; with fallback_to_next_best it tries the next best instead,
   // logging an error for each one skipped. Throws Error(kNotFound) when no
-  // checkpoint was evaluated.
-  TransferReport load_best_into(torch::nn::Module& module, LoadOptions options = {});
+  // checkpoint was evaluated, Error(kIncompatible) when the adapter does not
+  // fit the model (nothing changed).
+  TransferReport load_best_into(torch::nn::Module& module);
 
   // Restores the newest intact checkpoint into `module` (CPU-first), the
-  // optimizer (if given and saved), the RNG (if saved) and `*state`
-  // (progress, log history, early-stopping state; best recomputed from the
-  // manifests). Returns it, or nullopt for a fresh run.
+  // optimizer (if given and saved), the RNG (the CPU generator and each CUDA
+  // device's, if saved) and `*state` (progress, log history, early-stopping
+  // state; best recomputed from the manifests). Everything is read and
+  // checked before anything changes: the adapter planned and verified as
+  // load_best_into does, trainer_state.json, the optimizer archive and the
+  // RNG file verified against their file checksums and parsed. A checkpoint
+  // that fails (kCorruption, kNotFound) is logged and the next older one is
+  // tried, nothing changed by the failed one. The optimizer's saved state is
+  // parsed into host memory (one copy of it), then each parameter's state
+  // moves to the parameter's device in turn: on an accelerator the extra
+  // device memory is one parameter's state, never a second copy of all of it.
+  // Returns the checkpoint, or nullopt for a fresh run. Throws
+  // Error(kIncompatible) if the adapter or optimizer state does not fit (the
+  // model and optimizer unchanged).
   std::optional<CheckpointInfo> resume(torch::nn::Module& module, torch::optim::Optimizer* optimizer,
                                        TrainingState* state);
 

@@ -34,6 +34,7 @@ struct CheckpointOptions {
   bool fallback_to_next_best = false;             // a corrupt best: load the next best instead (logged loudly)
   bool save_optimizer = true;                     // optimizer state in lorakeep_optimizer.pt
   bool save_rng = true;                           // RNG state in lorakeep_rng.safetensors
+  bool verify_checksums = true;                   // reloads and resume check every byte read against the manifest first
   // performance
   std::uint64_t chunk_bytes = 64ull << 20;        // transfer piece size for reloads
 };

@@ -21,9 +21,11 @@
 
 namespace lorakeep {
 
+// How reloads move data; copied into RunConfig::checkpoint (chunk_bytes,
+// verify_checksums), which load_best_into and resume honour.
 struct TransferSettings {
   std::uint64_t chunk_bytes = 64ull << 20;  // host staging per piece ("64MiB" in YAML)
-  bool verify_checksums = true;             // check per-tensor checksums when a source has them
+  bool verify_checksums = true;             // reloads check every byte they read against the manifest first
 };
 
 // The model of examples/char_lm: a small character-level transformer.

@@ -143,18 +143,26 @@ struct AdapterSaveReport {
 // Throws Error(kInvalidArgument) if nothing is armed, Error(kIOError).
 AdapterSaveReport save_adapter(const std::string& dir, torch::nn::Module& module, const LoraConfig& config);
 
+struct AdapterLoadOptions {
+  // performance
+  std::uint64_t chunk_bytes = 64ull << 20;  // host staging per piece; bounds the extra memory (see transfer.h)
+};
+
 // Loads a PEFT adapter directory (adapter_config.json plus
 // adapter_model.safetensors or adapter_model.bin) into `module` through the
-// transfer engine: CPU-first, validated before anything is written. If no
-// layer of `module` is armed yet, the config's targets are armed first
-// (inject_lora), as PEFT's from_pretrained does. Validation, in order: the
-// config is a LoRA config lorakeep supports; every key is a PEFT adapter key;
-// A / B come in pairs; every adapted layer exists and is armed; then names,
-// shapes and dtypes (load_into, strict). `options` passes transfer options;
-// its prefix fields are set here.
+// transfer engine: CPU-first, and validated in full before anything changes.
+// If no layer of `module` is armed yet, the config's targets are armed, as
+// PEFT's from_pretrained does (every other parameter frozen); what arming
+// would create is worked out first and the adapter checked against it, and
+// arming leaves the global random generators where they were. Validation, in
+// order: the config is a LoRA config lorakeep supports; every key is a PEFT
+// adapter key; A / B come in pairs; every adapted layer exists and is (or
+// would be) armed; then names, shapes and dtypes (load_into, strict).
 // Throws as parse_adapter_config and load_into; Error(kNotFound) if a file is
-// missing; the live tensors are unchanged on any failure.
-TransferReport load_adapter(const std::string& dir, torch::nn::Module& module, LoadOptions options = {});
+// missing; on any failure before the first write the model is unchanged (its
+// parameters, their names and requires_grad, its buffers). An I/O error after
+// writing began throws as load_into says (the model partly written).
+TransferReport load_adapter(const std::string& dir, torch::nn::Module& module, const AdapterLoadOptions& options = {});
 
 // The config saved beside an adapter. Throws as parse_adapter_config.
 LoraConfig read_adapter_config(const std::string& dir);

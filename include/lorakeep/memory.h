@@ -1,5 +1,5 @@
 // lorakeep/memory.h: measuring memory, for reports and for tests that prove
-// the bounds of DESIGN.md with counted bytes rather than timings.
+// the bounds of docs/ARCHITECTURE.md with counted bytes rather than timings.
 //
 //   lorakeep::AllocationProbe probe;        // counts LibTorch CPU allocations from now on
 //   lorakeep::RssProbe rss;                 // process resident-set high-water mark from now on

@@ -41,7 +41,7 @@ class SafetensorsImpl;
 // Thread-safety: all methods are const and safe to call concurrently.
 class SafetensorsFile {
  public:
-  // Maps and validates `path` as the reference reader does (see DESIGN.md).
+  // Maps and validates `path` as the reference reader does (see docs/ARCHITECTURE.md).
   // Throws Error(kNotFound) if missing, Error(kCorruption) naming the path and
   // the first problem if invalid, Error(kIOError) if unreadable.
   static SafetensorsFile open(const std::string& path);

@@ -8,7 +8,7 @@
 //   opt.strip_prefix = "base_model.model.";
 //   lorakeep::TransferReport r = lorakeep::load_into(model, *src, opt);
 //
-// The bounds (DESIGN.md invariants 1, 2, 5): no tensor of a parameter's size
+// The bounds (docs/ARCHITECTURE.md, invariants 1, 2, 5): no tensor of a parameter's size
 // is ever allocated on the parameter's device; same-dtype loads into
 // contiguous CPU parameters allocate nothing at all (each piece is read from
 // the file straight into the parameter); otherwise at most one chunk of host
@@ -40,7 +40,7 @@ struct LoadOptions {
   bool strict = true;                 // every source tensor needs a target and every target a source
   std::string strip_prefix;           // removed from source names that start with it ("base_model.model.")
   std::string add_prefix;             // then put in front of every source name
-  bool verify_checksums = true;       // check `checksums` before anything is touched
+  bool verify_checksums = true;       // with `checksums`: every tensor loaded must have one and match it, checked before anything is touched
   std::map<std::string, std::uint64_t> checksums;  // source name -> XXH3-64 of its stored bytes
   // performance
   std::uint64_t chunk_bytes = 64ull << 20;  // piece size of host staging; bounds extra memory
@@ -74,8 +74,11 @@ struct TransferReport {
 // names are problems too; otherwise they are logged and skipped. All problems
 // are reported in one Error: kCorruption if a checksum failed, else
 // kIncompatible; the message lists them with hints. Every allocation the apply
-// phase needs is made before the first write, so a load that fails leaves every
-// live tensor bitwise unchanged.
+// phase needs is made before the first write, so a load that fails before it
+// leaves every live tensor bitwise unchanged. A failure after writing began
+// (the file truncated or unreadable under the load; the memory bound rules out
+// keeping a copy to roll back) throws an Error of the reader's code whose
+// message says the targets are partly written and names those reached.
 //
 // Apply phase, under NoGradGuard: each tensor goes file -> host piece ->
 // (dtype conversion on the host) -> copy_ (or add_) into the live storage; a

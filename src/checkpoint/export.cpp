@@ -3,7 +3,7 @@
 #include <boost/filesystem.hpp>
 
 #include "lorakeep/error.h"
-#include "checkpoint/layout.h"
+#include "base/file_names.h"
 #include "io/atomic_file.h"
 #include "io/checksum.h"
 #include "io/read_file.h"
@@ -34,24 +34,16 @@ void copy_verified(const std::string& from, const std::string& to, const FileEnt
 }  // namespace
 
 void export_adapter(const std::string& checkpoint_dir, const Manifest& manifest, const std::string& out_dir) {
-  const std::string tmp = temp_path_beside(out_dir);
-  boost::system::error_code ec;
-  if (!fs::create_directory(tmp, ec)) {
-    throw Error(ErrorCode::kIOError, "cannot create '" + tmp + "': " + (ec ? ec.message() : "it exists"));
-  }
-  try {
-    for (const char* name : {kAdapterWeightsFile, kAdapterConfigFile}) {
-      auto entry = manifest.files.find(name);
-      if (entry == manifest.files.end()) {
-        throw Error(ErrorCode::kCorruption, "the manifest of '" + checkpoint_dir + "' does not list " + name);
-      }
-      copy_verified((fs::path(checkpoint_dir) / name).string(), (fs::path(tmp) / name).string(), entry->second);
+  StagedDirectory staged(out_dir);
+  for (const char* name : {kAdapterWeightsFile, kAdapterConfigFile}) {
+    auto entry = manifest.files.find(name);
+    if (entry == manifest.files.end()) {
+      throw Error(ErrorCode::kCorruption, "the manifest of '" + checkpoint_dir + "' does not list " + name);
     }
-    publish(tmp, out_dir, /*replace=*/true);
-  } catch (...) {
-    remove_all_logged(tmp);
-    throw;
+    copy_verified((fs::path(checkpoint_dir) / name).string(), (fs::path(staged.path()) / name).string(),
+                  entry->second);
   }
+  staged.publish(/*replace=*/true);
 }
 
 }  // namespace lorakeep::detail

@@ -5,6 +5,9 @@
 #include <ctime>
 #include <exception>
 #include <map>
+#include <type_traits>
+#include <utility>
+#include <sstream>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -15,19 +18,20 @@
 #include "lorakeep/error.h"
 #include "lorakeep/lora.h"
 #include "lorakeep/version.h"
-#include "checkpoint/layout.h"
+#include "base/file_names.h"
 #include "checkpoint/manifest.h"
 #include "checkpoint/policy.h"
 #include "checkpoint/run_dir.h"
 #include "checkpoint/trainer_state.h"
-#include "format/json_util.h"
+#include "io/read_file.h"
 #include "io/atomic_file.h"
 #include "io/checksum.h"
 #include "io/dir_lock.h"
-#include "logging.h"
-#include "lora/adapter_internal.h"
-#include "safetensors_writer.h"
-#include "torch_error.h"
+#include "base/logging.h"
+#include "lora/adapter.h"
+#include "tensors/rng.h"
+#include "tensors/safetensors_writer.h"
+#include "tensors/torch_error.h"
 
 namespace lorakeep {
 namespace {
@@ -82,20 +86,13 @@ detail::FileEntry write_optimizer(const std::string& path, torch::optim::Optimiz
   return detail::FileEntry{size, hash.digest()};
 }
 
-NamedTensors rng_states() {
-  NamedTensors out;
-  at::Generator cpu = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(cpu.mutex());
-  out.emplace_back("cpu", cpu.get_state());
-  return out;
-}
-
-void restore_rng(const std::string& path) {
+// The saved RNG states of a checkpoint, read and checked; nothing set.
+NamedTensors read_rng_states(const std::string& path) {
   const SafetensorsFile file = SafetensorsFile::open(path);
-  if (!file.contains("cpu")) return;
-  at::Generator cpu = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(cpu.mutex());
-  cpu.set_state(file.tensor("cpu").clone());
+  NamedTensors states;
+  for (const std::string& name : file.names()) states.emplace_back(name, file.tensor(name).clone());
+  detail::check_rng_states(states, path);
+  return states;
 }
 
 CheckpointInfo info_of(const detail::Manifest& m, const std::string& path, const std::string& key) {
@@ -127,7 +124,7 @@ void write_checkpoint_files(const std::string& tmp, const CheckpointOptions& opt
     manifest.files[detail::kOptimizerFile] = write_optimizer(join(tmp, detail::kOptimizerFile), *optimizer);
   }
   if (options.save_rng) {
-    const SaveReport r = detail::write_safetensors(join(tmp, detail::kRngFile), rng_states(), {},
+    const SaveReport r = detail::write_safetensors(join(tmp, detail::kRngFile), detail::capture_rng_states(), {},
                                                    detail::SafetensorsWriter::Mode::kDirect, 1 << 20);
     manifest.files[detail::kRngFile] = {r.file_size, r.file_checksum};
   }
@@ -156,6 +153,12 @@ struct CheckpointManager::Impl {
   }
 
   std::vector<std::int64_t> ranked() const { return detail::rank_by_metric(records(), greater); }
+
+  // The adapter load of checkpoint `dir`, planned against `module`, after
+  // every file of the checkpoint was verified (options.verify_checksums);
+  // nothing changed.
+  detail::AdapterLoad prepare_adapter(const std::string& dir, const detail::Manifest& manifest,
+                                      torch::nn::Module& module) const;
 
   void set_best(TrainingState& state) const {
     const auto order = ranked();
@@ -255,18 +258,13 @@ CheckpointInfo CheckpointManager::save(torch::nn::Module& module, const LoraConf
     state = before;
   };
 
-  boost::system::error_code ec;
-  if (!fs::create_directory(tmp, ec)) {
-    undo();
-    throw Error(ErrorCode::kIOError, "cannot create '" + tmp + "': " + (ec ? ec.message() : "it exists"));
-  }
   try {
+    detail::StagedDirectory staged(final_dir, tmp);
     detail::with_torch_errors(ErrorCode::kInvalidArgument, "cannot save '" + final_dir + "'", [&] {
-      write_checkpoint_files(tmp, m.options, manifest, module, lora, state, optimizer);
-      detail::publish(tmp, final_dir, /*replace=*/true);
+      write_checkpoint_files(staged.path(), m.options, manifest, module, lora, state, optimizer);
+      staged.publish(/*replace=*/true);
     });
   } catch (...) {
-    detail::remove_all_logged(tmp);
     undo();
     throw;
   }
@@ -294,23 +292,34 @@ std::optional<CheckpointInfo> CheckpointManager::latest() const {
   return impl_->committed.rbegin()->second;
 }
 
-TransferReport CheckpointManager::load_best_into(torch::nn::Module& module, LoadOptions options) {
+detail::AdapterLoad CheckpointManager::Impl::prepare_adapter(const std::string& dir, const detail::Manifest& manifest,
+                                                            torch::nn::Module& module) const {
+  // Each byte of the checkpoint is checked once, before anything is written:
+  // the adapter's tensors against their own checksums, in the transfer plan,
+  // as they are read for it; every other file against its file checksum.
+  const bool verify = options.verify_checksums;
+  const bool by_tensor = verify && !manifest.tensors.empty();  // else the whole file (an older manifest)
+  for (const auto& [name, entry] : manifest.files) {
+    detail::check_checkpoint_file(dir, name, entry, verify && !(by_tensor && name == detail::kAdapterWeightsFile));
+  }
+  LoadOptions transfer;
+  transfer.chunk_bytes = options.chunk_bytes;
+  transfer.verify_checksums = by_tensor;
+  if (by_tensor) transfer.checksums = manifest.tensors;
+  return detail::AdapterLoad(dir, module, transfer);
+}
+
+TransferReport CheckpointManager::load_best_into(torch::nn::Module& module) {
   const auto order = impl_->ranked();
   if (order.empty()) {
     throw Error(ErrorCode::kNotFound, "no checkpoint in '" + impl_->options.output_dir + "' has a '" + impl_->key +
                                           "' (hint: was it evaluated at a saved step?)");
   }
-  options.chunk_bytes = impl_->options.chunk_bytes;
   for (std::size_t i = 0; i < order.size(); ++i) {
     const CheckpointInfo& candidate = impl_->committed.at(order[i]);
     try {
-      // Every byte checked against the manifest before anything is loaded;
-      // the adapter's tensors are then not hashed a second time.
-      const detail::Manifest manifest = detail::read_manifest(candidate.path);
-      detail::check_checkpoint_files(candidate.path, manifest, /*full=*/true);
-      LoadOptions verified = options;
-      verified.verify_checksums = false;
-      TransferReport report = load_adapter(candidate.path, module, verified);
+      detail::AdapterLoad load = impl_->prepare_adapter(candidate.path, detail::read_manifest(candidate.path), module);
+      TransferReport report = load.apply();
       detail::logger()->info("loaded the best checkpoint '{}' ({} {}): {}", candidate.path, impl_->key,
                              candidate.metric ? *candidate.metric : 0.0, report.summary());
       return report;
@@ -324,46 +333,105 @@ TransferReport CheckpointManager::load_best_into(torch::nn::Module& module, Load
   throw Error(ErrorCode::kNotFound, "no loadable checkpoint");  // unreachable
 }
 
+namespace {
+
+// The key of a parameter's state in Optimizer::state(): its TensorImpl's
+// address, printed (LibTorch 1.x) or as the pointer itself (later versions).
+template <class Optimizer>
+auto state_key(Optimizer& optimizer, const at::Tensor& param) {
+  using Key = typename std::decay_t<decltype(optimizer.state())>::key_type;
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream key;
+    key << param.unsafeGetTensorImpl();
+    return key.str();
+  } else {
+    return static_cast<Key>(param.unsafeGetTensorImpl());
+  }
+}
+
+// Moves each parameter's optimizer state to the parameter's device, one
+// parameter at a time, through the state's own serialization (the only
+// generic access LibTorch's optimizers give to their state tensors): the
+// device then holds at most one parameter's state beyond the final state.
+void move_state_to_parameters(torch::optim::Optimizer& optimizer) {
+  for (auto& group : optimizer.param_groups()) {
+    for (const at::Tensor& param : group.params()) {
+      if (param.device().is_cpu()) continue;
+      auto it = optimizer.state().find(state_key(optimizer, param));
+      if (it == optimizer.state().end()) continue;
+      torch::serialize::OutputArchive out;
+      it->second->serialize(out);
+      std::ostringstream bytes;
+      out.save_to(bytes);
+      torch::serialize::InputArchive in;
+      std::istringstream read(bytes.str());
+      in.load_from(read, param.device());
+      it->second->serialize(in);
+    }
+  }
+}
+
+}  // namespace
+
 std::optional<CheckpointInfo> CheckpointManager::resume(torch::nn::Module& module, torch::optim::Optimizer* optimizer,
                                                         TrainingState* state) {
   for (auto it = impl_->committed.rbegin(); it != impl_->committed.rend(); ++it) {
     const CheckpointInfo& c = it->second;
+    // Everything the resume will set is read and checked first: the adapter
+    // (planned and verified), the trainer state, the optimizer archive (parsed
+    // into host memory), the RNG states. Nothing changes until all of it passed.
+    std::optional<detail::AdapterLoad> adapter;
+    std::optional<torch::serialize::InputArchive> archive;
+    NamedTensors rng;
+    TrainingState restored;
+    detail::Manifest manifest;
     try {
-      const detail::Manifest manifest = detail::read_manifest(c.path);
-      detail::check_checkpoint_files(c.path, manifest, /*full=*/true);
-      TrainingState restored;
+      manifest = detail::read_manifest(c.path);
+      adapter.emplace(impl_->prepare_adapter(c.path, manifest, module));
+      auto listed = [&](const char* name) {  // and verified by prepare_adapter
+        if (!manifest.files.count(name)) {
+          throw Error(ErrorCode::kCorruption, "the manifest of '" + c.path + "' does not list " + name);
+        }
+        return join(c.path, name);
+      };
       restored.max_steps = state->max_steps;
       restored.num_train_epochs = state->num_train_epochs;
       restored.train_batch_size = state->train_batch_size;
-      const std::string trainer_state = join(c.path, detail::kTrainerStateFile);
+      const std::string trainer_state = listed(detail::kTrainerStateFile);
       detail::parse_trainer_state(detail::read_small_file(trainer_state, 256ull << 20), trainer_state, &restored);
-      LoadOptions options;
-      options.verify_checksums = false;  // checked above
-      options.chunk_bytes = impl_->options.chunk_bytes;
-      load_adapter(c.path, module, options);
       if (optimizer != nullptr && manifest.files.count(detail::kOptimizerFile)) {
-        torch::serialize::InputArchive archive;
-        const auto params = optimizer->param_groups().empty() || optimizer->param_groups()[0].params().empty()
-                                ? c10::Device(c10::kCPU)
-                                : optimizer->param_groups()[0].params()[0].device();
-        archive.load_from(join(c.path, detail::kOptimizerFile), params);
-        optimizer->load(archive);
+        const std::string path = listed(detail::kOptimizerFile);
+        archive.emplace();
+        detail::with_torch_errors(ErrorCode::kCorruption, "cannot read the optimizer state '" + path + "'",
+                                  [&] { archive->load_from(path, c10::Device(c10::kCPU)); });
       }
-      if (manifest.files.count(detail::kRngFile)) restore_rng(join(c.path, detail::kRngFile));
-      restored.global_step = manifest.step;
-      restored.last_metrics = manifest.metrics;
-      restored.last_metrics_step = manifest.metrics.empty() ? -1 : manifest.step;
-      impl_->set_best(restored);
-      *state = restored;
-      detail::logger()->info("resumed from '{}' at step {}", c.path, c.step);
-      return c;
+      if (manifest.files.count(detail::kRngFile)) rng = read_rng_states(listed(detail::kRngFile));
     } catch (const Error& e) {
       if (e.code() != ErrorCode::kCorruption && e.code() != ErrorCode::kNotFound) throw;
       detail::logger()->error("cannot resume from '{}' ({}); trying an older checkpoint", c.path, e.what());
-    } catch (const c10::Error& e) {
-      throw Error(ErrorCode::kCorruption, "cannot restore the optimizer from '" + c.path + "': " +
-                                              std::string(e.what_without_backtrace()).substr(0, 300));
+      continue;
     }
+    // The optimizer first: LibTorch's Optimizer::load checks the archive
+    // against the parameter groups before it replaces any state.
+    if (archive) {
+      detail::with_torch_errors(ErrorCode::kIncompatible,
+                                "cannot restore the optimizer from '" + c.path + "' (hint: another optimizer type, "
+                                "or other parameters?)",
+                                [&] {
+                                  optimizer->load(*archive);
+                                  archive.reset();
+                                  move_state_to_parameters(*optimizer);
+                                });
+    }
+    adapter->apply();
+    if (!rng.empty()) detail::restore_rng_states(rng, join(c.path, detail::kRngFile));
+    restored.global_step = manifest.step;
+    restored.last_metrics = manifest.metrics;
+    restored.last_metrics_step = manifest.metrics.empty() ? -1 : manifest.step;
+    impl_->set_best(restored);
+    *state = restored;
+    detail::logger()->info("resumed from '{}' at step {}", c.path, c.step);
+    return c;
   }
   return std::nullopt;
 }

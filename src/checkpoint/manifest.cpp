@@ -6,7 +6,8 @@
 #include <string_view>
 
 #include "lorakeep/error.h"
-#include "format/json_util.h"
+#include "base/file_names.h"
+#include "format/json.h"
 #include "io/checksum.h"
 
 namespace lorakeep::detail {
@@ -138,7 +139,7 @@ Manifest parse_manifest(std::string_view text, const std::string& path) {
   for (auto it = files.begin(); it != files.end(); ++it) {
     const std::string& name = it.key();
     if (name.empty() || name.find('/') != std::string::npos || name == "." || name == ".." ||
-        name == "lorakeep_manifest.json") {
+        name == kManifestFile) {
       bad(path, "'files' names '" + name + "', which is not a file of the checkpoint");
     }
     const OrderedJson& f = it.value();

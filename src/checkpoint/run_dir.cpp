@@ -7,8 +7,8 @@
 #include <boost/filesystem.hpp>
 
 #include "lorakeep/error.h"
-#include "checkpoint/layout.h"
-#include "format/json_util.h"
+#include "base/file_names.h"
+#include "io/read_file.h"
 #include "io/checksum.h"
 
 namespace lorakeep::detail {
@@ -39,26 +39,29 @@ Manifest read_manifest(const std::string& checkpoint_dir) {
   return m;
 }
 
-void check_checkpoint_files(const std::string& checkpoint_dir, const Manifest& manifest, bool full) {
-  for (const auto& [name, entry] : manifest.files) {
-    const std::string path = join(checkpoint_dir, name);
-    struct stat st;
-    if (::stat(path.c_str(), &st) != 0) {
-      throw Error(ErrorCode::kNotFound, "checkpoint file '" + path + "' listed in its manifest is missing");
-    }
-    if (static_cast<std::uint64_t>(st.st_size) != entry.size) {
-      throw Error(ErrorCode::kCorruption, "checkpoint file '" + path + "' is " + std::to_string(st.st_size) +
-                                              " bytes; its manifest says " + std::to_string(entry.size) +
-                                              " (hint: truncated or replaced)");
-    }
-    if (!full) continue;
-    const std::uint64_t got = checksum_file(path);
-    if (got != entry.xxh3) {
-      throw Error(ErrorCode::kCorruption, "checkpoint file '" + path + "' fails its checksum (manifest " +
-                                              format_checksum(entry.xxh3) + ", file " + format_checksum(got) +
-                                              ") (hint: the file was damaged after it was written)");
-    }
+void check_checkpoint_file(const std::string& checkpoint_dir, const std::string& name, const FileEntry& entry,
+                           bool full) {
+  const std::string path = join(checkpoint_dir, name);
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    throw Error(ErrorCode::kNotFound, "checkpoint file '" + path + "' listed in its manifest is missing");
   }
+  if (static_cast<std::uint64_t>(st.st_size) != entry.size) {
+    throw Error(ErrorCode::kCorruption, "checkpoint file '" + path + "' is " + std::to_string(st.st_size) +
+                                            " bytes; its manifest says " + std::to_string(entry.size) +
+                                            " (hint: truncated or replaced)");
+  }
+  if (!full) return;
+  const std::uint64_t got = checksum_file(path);
+  if (got != entry.xxh3) {
+    throw Error(ErrorCode::kCorruption, "checkpoint file '" + path + "' fails its checksum (manifest " +
+                                            format_checksum(entry.xxh3) + ", file " + format_checksum(got) +
+                                            ") (hint: the file was damaged after it was written)");
+  }
+}
+
+void check_checkpoint_files(const std::string& checkpoint_dir, const Manifest& manifest, bool full) {
+  for (const auto& [name, entry] : manifest.files) check_checkpoint_file(checkpoint_dir, name, entry, full);
 }
 
 RunDirScan scan_run_dir(const std::string& dir) {

@@ -40,6 +40,10 @@ RunDirScan scan_run_dir(const std::string& dir);
 // step than the directory.
 Manifest read_manifest(const std::string& checkpoint_dir);
 
+// One file the manifest lists, as check_checkpoint_files checks it.
+void check_checkpoint_file(const std::string& checkpoint_dir, const std::string& name, const FileEntry& entry,
+                           bool full);
+
 // Every file the manifest lists: present (else Error(kNotFound) naming it)
 // with its size (else Error(kCorruption)) and, with full = true, its XXH3-64
 // (else Error(kCorruption) naming the file).

@@ -3,7 +3,8 @@
 #include <cmath>
 
 #include "lorakeep/error.h"
-#include "format/json_util.h"
+#include "base/text.h"
+#include "format/json.h"
 
 namespace lorakeep::detail {
 namespace {

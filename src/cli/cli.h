@@ -10,7 +10,7 @@
 
 namespace lorakeep::cli {
 
-// Exit codes (DESIGN.md): 0 success, 1 invalid data or failed check, 2 usage.
+// Exit codes (docs/ARCHITECTURE.md): 0 success, 1 invalid data or failed check, 2 usage.
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitInvalid = 1;
 inline constexpr int kExitUsage = 2;

@@ -8,10 +8,10 @@
 #include "lorakeep/error.h"
 #include "lorakeep/safetensors.h"
 #include "lorakeep/tensor_source.h"
-#include "checkpoint/layout.h"
+#include "base/file_names.h"
 #include "checkpoint/run_dir.h"
 #include "cli/cli.h"
-#include "format/json_util.h"
+#include "base/text.h"
 
 namespace lorakeep::cli {
 namespace {

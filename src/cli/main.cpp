@@ -1,4 +1,4 @@
-// lorakeep: the command-line face of the library. See DESIGN.md for commands
+// lorakeep: the command-line face of the library. See docs/ARCHITECTURE.md for commands
 // and exit codes. No input may crash it: every failure becomes a message and
 // exit code 1 (data) or 2 (usage).
 #include <cstdio>

@@ -8,7 +8,7 @@
 #include "lorakeep/lora.h"
 #include "lorakeep/merge.h"
 #include "cli/cli.h"
-#include "format/json_util.h"
+#include "base/text.h"
 
 namespace lorakeep::cli {
 namespace {

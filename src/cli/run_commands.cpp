@@ -8,7 +8,7 @@
 
 #include "lorakeep/error.h"
 #include "checkpoint/export.h"
-#include "checkpoint/layout.h"
+#include "base/file_names.h"
 #include "checkpoint/policy.h"
 #include "checkpoint/run_dir.h"
 #include "cli/cli.h"

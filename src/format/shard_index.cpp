@@ -7,7 +7,7 @@
 #include <set>
 
 #include "lorakeep/error.h"
-#include "format/json_util.h"
+#include "format/json.h"
 
 namespace lorakeep::detail {
 namespace {
@@ -66,12 +66,6 @@ std::string render_shard_index(std::uint64_t total_size,
   j["weight_map"] = nlohmann::json::object();
   for (const auto& [key, file] : weight_map) j["weight_map"][key] = file;
   return j.dump(2) + "\n";
-}
-
-std::string shard_file_name(const std::string& base, std::size_t index, std::size_t count) {
-  char buf[48];
-  std::snprintf(buf, sizeof buf, "-%05zu-of-%05zu", index, count);
-  return base + buf + ".safetensors";
 }
 
 }  // namespace lorakeep::detail

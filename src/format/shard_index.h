@@ -29,7 +29,4 @@ ShardIndex parse_shard_index(std::string_view text, const std::string& path);
 std::string render_shard_index(std::uint64_t total_size,
                                const std::vector<std::pair<std::string, std::string>>& weight_map);
 
-// "model", 2, 5 => "model-00002-of-00005.safetensors" (HF's shard names).
-std::string shard_file_name(const std::string& base, std::size_t index, std::size_t count);
-
 }  // namespace lorakeep::detail

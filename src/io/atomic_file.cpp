@@ -8,11 +8,12 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include <boost/filesystem.hpp>
 
 #include "lorakeep/error.h"
-#include "logging.h"
+#include "base/logging.h"
 
 namespace lorakeep::detail {
 namespace {
@@ -151,6 +152,28 @@ void publish(const std::string& tmp, const std::string& final_path, bool replace
 }
 
 void sync_directory(const std::string& dir) { fsync_path(dir); }
+
+StagedDirectory::StagedDirectory(std::string final_path, std::string tmp)
+    : final_(std::move(final_path)), tmp_(tmp.empty() ? temp_path_beside(final_) : std::move(tmp)) {
+  if (::mkdir(tmp_.c_str(), 0755) != 0) {
+    const int e = errno;
+    const std::string path = std::move(tmp_);
+    tmp_.clear();
+    io_fail("cannot create directory '" + path + "'", e);
+  }
+}
+
+StagedDirectory::StagedDirectory(StagedDirectory&& other) noexcept
+    : final_(std::move(other.final_)), tmp_(std::exchange(other.tmp_, std::string())) {}
+
+StagedDirectory::~StagedDirectory() {
+  if (!tmp_.empty()) remove_all_logged(tmp_);
+}
+
+void StagedDirectory::publish(bool replace) {
+  lorakeep::detail::publish(tmp_, final_, replace);
+  tmp_.clear();
+}
 
 void write_file_atomically(const std::string& path, const std::function<void(WritableFile&)>& fill) {
   const std::string tmp = temp_path_beside(path);

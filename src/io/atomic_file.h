@@ -56,6 +56,39 @@ std::string temp_path_beside(const std::string& final_path);
 // Throws Error(kIOError) naming both paths.
 void publish(const std::string& tmp, const std::string& final_path, bool replace);
 
+// The one lifecycle of a directory that appears whole or not at all: it is
+// created under a temporary name, filled by the caller (each file synced),
+// then published under its final name; destroyed unpublished (an exception
+// on the way), it is removed with everything in it. Move-only; not
+// thread-safe.
+//
+//   StagedDirectory staged(out_dir);          // "<parent>/.<name>.tmp-<pid>-<n>/"
+//   write_files_into(staged.path());
+//   staged.publish(/*replace=*/true);         // fsync, rename, fsync parent
+class StagedDirectory {
+ public:
+  // Creates `tmp` (by default temp_path_beside(final_path)), which must not
+  // exist. Throws Error(kIOError) naming it.
+  explicit StagedDirectory(std::string final_path, std::string tmp = {});
+  ~StagedDirectory();  // unpublished: removes the temporary directory, logging failures; never throws
+  StagedDirectory(StagedDirectory&& other) noexcept;
+  StagedDirectory& operator=(StagedDirectory&&) = delete;
+  StagedDirectory(const StagedDirectory&) = delete;
+  StagedDirectory& operator=(const StagedDirectory&) = delete;
+
+  // The temporary directory to fill.
+  const std::string& path() const { return tmp_; }
+  const std::string& final_path() const { return final_; }
+
+  // publish(path(), final_path(), replace). Throws as publish(); the
+  // temporary directory is then still removed by the destructor.
+  void publish(bool replace);
+
+ private:
+  std::string final_;
+  std::string tmp_;  // empty once published or moved from
+};
+
 // Writes `path` atomically: `fill` writes into a temp file beside it, which is
 // then published (replacing `path` if it exists). On any failure the temp file
 // is removed and `path` is unchanged.

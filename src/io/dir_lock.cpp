@@ -7,9 +7,9 @@
 #include <cerrno>
 #include <cstring>
 
-#include "checkpoint/layout.h"
+#include "base/file_names.h"
 #include "lorakeep/error.h"
-#include "logging.h"
+#include "base/logging.h"
 
 namespace lorakeep::detail {
 

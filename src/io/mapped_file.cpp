@@ -10,7 +10,7 @@
 #include <cstring>
 
 #include "lorakeep/error.h"
-#include "logging.h"
+#include "base/logging.h"
 
 namespace lorakeep::detail {
 namespace {

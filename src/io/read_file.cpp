@@ -55,4 +55,28 @@ void ReadableFile::for_each_block(std::size_t block, const std::function<void(co
   for (std::size_t n; (n = read(buf.data(), buf.size())) > 0;) sink(buf.data(), n);
 }
 
+std::string read_small_file(const std::string& path, std::uint64_t max_bytes) {
+  ReadableFile file(path);
+  auto too_big = [&](std::uint64_t size) {
+    return Error(ErrorCode::kCorruption, "'" + path + "' is " + std::to_string(size) + " bytes, more than the " +
+                                             std::to_string(max_bytes) + " expected");
+  };
+  if (file.size() > max_bytes) throw too_big(file.size());
+  std::string text;
+  file.for_each_block(65536, [&](const char* data, std::size_t n) {
+    text.append(data, n);
+    if (text.size() > max_bytes) throw too_big(text.size());  // it grew while read
+  });
+  return text;
+}
+
+std::string read_file_prefix(const std::string& path, std::size_t n) {
+  ReadableFile file(path);
+  std::string head(n, '\0');
+  std::size_t got = 0;
+  for (std::size_t r; got < n && (r = file.read(head.data() + got, n - got)) > 0;) got += r;
+  head.resize(got);
+  return head;
+}
+
 }  // namespace lorakeep::detail

@@ -39,4 +39,12 @@ class ReadableFile {
   std::uint64_t size_ = 0;
 };
 
+// Reads a whole (small) file. Throws Error(kNotFound) if missing,
+// Error(kIOError) if unreadable, Error(kCorruption) if larger than max_bytes.
+std::string read_small_file(const std::string& path, std::uint64_t max_bytes);
+
+// The first `n` bytes of a file (fewer if it is shorter). Throws Error(kNotFound) if
+// missing, Error(kIOError) if unreadable.
+std::string read_file_prefix(const std::string& path, std::size_t n);
+
 }  // namespace lorakeep::detail

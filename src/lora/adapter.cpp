@@ -8,12 +8,14 @@
 
 #include "lorakeep/error.h"
 #include "lorakeep/lora.h"
-#include "checkpoint/layout.h"
-#include "format/json_util.h"
+#include "base/file_names.h"
+#include "base/text.h"
+#include "io/read_file.h"
 #include "io/atomic_file.h"
-#include "logging.h"
-#include "lora/adapter_internal.h"
-#include "safetensors_writer.h"
+#include "base/logging.h"
+#include "lora/adapter.h"
+#include "tensors/rng.h"
+#include "tensors/safetensors_writer.h"
 
 namespace lorakeep {
 namespace {
@@ -25,10 +27,6 @@ std::string list_paths(const std::vector<std::string>& paths, std::size_t limit 
   for (std::size_t i = 0; i < paths.size() && i < limit; ++i) out += (i ? ", " : "") + paths[i];
   if (paths.size() > limit) out += ", ... (" + std::to_string(paths.size() - limit) + " more)";
   return out;
-}
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 }  // namespace
@@ -46,19 +44,30 @@ std::vector<std::pair<std::string, std::shared_ptr<LoraLinearImpl>>> armed_layer
 
 }  // namespace detail
 
-std::vector<std::string> inject_lora(torch::nn::Module& module, const LoraConfig& config) {
+namespace detail {
+
+std::vector<PlannedLayer> plan_injection(torch::nn::Module& module, const LoraConfig& config) {
   if (config.target_modules.empty() && config.target_modules_regex.empty()) {
     throw Error(ErrorCode::kInvalidArgument, "LoraConfig has no target_modules");
   }
   std::vector<std::string> paths, problems;
-  std::vector<std::pair<std::string, std::shared_ptr<LoraLinearImpl>>> targets;
+  std::vector<PlannedLayer> targets;
   for (const auto& item : module.named_modules("", /*include_self=*/false)) {
     const std::string& path = item.key();
     paths.push_back(path);
     if (!is_lora_target(config, path)) continue;
     if (auto lora = std::dynamic_pointer_cast<LoraLinearImpl>(item.value())) {
-      if (lora->has_adapter()) problems.push_back("'" + path + "' already has an adapter");
-      else targets.emplace_back(path, lora);
+      if (lora->has_adapter()) {
+        problems.push_back("'" + path + "' already has an adapter");
+      } else {
+        LoraAdapterOptions o;
+        o.r = rank_for(config, path);
+        o.alpha = alpha_for(config, path);
+        o.dropout = config.lora_dropout;
+        o.use_rslora = config.use_rslora;
+        o.init = config.init_lora_weights;
+        targets.push_back(PlannedLayer{path, lora, o});
+      }
     } else if (std::dynamic_pointer_cast<torch::nn::LinearImpl>(item.value())) {
       problems.push_back("'" + path + "' is a torch::nn::Linear (hint: declare it as lorakeep::LoraLinear, a drop-in "
                          "with the same arguments, names and forward: LibTorch models call their layers through "
@@ -80,29 +89,50 @@ std::vector<std::string> inject_lora(torch::nn::Module& module, const LoraConfig
     throw Error(ErrorCode::kInvalidArgument,
                 wanted + " select no module of the model; its modules are: " + list_paths(paths, 60));
   }
-  for (auto& [path, layer] : targets) {
-    if (layer->options().fan_in_fan_out() != config.fan_in_fan_out) {
-      // PEFT corrects the flag to the layer's layout with a warning; so do we.
-      detail::logger()->warn("'{}' stores its weight as [{}], but fan_in_fan_out is {}: following the layer", path,
-                             layer->options().fan_in_fan_out() ? "in, out" : "out, in",
-                             config.fan_in_fan_out ? "true" : "false");
+  for (const PlannedLayer& t : targets) {
+    if (t.options.r < 1) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "LoRA rank for '" + t.path + "' must be at least 1, not " + std::to_string(t.options.r));
     }
-    LoraAdapterOptions o;
-    o.r = rank_for(config, path);
-    o.alpha = alpha_for(config, path);
-    o.dropout = config.lora_dropout;
-    o.use_rslora = config.use_rslora;
-    o.init = config.init_lora_weights;
-    layer->add_adapter(o);
+    if (t.options.init != "true" && t.options.init != "false" && t.options.init != "gaussian") {
+      throw Error(ErrorCode::kInvalidArgument, "init_lora_weights '" + t.options.init + "' is not true, false or gaussian");
+    }
+  }
+  return targets;
+}
+
+NamedTensors planned_factors(const std::vector<PlannedLayer>& layers) {
+  NamedTensors out;
+  for (const PlannedLayer& t : layers) {
+    const at::Tensor& w = t.layer->weight;
+    const auto dtype = w.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;  // as add_adapter makes them
+    const auto meta = at::TensorOptions().dtype(dtype).device(at::kMeta);
+    const std::int64_t in = t.layer->options().in_features(), out_features = t.layer->options().out_features();
+    out.emplace_back(t.path + ".lora_A.weight", at::empty({t.options.r, in}, meta));
+    out.emplace_back(t.path + ".lora_B.weight", at::empty({out_features, t.options.r}, meta));
+  }
+  return out;
+}
+
+std::vector<std::string> arm(torch::nn::Module& module, const LoraConfig& config,
+                             const std::vector<PlannedLayer>& layers) {
+  for (const PlannedLayer& t : layers) {
+    if (t.layer->options().fan_in_fan_out() != config.fan_in_fan_out) {
+      // PEFT corrects the flag to the layer's layout with a warning; so do we.
+      logger()->warn("'{}' stores its weight as [{}], but fan_in_fan_out is {}: following the layer", t.path,
+                     t.layer->options().fan_in_fan_out() ? "in, out" : "out, in",
+                     config.fan_in_fan_out ? "true" : "false");
+    }
+    t.layer->add_adapter(t.options);
   }
   // Freeze everything, then open the adapters and the modules trained whole.
   for (auto& p : module.parameters(/*recurse=*/true)) p.set_requires_grad(false);
   std::vector<std::string> trainable;
-  for (auto& [path, layer] : targets) {
-    layer->lora_A->weight.set_requires_grad(true);
-    layer->lora_B->weight.set_requires_grad(true);
-    trainable.push_back(path + ".lora_A.weight");
-    trainable.push_back(path + ".lora_B.weight");
+  for (const PlannedLayer& t : layers) {
+    t.layer->lora_A->weight.set_requires_grad(true);
+    t.layer->lora_B->weight.set_requires_grad(true);
+    trainable.push_back(t.path + ".lora_A.weight");
+    trainable.push_back(t.path + ".lora_B.weight");
   }
   std::set<std::string> opened;
   for (const auto& item : module.named_modules("", /*include_self=*/false)) {
@@ -112,9 +142,15 @@ std::vector<std::string> inject_lora(torch::nn::Module& module, const LoraConfig
       if (opened.insert(item.key() + "." + p.key()).second) trainable.push_back(item.key() + "." + p.key());
     }
   }
-  detail::logger()->info("LoRA r={} alpha={} on {} layers; {} trainable tensors", config.r, config.lora_alpha,
-                         targets.size(), trainable.size());
+  logger()->info("LoRA r={} alpha={} on {} layers; {} trainable tensors", config.r, config.lora_alpha, layers.size(),
+                 trainable.size());
   return trainable;
+}
+
+}  // namespace detail
+
+std::vector<std::string> inject_lora(torch::nn::Module& module, const LoraConfig& config) {
+  return detail::arm(module, config, detail::plan_injection(module, config));
 }
 
 NamedTensors adapter_tensors(torch::nn::Module& module, const LoraConfig& config) {
@@ -170,20 +206,12 @@ AdapterSaveReport write_adapter(const std::string& dir, torch::nn::Module& modul
 AdapterSaveReport save_adapter(const std::string& dir, torch::nn::Module& module, const LoraConfig& config) {
   boost::system::error_code ec;
   if (fs::is_directory(dir, ec)) return detail::write_adapter(dir, module, config, /*direct=*/false);
-  const std::string tmp = detail::temp_path_beside(dir);
-  if (!fs::create_directory(tmp, ec)) {
-    throw Error(ErrorCode::kIOError, "cannot create directory '" + tmp + "': " + ec.message());
-  }
-  try {
-    AdapterSaveReport report = detail::write_adapter(tmp, module, config, /*direct=*/true);
-    detail::publish(tmp, dir, /*replace=*/false);
-    report.weights.path = (fs::path(dir) / detail::kAdapterWeightsFile).string();
-    report.config_path = (fs::path(dir) / detail::kAdapterConfigFile).string();
-    return report;
-  } catch (...) {
-    detail::remove_all_logged(tmp);
-    throw;
-  }
+  detail::StagedDirectory staged(dir);
+  AdapterSaveReport report = detail::write_adapter(staged.path(), module, config, /*direct=*/true);
+  staged.publish(/*replace=*/false);
+  report.weights.path = (fs::path(dir) / detail::kAdapterWeightsFile).string();
+  report.config_path = (fs::path(dir) / detail::kAdapterConfigFile).string();
+  return report;
 }
 
 LoraConfig read_adapter_config(const std::string& dir) {
@@ -235,14 +263,30 @@ AdapterLayout classify_adapter_keys(const TensorSource& source) {
 
 }  // namespace detail
 
-TransferReport load_adapter(const std::string& dir, torch::nn::Module& module, LoadOptions options) {
-  const LoraConfig config = read_adapter_config(dir);  // refuses other PEFT types before any tensor is read
-  const auto source = open_tensor_source(detail::adapter_weights_path(dir));
-  const detail::AdapterLayout layout = detail::classify_adapter_keys(*source);
-  if (detail::armed_layers(module).empty()) inject_lora(module, config);
+namespace detail {
 
+AdapterLoad::AdapterLoad(const std::string& dir, torch::nn::Module& module, const LoadOptions& transfer)
+    : module_(&module) {
+  config_ = read_adapter_config(dir);  // refuses other PEFT types before any tensor is read
+  source_ = open_tensor_source(adapter_weights_path(dir));
+  const AdapterLayout layout = classify_adapter_keys(*source_);
+
+  // The layers the adapter fills: those armed already, or, in a model with
+  // none armed, those injection would arm (planned only: nothing changes
+  // until everything is checked).
   std::map<std::string, std::shared_ptr<LoraLinearImpl>> armed;
-  for (auto& [path, layer] : detail::armed_layers(module)) armed[path] = layer;
+  for (auto& [path, layer] : armed_layers(module)) armed[path] = layer;
+  NamedTensors targets;
+  if (armed.empty()) {
+    to_arm_ = plan_injection(module, config_);
+    for (const PlannedLayer& t : to_arm_) armed[t.path] = t.layer;
+    targets = planned_factors(to_arm_);
+  } else {
+    for (const auto& [path, layer] : armed) {
+      targets.emplace_back(path + ".lora_A.weight", layer->lora_A->weight);
+      targets.emplace_back(path + ".lora_B.weight", layer->lora_B->weight);
+    }
+  }
   std::vector<std::string> absent;
   for (const std::string& path : layout.layers) {
     if (!armed.count(path)) absent.push_back(path);
@@ -251,17 +295,13 @@ TransferReport load_adapter(const std::string& dir, torch::nn::Module& module, L
     std::vector<std::string> have;
     for (const auto& [path, layer] : armed) have.push_back(path);
     throw Error(ErrorCode::kIncompatible,
-                "adapter '" + dir + "' adapts " + std::to_string(absent.size()) + " layer(s) the model has no adapter "
-                "on: " + list_paths(absent) + " (the model's adapted layers: " + list_paths(have) +
-                ") (hint: wrong base model, or different target_modules?)");
+                "adapter '" + dir + "' adapts " + std::to_string(absent.size()) + " layer(s) the model has no " +
+                    (to_arm_.empty() ? "adapter on" : "target among") + ": " + list_paths(absent) +
+                    " (the model's " + (to_arm_.empty() ? "adapted" : "target") + " layers: " + list_paths(have) +
+                    ") (hint: wrong base model, or different target_modules?) (nothing was changed)");
   }
-  // Targets: every adapter factor of the model, and the whole tensors the file
-  // holds (modules_to_save, task heads).
-  NamedTensors targets;
-  for (const auto& [path, layer] : armed) {
-    targets.emplace_back(path + ".lora_A.weight", layer->lora_A->weight);
-    targets.emplace_back(path + ".lora_B.weight", layer->lora_B->weight);
-  }
+  // The whole tensors the file holds (modules_to_save, task heads): live
+  // parameters already, whose tensors arming does not replace.
   std::map<std::string, at::Tensor> named;
   for (const auto& item : module.named_parameters(/*recurse=*/true)) named[item.key()] = item.value();
   for (const auto& item : module.named_buffers(/*recurse=*/true)) named[item.key()] = item.value();
@@ -273,12 +313,58 @@ TransferReport load_adapter(const std::string& dir, torch::nn::Module& module, L
   }
   if (!unknown.empty()) {
     throw Error(ErrorCode::kIncompatible, "adapter '" + dir + "' holds whole tensors the model does not have: " +
-                                              list_paths(unknown) + " (hint: wrong base model?)");
+                                              list_paths(unknown) + " (hint: wrong base model?) (nothing was changed)");
   }
-  options.strip_prefix = detail::kPeftPrefix;
+  // PEFT saves every parameter of modules_to_save: one missing means the
+  // file is incomplete, and loading the rest would mix two trainings.
+  const std::set<std::string> in_file(layout.whole.begin(), layout.whole.end());
+  std::vector<std::string> lacking;
+  for (const auto& item : module.named_modules("", /*include_self=*/false)) {
+    if (!is_module_to_save(config_, item.key())) continue;
+    for (const auto& p : item.value()->named_parameters(/*recurse=*/true)) {
+      const std::string name = item.key() + "." + p.key();
+      if (!in_file.count(name)) lacking.push_back(name);
+    }
+  }
+  if (!lacking.empty()) {
+    throw Error(ErrorCode::kCorruption, "adapter '" + dir + "' lacks tensors of its modules_to_save: " +
+                                            list_paths(lacking) + " (nothing was changed)");
+  }
+  LoadOptions options = transfer;
+  options.op = TransferOp::kCopy;
+  options.scale = 1.0;
+  options.strip_prefix = kPeftPrefix;
   options.add_prefix.clear();
   options.strict = true;
-  return load_into(targets, *source, options);
+  plan_.emplace(targets, *source_, options);
+}
+
+AdapterLoad::~AdapterLoad() = default;
+AdapterLoad::AdapterLoad(AdapterLoad&&) noexcept = default;
+
+TransferReport AdapterLoad::apply() {
+  if (!to_arm_.empty()) {
+    // Arming initialises the factors the load then overwrites: the training
+    // run's random stream must not move for that.
+    RngGuard keep_random_stream;
+    arm(*module_, config_, to_arm_);
+    NamedTensors live;
+    for (const PlannedLayer& t : to_arm_) {
+      live.emplace_back(t.path + ".lora_A.weight", t.layer->lora_A->weight);
+      live.emplace_back(t.path + ".lora_B.weight", t.layer->lora_B->weight);
+    }
+    plan_->retarget(live);
+    to_arm_.clear();
+  }
+  return plan_->apply();
+}
+
+}  // namespace detail
+
+TransferReport load_adapter(const std::string& dir, torch::nn::Module& module, const AdapterLoadOptions& options) {
+  LoadOptions transfer;
+  transfer.chunk_bytes = options.chunk_bytes;
+  return detail::AdapterLoad(dir, module, transfer).apply();
 }
 
 int merge_lora(torch::nn::Module& module, bool safe) {

@@ -1,24 +1,20 @@
 // merge_lora_files: an adapter folded into base weights, file to file.
-#include <chrono>
 #include <cmath>
 #include <map>
 
 #include <ATen/ATen.h>
 
 #include "lorakeep/error.h"
+#include "base/clock.h"
 #include "lorakeep/lora.h"
-#include "logging.h"
-#include "lora/adapter_internal.h"
+#include "base/logging.h"
+#include "lora/adapter.h"
 #include "lora/rank_update.h"
-#include "merge_util.h"
-#include "sharded_writer.h"
+#include "merge/pipeline.h"
+#include "tensors/sharded_writer.h"
 
 namespace lorakeep {
 namespace {
-
-double now_seconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 // One adapted weight's update, W[i, :] += sum_k C[i, k] V[k, :], in the
 // compute dtype, contiguous: C = s * B and V = A, or for a fan_in_fan_out
@@ -41,7 +37,7 @@ struct Fold {
 
 MergeReport merge_lora_files(const std::string& base, const std::string& adapter_dir, const std::string& out_dir,
                              const MergeLoraOptions& options) {
-  const double start = now_seconds();
+  const double start = detail::now_seconds();
   const LoraConfig config = read_adapter_config(adapter_dir);
   const auto adapter = open_tensor_source(detail::adapter_weights_path(adapter_dir));
   const detail::AdapterLayout layout = detail::classify_adapter_keys(*adapter);
@@ -166,7 +162,7 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
     return w != whole.end() ? adapter->info(w->second).byte_size() : source->info(spec.name).byte_size();
   };
   MergeReport report = detail::write_merged(writer, produce, bytes_read, options.progress);
-  report.seconds = now_seconds() - start;
+  report.seconds = detail::now_seconds() - start;
   detail::logger()->info("merged adapter '{}' ({} layers) into '{}': {} tensors in {:.1f} s", adapter_dir,
                          layout.layers.size(), out_dir, report.tensors, report.seconds);
   return report;

@@ -18,7 +18,7 @@
 #endif
 
 #include "lorakeep/error.h"
-#include "torch_compat.h"
+#include "tensors/torch_compat.h"
 
 namespace lorakeep {
 namespace {

@@ -1,6 +1,9 @@
-#include "checkpoint/layout.h"
+#include "base/file_names.h"
 
+#include <cstdio>
 #include <cstring>
+
+#include "base/text.h"
 
 namespace lorakeep::detail {
 namespace {
@@ -9,6 +12,25 @@ constexpr const char kPrefix[] = "checkpoint-";
 constexpr const char kTempPrefix[] = ".tmp-checkpoint-";
 
 }  // namespace
+
+std::string single_shard_file_name(const std::string& base) { return base + ".safetensors"; }
+
+std::string shard_file_name(const std::string& base, std::size_t index, std::size_t count) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "-%05zu-of-%05zu", index, count);
+  return base + buf + ".safetensors";
+}
+
+std::string shard_index_file_name(const std::string& base) { return base + ".safetensors.index.json"; }
+
+bool is_shard_index_path(const std::string& path) { return ends_with(path, ".index.json"); }
+
+const std::vector<std::string>& tensor_directory_candidates() {
+  static const std::vector<std::string> kCandidates = {kAdapterWeightsFile, kAdapterPickleFile,
+                                                       shard_index_file_name(kModelBaseName),
+                                                       single_shard_file_name(kModelBaseName)};
+  return kCandidates;
+}
 
 std::string checkpoint_dir_name(std::int64_t step) { return kPrefix + std::to_string(step); }
 

@@ -1,4 +1,4 @@
-#include "pickle.h"
+#include "tensors/pickle.h"
 
 #include <ATen/ATen.h>
 #include <caffe2/serialize/inline_container.h>
@@ -6,7 +6,7 @@
 #include <torch/csrc/jit/serialization/pickle.h>
 
 #include "lorakeep/error.h"
-#include "format/json_util.h"
+#include "io/read_file.h"
 #include "io/atomic_file.h"
 
 namespace lorakeep::detail {

@@ -1,5 +1,7 @@
-// Every file and directory name of an adapter directory, a checkpoint and a
-// run directory is built and parsed here, and nowhere else.
+// Every file and directory name lorakeep reads or writes (PEFT's adapter
+// directory, Hugging Face's sharded sets, Trainer's checkpoint directory and
+// lorakeep's own files in it, the run directory) is spelled, built and parsed
+// here, and nowhere else.
 //
 //   <output_dir>/
 //     .lock                          flock held by the one writer
@@ -14,11 +16,16 @@
 //     .tmp-checkpoint-500-4242/      being written by pid 4242; removed if left over
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace lorakeep::detail {
+
+// PEFT prefixes every key of an adapter file with this.
+inline constexpr const char* kPeftPrefix = "base_model.model.";
 
 inline constexpr const char* kAdapterWeightsFile = "adapter_model.safetensors";
 inline constexpr const char* kAdapterPickleFile = "adapter_model.bin";
@@ -30,6 +37,27 @@ inline constexpr const char* kRngFile = "lorakeep_rng.safetensors";
 inline constexpr const char* kLockFile = ".lock";
 inline constexpr const char* kMetricsLogFile = "metrics.jsonl";
 inline constexpr const char* kReportFile = "report.html";
+
+// Hugging Face's single-file and sharded model names.
+inline constexpr const char* kModelBaseName = "model";
+
+// "model" => "model.safetensors" (a set of one shard).
+std::string single_shard_file_name(const std::string& base);
+
+// "model", 2, 5 => "model-00002-of-00005.safetensors" (HF's shard names).
+std::string shard_file_name(const std::string& base, std::size_t index, std::size_t count);
+
+// "model" => "model.safetensors.index.json".
+std::string shard_index_file_name(const std::string& base);
+
+// Whether `path` names a sharded set's index ("*.safetensors.index.json" or
+// any "*.index.json").
+bool is_shard_index_path(const std::string& path);
+
+// The files open_tensor_source looks for in a directory, in order:
+// adapter_model.safetensors, adapter_model.bin, model.safetensors.index.json,
+// model.safetensors.
+const std::vector<std::string>& tensor_directory_candidates();
 
 // 400 => "checkpoint-400" (Trainer's PREFIX_CHECKPOINT_DIR + "-" + step).
 std::string checkpoint_dir_name(std::int64_t step);

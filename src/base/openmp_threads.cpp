@@ -1,4 +1,4 @@
-#include "openmp_threads.h"
+#include "base/openmp_threads.h"
 
 #include <dlfcn.h>
 

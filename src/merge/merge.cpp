@@ -1,6 +1,5 @@
 #include "lorakeep/merge.h"
 
-#include <chrono>
 #include <cstring>
 #include <stdexcept>
 #include <unordered_map>
@@ -10,141 +9,15 @@
 #include <c10/core/GradMode.h>
 
 #include "lorakeep/error.h"
+#include "base/clock.h"
 #include "lorakeep/tensor_source.h"
-#include "logging.h"
-#include "merge_util.h"
-#include "openmp_threads.h"
-#include "sharded_writer.h"
+#include "base/logging.h"
+#include "merge/pipeline.h"
+#include "base/openmp_threads.h"
+#include "tensors/sharded_writer.h"
 
 namespace lorakeep {
-namespace detail {
-
-at::Tensor piece_view(const TensorSource& source, const std::string& name, c10::ScalarType type, std::int64_t begin,
-                      std::int64_t count, at::Tensor* scratch) {
-  const std::uint64_t size = c10::elementSize(type);
-  const std::uint64_t bytes = static_cast<std::uint64_t>(count) * size;
-  if (!scratch->defined() || static_cast<std::uint64_t>(scratch->numel()) < bytes) {
-    *scratch = at::Tensor();
-    *scratch = at::empty({static_cast<std::int64_t>(std::max<std::uint64_t>(bytes, 64))}, at::kByte);
-  }
-  source.read(name, static_cast<std::uint64_t>(begin) * size, scratch->data_ptr(), bytes);
-  return at::from_blob(scratch->data_ptr(), {count}, at::TensorOptions().dtype(type));
-}
-
-at::Tensor Scratch::get(int slot, c10::ScalarType type, std::int64_t n) {
-  at::Tensor& buf = buffers_[slot];
-  const auto bytes = static_cast<std::int64_t>(c10::elementSize(type)) * n;
-  if (!buf.defined() || buf.numel() < bytes) {
-    buf = at::Tensor();
-    buf = at::empty({std::max<std::int64_t>(bytes, 64)}, at::kByte);
-  }
-  return at::from_blob(buf.data_ptr(), {n}, at::TensorOptions().dtype(type));
-}
-
-at::Tensor Scratch::as(const at::Tensor& src, c10::ScalarType type, int slot) {
-  if (src.scalar_type() == type) return src;
-  at::Tensor out = get(slot, type, src.numel());
-  out.copy_(src);
-  return out;
-}
-
-PiecePipeline::PiecePipeline(std::function<void(PiecePipeline&)> produce) {
-  thread_ = std::thread([this, produce = std::move(produce)] {
-    try {
-      c10::NoGradGuard no_grad;  // thread-local
-      // One core fewer for LibTorch's parallel ops started here (dtype
-      // conversions, merge-delta's adds): the caller's thread keeps one core
-      // busy writing and hashing, and a full OpenMP team beside it only
-      // spin-waits against it (2 GiB merge-lora with an OpenBLAS GEMM per
-      // piece, on 2 cores, written to tmpfs: 1.9 s -> 1.55 s).
-      OpenMpThreadLimit limit(std::max(1, at::get_num_threads() - 1));
-      produce(*this);
-    } catch (const Stopped&) {
-    } catch (...) {
-      std::lock_guard<std::mutex> lock(mu_);
-      error_ = std::current_exception();
-    }
-    std::lock_guard<std::mutex> lock(mu_);
-    done_ = true;
-    cv_.notify_all();
-  });
-}
-
-void PiecePipeline::stop_and_join() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-  }
-  cv_.notify_all();
-  if (thread_.joinable()) thread_.join();
-}
-
-PiecePipeline::~PiecePipeline() { stop_and_join(); }
-
-PiecePipeline::Slot& PiecePipeline::acquire() {
-  std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return stop_ || produced_ - consumed_ < kSlots; });
-  if (stop_) throw Stopped{};
-  return slots_[produced_ % kSlots];
-}
-
-void PiecePipeline::publish() {
-  std::lock_guard<std::mutex> lock(mu_);
-  ++produced_;
-  cv_.notify_all();
-}
-
-void PiecePipeline::drain(std::uint64_t bytes, const SafetensorsWriter::PieceSink& sink) {
-  for (std::uint64_t drained = 0; drained < bytes;) {
-    Slot* slot;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return produced_ > consumed_ || done_; });
-      if (error_) std::rethrow_exception(error_);
-      if (produced_ == consumed_) throw std::logic_error("the merge's pieces ended before its tensors");
-      slot = &slots_[consumed_ % kSlots];
-    }
-    sink(slot->piece);
-    drained += slot->piece.nbytes();
-    slot->piece = at::Tensor();  // a whole tensor (not a view of a buffer) is freed now
-    std::lock_guard<std::mutex> lock(mu_);
-    ++consumed_;
-    cv_.notify_all();
-  }
-}
-
-void PiecePipeline::finish() {
-  stop_and_join();
-  if (error_) std::rethrow_exception(error_);
-  if (produced_ != consumed_) throw std::logic_error("the merge produced pieces beyond its tensors");
-}
-
-MergeReport write_merged(ShardedWriter& writer, std::function<void(PiecePipeline&)> produce,
-                         const std::function<std::uint64_t(const TensorInfo&)>& bytes_read,
-                         const MergeProgress& progress) {
-  PiecePipeline pipeline(std::move(produce));
-  MergeReport report;
-  const std::vector<TensorInfo>& order = writer.order();
-  for (const TensorInfo& spec : order) {
-    writer.write_pieces([&](const SafetensorsWriter::PieceSink& sink) { pipeline.drain(spec.byte_size(), sink); });
-    report.bytes_read += bytes_read(spec);
-    report.bytes_written += spec.byte_size();
-    report.elements += static_cast<std::uint64_t>(spec.numel());
-    ++report.tensors;
-    if (progress) progress(report.tensors, order.size(), report.bytes_read);
-  }
-  pipeline.finish();
-  report.output = writer.finish();
-  return report;
-}
-
-}  // namespace detail
-
 namespace {
-
-double now_seconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 
 // One output tensor and where its inputs are.
@@ -315,7 +188,7 @@ template <class Combine>
 MergeReport run(const TensorSource& a, const TensorSource& b, const std::string& out_dir, Plan plan,
                 const std::map<std::string, std::string>& metadata, const ShardOptions& shards,
                 const MergeProgress& progress, Combine combine) {
-  const double start = now_seconds();
+  const double start = detail::now_seconds();
   std::vector<TensorInfo> specs;
   for (const Job& job : plan.jobs) specs.push_back(job.out);
   detail::ShardedWriter writer(out_dir, std::move(specs), metadata, shards);
@@ -348,7 +221,7 @@ MergeReport run(const TensorSource& a, const TensorSource& b, const std::string&
   };
   MergeReport report = detail::write_merged(writer, produce, bytes_read, progress);
   report.inexact_elements = inexact;
-  report.seconds = now_seconds() - start;
+  report.seconds = detail::now_seconds() - start;
   return report;
 }
 

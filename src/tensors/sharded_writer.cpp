@@ -1,24 +1,21 @@
 #include "lorakeep/sharded.h"
 
-#include <chrono>
 #include <unordered_map>
 
 #include <boost/filesystem.hpp>
 
 #include "lorakeep/error.h"
+#include "base/clock.h"
+#include "base/file_names.h"
 #include "format/header.h"
 #include "format/shard_index.h"
-#include "sharded_writer.h"
+#include "tensors/sharded_writer.h"
 
 namespace lorakeep {
 namespace detail {
 namespace {
 
 namespace fs = boost::filesystem;
-
-double now_seconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 }  // namespace
 
@@ -55,7 +52,7 @@ ShardedWriter::ShardedWriter(std::string dir, std::vector<TensorInfo> tensors,
   const std::size_t count = groups.size();
   for (std::size_t i = 0; i < count; ++i) {
     Shard shard;
-    shard.file = count == 1 ? options_.base_name + ".safetensors" : shard_file_name(options_.base_name, i + 1, count);
+    shard.file = count == 1 ? single_shard_file_name(options_.base_name) : shard_file_name(options_.base_name, i + 1, count);
     shard.tensors = layout_safetensors_header(std::move(groups[i]), metadata_).tensors;
     for (const TensorInfo& t : shard.tensors) order_.push_back(t);
     shards_.push_back(std::move(shard));
@@ -64,23 +61,16 @@ ShardedWriter::ShardedWriter(std::string dir, std::vector<TensorInfo> tensors,
   for (const TensorInfo& t : order_) {
     if (seen[t.name]++) throw Error(ErrorCode::kInvalidArgument, "tensor name '" + t.name + "' is given twice");
   }
-  tmp_dir_ = temp_path_beside(dir_);
-  if (!fs::create_directory(tmp_dir_, ec)) {
-    throw Error(ErrorCode::kIOError, "cannot create directory '" + tmp_dir_ + "': " + ec.message());
-  }
+  staged_.emplace(dir_);
 }
 
-ShardedWriter::~ShardedWriter() {
-  if (finished_) return;
-  writer_.reset();
-  remove_all_logged(tmp_dir_);
-}
+ShardedWriter::~ShardedWriter() { writer_.reset(); }  // before staged_ removes its directory
 
 SafetensorsWriter& ShardedWriter::current() {
   if (next_ >= order_.size()) throw Error(ErrorCode::kInvalidArgument, "all tensors of '" + dir_ + "' are written");
   if (!writer_) {
     const Shard& shard = shards_[shard_];
-    writer_ = std::make_unique<SafetensorsWriter>((fs::path(tmp_dir_) / shard.file).string(), shard.tensors,
+    writer_ = std::make_unique<SafetensorsWriter>((fs::path(staged_->path()) / shard.file).string(), shard.tensors,
                                                   metadata_, SafetensorsWriter::Mode::kDirect, options_.chunk_bytes);
   }
   return *writer_;
@@ -112,7 +102,7 @@ ShardedSaveReport ShardedWriter::finish() {
   }
   // A set with no tensors at all still gets its one (empty) file.
   if (reports_.empty()) {
-    SafetensorsWriter empty((fs::path(tmp_dir_) / shards_[0].file).string(), {}, metadata_,
+    SafetensorsWriter empty((fs::path(staged_->path()) / shards_[0].file).string(), {}, metadata_,
                             SafetensorsWriter::Mode::kDirect, options_.chunk_bytes);
     reports_.push_back(empty.finish());
     reports_.back().path = (fs::path(dir_) / shards_[0].file).string();
@@ -128,9 +118,9 @@ ShardedSaveReport ShardedWriter::finish() {
         total += t.byte_size();
       }
     }
-    const std::string index_name = options_.base_name + ".safetensors.index.json";
+    const std::string index_name = shard_index_file_name(options_.base_name);
     const std::string text = render_shard_index(total, weight_map);
-    WritableFile index = WritableFile::create((fs::path(tmp_dir_) / index_name).string());
+    WritableFile index = WritableFile::create((fs::path(staged_->path()) / index_name).string());
     index.append(text.data(), text.size());
     index.sync();
     index.close();
@@ -138,8 +128,7 @@ ShardedSaveReport ShardedWriter::finish() {
   }
   boost::system::error_code ec;
   if (fs::exists(dir_, ec)) fs::remove(dir_, ec);  // checked empty in the constructor
-  publish(tmp_dir_, dir_, /*replace=*/false);
-  finished_ = true;
+  staged_->publish(/*replace=*/false);
   report.shards = std::move(reports_);
   report.seconds = now_seconds() - started_;
   return report;

@@ -8,7 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lorakeep/error.h"
-#include "logging.h"
+#include "base/logging.h"
 
 namespace lorakeep {
 

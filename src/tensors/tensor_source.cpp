@@ -8,10 +8,12 @@
 #include <boost/filesystem.hpp>
 
 #include "lorakeep/error.h"
-#include "format/json_util.h"
+#include "base/file_names.h"
+#include "base/text.h"
+#include "io/read_file.h"
 #include "format/shard_index.h"
-#include "logging.h"
-#include "pickle.h"
+#include "base/logging.h"
+#include "tensors/pickle.h"
 
 namespace lorakeep {
 
@@ -218,12 +220,10 @@ class MemorySource final : public TensorSource {
   std::unordered_map<std::string, std::size_t> index_;
 };
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
+using detail::ends_with;
 
 std::unique_ptr<TensorSource> open_file(const std::string& path) {
-  if (ends_with(path, ".index.json")) return std::make_unique<ShardedSource>(path);
+  if (detail::is_shard_index_path(path)) return std::make_unique<ShardedSource>(path);
   if (ends_with(path, ".bin") || ends_with(path, ".pt") || ends_with(path, ".pth")) {
     return std::make_unique<MemorySource>(detail::load_torch_pickle(path), path, "torch pickle");
   }
@@ -237,15 +237,14 @@ std::unique_ptr<TensorSource> open_tensor_source(const std::string& path) {
   const fs::file_status status = fs::status(path, ec);
   if (!fs::exists(status)) throw Error(ErrorCode::kNotFound, "'" + path + "' does not exist");
   if (!fs::is_directory(status)) return open_file(path);
-  static const char* kCandidates[] = {"adapter_model.safetensors", "adapter_model.bin",
-                                      "model.safetensors.index.json", "model.safetensors"};
-  for (const char* name : kCandidates) {
+  const std::vector<std::string>& candidates = detail::tensor_directory_candidates();
+  for (const std::string& name : candidates) {
     const std::string candidate = (fs::path(path) / name).string();
     if (fs::exists(candidate, ec)) return open_file(candidate);
   }
-  throw Error(ErrorCode::kNotFound, "no tensors in directory '" + path +
-                                        "' (looked for adapter_model.safetensors, adapter_model.bin, "
-                                        "model.safetensors.index.json, model.safetensors)");
+  std::string looked;
+  for (const std::string& name : candidates) looked += (looked.empty() ? "" : ", ") + name;
+  throw Error(ErrorCode::kNotFound, "no tensors in directory '" + path + "' (looked for " + looked + ")");
 }
 
 std::unique_ptr<TensorSource> make_tensor_source(SafetensorsFile file) {

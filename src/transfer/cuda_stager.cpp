@@ -11,7 +11,7 @@
 //           on the one side stream, so piece i+1 cannot overwrite it before
 //           piece i's add ran).
 // So the extra device memory is 0 (copy) or one chunk (add), whatever the
-// adapter's size: the invariant of DESIGN.md.
+// adapter's size: the invariant of docs/ARCHITECTURE.md.
 //
 // Ordering.
 //   1. The side stream first waits for the device's current stream: kernels
@@ -28,8 +28,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include "logging.h"
-#include "transfer_device.h"
+#include "base/logging.h"
+#include "tensors/pieces.h"
+#include "transfer/device_stager.h"
 
 namespace lorakeep::detail {
 namespace {
@@ -39,8 +40,10 @@ class CudaStager final : public DeviceStager {
   CudaStager(const c10::Device& device, const StagingNeeds& needs)
       : device_(device), stream_(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device.index())) {
     c10::cuda::CUDAGuard guard(device_);
-    const auto bytes = static_cast<std::int64_t>(std::max<std::uint64_t>(needs.piece_bytes, 64));
-    for (at::Tensor& b : pinned_) b = at::empty({bytes}, at::TensorOptions(at::kByte).pinned_memory(true));
+    const std::uint64_t piece = (std::max<std::uint64_t>(needs.piece_bytes, 64) + 63) / 64 * 64;
+    const auto bytes = static_cast<std::int64_t>(piece);
+    const HostStaging arena(2 * piece, /*pinned=*/true);
+    for (int i = 0; i < 2; ++i) pinned_[i] = arena.window(i * piece, piece);
     if (needs.add) {
       // Allocated while the side stream is current, so the caching allocator
       // ties the block to the stream that uses it.
@@ -67,8 +70,7 @@ class CudaStager final : public DeviceStager {
     // rounded once on the device.
     const c10::ScalarType type = op == TransferOp::kCopy ? dst.scalar_type()
                                                           : c10::promoteTypes(src.scalar_type(), dst.scalar_type());
-    at::Tensor host = at::from_blob(pinned_[slot].data_ptr(), dst.sizes(),
-                                    at::TensorOptions().dtype(type).pinned_memory(true));
+    at::Tensor host = pinned_[slot].view(type, dst.sizes());
     host.copy_(src);  // dtype conversion (or a plain copy) on the host, into pinned memory
     c10::cuda::CUDAStreamGuard on_side(stream_);
     if (op == TransferOp::kCopy) {
@@ -97,7 +99,7 @@ class CudaStager final : public DeviceStager {
  private:
   c10::Device device_;
   c10::cuda::CUDAStream stream_;
-  at::Tensor pinned_[2];
+  HostStaging pinned_[2];  // two windows of one pinned arena
   at::cuda::CUDAEvent done_[2];
   at::Tensor device_buffer_;
   std::uint64_t turn_ = 0;

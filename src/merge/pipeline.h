@@ -1,4 +1,5 @@
-// Private helpers shared by the offline merges (merge.cpp, lora merge).
+// Private: the piece pipeline shared by the offline merges (merge.cpp and
+// lora/merge_files.cpp).
 #pragma once
 
 #include <condition_variable>
@@ -13,8 +14,9 @@
 
 #include "lorakeep/merge.h"
 #include "lorakeep/tensor_source.h"
-#include "safetensors_writer.h"
-#include "sharded_writer.h"
+#include "tensors/safetensors_writer.h"
+#include "tensors/pieces.h"
+#include "tensors/sharded_writer.h"
 
 namespace lorakeep::detail {
 
@@ -25,7 +27,7 @@ namespace lorakeep::detail {
 // 1.5x the time, and every merge 40-60 MiB more RSS.
 inline constexpr std::int64_t kPieceElements = std::int64_t{1} << 16;
 
-// Reusable piece buffers. Every temporary of a merge lives in one of these,
+// Reusable piece buffers (growing HostStaging). Every temporary of a merge lives in one of these,
 // allocated on first use: allocating fresh piece-sized tensors over and over
 // fragments the heap, and glibc then keeps hundreds of MiB resident that the
 // program no longer uses.
@@ -38,14 +40,14 @@ class Scratch {
   at::Tensor as(const at::Tensor& src, c10::ScalarType type, int slot);
 
  private:
-  at::Tensor buffers_[8];
+  HostStaging buffers_[8];
 };
 
 // Elements [begin, begin + count) of tensor `name` of `source` as a flat CPU
 // tensor of `type` (its stored dtype), read into `*scratch` (grown as needed,
 // then reused): the file is read, never mapped, so the RSS does not grow.
 at::Tensor piece_view(const TensorSource& source, const std::string& name, c10::ScalarType type, std::int64_t begin,
-                      std::int64_t count, at::Tensor* scratch);
+                      std::int64_t count, HostStaging* scratch);
 
 // Computes the pieces of a merge on a second thread while the caller writes
 // the ones before: reading and arithmetic of one piece overlap the write and
@@ -57,7 +59,7 @@ class PiecePipeline {
   static constexpr int kSlots = 3;
   struct Slot {
     Scratch scratch;     // temporaries of the arithmetic
-    at::Tensor read[2];  // piece_view buffers of up to two inputs
+    HostStaging read[2];  // piece_view buffers of up to two inputs
     at::Tensor piece;    // the producer's result
   };
 

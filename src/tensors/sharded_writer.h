@@ -3,11 +3,13 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "lorakeep/sharded.h"
-#include "safetensors_writer.h"
+#include "io/atomic_file.h"
+#include "tensors/safetensors_writer.h"
 
 namespace lorakeep::detail {
 
@@ -45,7 +47,7 @@ class ShardedWriter {
   };
 
   std::string dir_;
-  std::string tmp_dir_;
+  std::optional<StagedDirectory> staged_;  // the set being written
   std::map<std::string, std::string> metadata_;
   ShardOptions options_;
   std::vector<Shard> shards_;
@@ -54,7 +56,6 @@ class ShardedWriter {
   std::size_t shard_ = 0;
   std::unique_ptr<SafetensorsWriter> writer_;
   std::vector<SaveReport> reports_;
-  bool finished_ = false;
   double started_;
 };
 

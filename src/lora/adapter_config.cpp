@@ -6,8 +6,8 @@
 
 #include "lorakeep/error.h"
 #include "lorakeep/lora_config.h"
-#include "format/json_util.h"
-#include "logging.h"
+#include "format/json.h"
+#include "base/logging.h"
 
 namespace lorakeep {
 namespace {

@@ -10,7 +10,8 @@
 #include <yaml-cpp/yaml.h>
 
 #include "lorakeep/error.h"
-#include "format/json_util.h"
+#include "base/text.h"
+#include "io/read_file.h"
 
 namespace lorakeep {
 namespace {
@@ -334,6 +335,7 @@ RunConfig parse_run_config(const std::string& text, const std::string& name) {
     }
     top.finish();
     run.checkpoint.chunk_bytes = run.transfer.chunk_bytes;
+    run.checkpoint.verify_checksums = run.transfer.verify_checksums;
     validate(run.checkpoint);
   } catch (const Error& e) {
     if (e.code() == ErrorCode::kInvalidArgument && std::string(e.what()).rfind(name, 0) != 0) {

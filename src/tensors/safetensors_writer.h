@@ -15,15 +15,16 @@
 #include "lorakeep/safetensors.h"
 #include "io/atomic_file.h"
 #include "io/checksum.h"
+#include "tensors/pieces.h"
 
 namespace lorakeep::detail {
 
 // Calls `sink` with the host bytes of `t` in order. A contiguous CPU tensor
 // is passed straight from its memory; anything else (device memory, strides)
-// goes through `*staging`, a CPU byte buffer of at most `chunk_bytes` that is
-// allocated on first use and reused.
+// goes piece by piece through `*staging`, at most `chunk_bytes` of it
+// (page-locked for CUDA tensors).
 // REQUIRES: chunk_bytes >= 64.
-void for_each_host_piece(const at::Tensor& t, std::uint64_t chunk_bytes, at::Tensor* staging,
+void for_each_host_piece(const at::Tensor& t, std::uint64_t chunk_bytes, HostStaging* staging,
                          const std::function<void(const void*, std::uint64_t)>& sink);
 
 // Writes one safetensors file whose header is laid out up front from the
@@ -77,7 +78,7 @@ class SafetensorsWriter {
   std::unique_ptr<WritableFile> file_;
   Xxh3Stream file_hash_;
   std::vector<std::uint64_t> tensor_checksums_;
-  at::Tensor staging_;
+  HostStaging staging_;
   bool finished_ = false;
   double started_;
 };
