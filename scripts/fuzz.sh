@@ -10,7 +10,7 @@
 #
 # Builds tests/fuzz (a standalone project, no LibTorch) in $LORAKEEP_FUZZ_BUILD (default
 # build/fuzz). Each target keeps its corpus in <build>/corpus/TARGET, seeded on every run from
-# ../shared/fixtures (or $LORAKEEP_FIXTURES) and tests/fuzz/seeds. A finding is written to
+# tests/fixtures (or $LORAKEEP_FIXTURES) and tests/fuzz/seeds. A finding is written to
 # <build>/artifacts/ and fails the script. Prints one line per target:
 #   fuzz TARGET: N executions in S s, corpus C inputs, 0 findings
 set -euo pipefail
@@ -18,7 +18,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 targets=(safetensors_header shard_index adapter_config trainer_state manifest run_config)
 build=${LORAKEEP_FUZZ_BUILD:-$root/build/fuzz}
-fixtures=${LORAKEEP_FIXTURES:-$root/../shared/fixtures}
+fixtures=${LORAKEEP_FIXTURES:-$root/tests/fixtures}
 
 usage() { sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 

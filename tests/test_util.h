@@ -29,7 +29,7 @@ class TempDir {
   std::string path_;
 };
 
-// "<repo>/../shared/fixtures/<relative>".
+// "<repo>/tests/fixtures/<relative>".
 std::string fixture(const std::string& relative);
 
 // The built lorakeep tool, and the Python of the test venv.

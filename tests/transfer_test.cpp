@@ -1,5 +1,5 @@
 // The transfer engine: validate-then-apply loads into live tensors, with the
-// memory bounds of DESIGN.md counted in bytes.
+// memory bounds of docs/ARCHITECTURE.md counted in bytes.
 #include <cstring>
 #include <fstream>
 
