@@ -12,7 +12,7 @@ build_dir=${1:-$root/build}
 
 packages=(
   # toolchain
-  build-essential cmake ninja-build ccache clang libclang-rt-14-dev
+  build-essential cmake ninja-build ccache clang libclang-rt-14-dev clang-format
   # the library's dependencies
   libtorch-dev libyaml-cpp-dev libspdlog-dev libboost-filesystem-dev nlohmann-json3-dev libxxhash-dev
   libcli11-dev catch2

@@ -312,7 +312,7 @@ TEST_CASE("saves on a full tmpfs fail at every stage and the next save after spa
   const std::string mnt = dir / "disk";
   fs::create_directory(mnt);
   if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=1m") != 0) {
-    WARN("cannot mount a tmpfs here (" << std::strerror(errno) << "): the file-size-limit test covers full disks");
+    test::skip_unless_ci(std::string("cannot mount a tmpfs here (") + std::strerror(errno) + "): run as root");
     return;
   }
   struct Unmount {

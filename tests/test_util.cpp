@@ -30,6 +30,23 @@ TempDir::~TempDir() {
   boost::filesystem::remove_all(path_, ec);
 }
 
+namespace {
+int skips = 0;
+}  // namespace
+
+void skip(const std::string& reason) {
+  ++skips;
+  WARN("SKIPPED: " << reason);
+}
+
+void skip_unless_ci(const std::string& reason) {
+  const char* ci = std::getenv("CI");
+  if (ci != nullptr && std::string(ci) == "true") FAIL(reason << " (CI=true: this test must run here)");
+  skip(reason);
+}
+
+int skip_count() { return skips; }
+
 std::string fixture(const std::string& relative) { return std::string(LORAKEEP_FIXTURES_DIR) + "/" + relative; }
 std::string cli_path() { return LORAKEEP_CLI_PATH; }
 std::string python_path() { return LORAKEEP_PYTHON; }

@@ -29,8 +29,24 @@ class TempDir {
   std::string path_;
 };
 
-// "<repo>/../shared/fixtures/<relative>".
+// "<repo>/tests/fixtures/<relative>".
 std::string fixture(const std::string& relative);
+
+// Skips the running test case: prints `reason` and counts the skip; the
+// caller returns right after, before any assertion. A run with skips and no
+// failure exits kSkipExitCode, which ctest (SKIP_RETURN_CODE) reports as
+// skipped, never as passed. For what a machine may lack, e.g. a GPU:
+//   if (!torch::cuda::is_available()) { test::skip("no CUDA device"); return; }
+void skip(const std::string& reason);
+
+// As skip(), for what CI has and must run, e.g. root for mount(): under
+// CI=true it fails the test instead.
+void skip_unless_ci(const std::string& reason);
+
+constexpr int kSkipExitCode = 77;
+
+// How many times skip() ran in this process.
+int skip_count();
 
 // The built lorakeep tool, and the Python of the test venv.
 std::string cli_path();
