@@ -29,18 +29,16 @@
 #include <nlohmann/json.hpp>
 
 #include "lorakeep/lorakeep.h"
+#include "base/parallel.h"
 #include "base/text.h"
 #include "io/checksum.h"
-#include "base/parallel.h"
 #include "tensors/pickle.h"
 
 namespace {
 
 using lorakeep::NamedTensors;
 
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 std::vector<std::pair<std::string, std::vector<std::int64_t>>> layout(const std::string& spec) {
   const auto colon = spec.find(':');
@@ -216,13 +214,11 @@ int save(const std::string& spec, const std::string& dir, const std::string& met
   int i = 0;
   nlohmann::json j;
   if (method == "lorakeep") {
-    j = measure(repeat, [&] {
-      lorakeep::save_safetensors(dir + "/save-" + std::to_string(i++) + ".safetensors", tensors);
-    });
+    j = measure(repeat,
+                [&] { lorakeep::save_safetensors(dir + "/save-" + std::to_string(i++) + ".safetensors", tensors); });
   } else if (method == "torch-save") {
-    j = measure(repeat, [&] {
-      lorakeep::detail::save_torch_pickle(dir + "/save-" + std::to_string(i++) + ".bin", tensors);
-    });
+    j = measure(repeat,
+                [&] { lorakeep::detail::save_torch_pickle(dir + "/save-" + std::to_string(i++) + ".bin", tensors); });
   } else {
     std::cerr << "unknown method " << method << "\n";
     return 2;

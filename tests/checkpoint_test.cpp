@@ -82,10 +82,10 @@ TEST_CASE("checkpoint names are built and parsed in one canonical form", "[check
     std::optional<std::int64_t> step;
   };
   const std::vector<Row> rows = {
-      {"checkpoint-0", 0},       {"checkpoint-400", 400},  {"checkpoint-1000000", 1000000},
-      {"checkpoint-0400", {}},   {"checkpoint--1", {}},    {"checkpoint-", {}},
-      {"checkpoint-4x", {}},     {"checkpoint-+4", {}},    {"Checkpoint-4", {}},
-      {"checkpoint-4 ", {}},     {".tmp-checkpoint-4-1", {}}, {"checkpoint-99999999999999999999", {}},
+      {"checkpoint-0", 0},     {"checkpoint-400", 400},     {"checkpoint-1000000", 1000000},
+      {"checkpoint-0400", {}}, {"checkpoint--1", {}},       {"checkpoint-", {}},
+      {"checkpoint-4x", {}},   {"checkpoint-+4", {}},       {"Checkpoint-4", {}},
+      {"checkpoint-4 ", {}},   {".tmp-checkpoint-4-1", {}}, {"checkpoint-99999999999999999999", {}},
   };
   for (const Row& r : rows) {
     INFO(r.name);
@@ -99,8 +99,8 @@ TEST_CASE("checkpoint names are built and parsed in one canonical form", "[check
 
 TEST_CASE("the best is chosen by metric then step and NaN is worst", "[checkpoint]") {
   using detail::CheckpointRecord;
-  const std::vector<CheckpointRecord> records = {
-      {1000, 1.5}, {200, 1.5}, {300, std::nan("")}, {400, std::nullopt}, {500, 2.0}, {600, 1.2}};
+  const std::vector<CheckpointRecord> records = {{1000, 1.5},         {200, 1.5}, {300, std::nan("")},
+                                                 {400, std::nullopt}, {500, 2.0}, {600, 1.2}};
   CHECK(detail::rank_by_metric(records, false) == std::vector<std::int64_t>{600, 200, 1000, 500, 300});
   CHECK(detail::rank_by_metric(records, true) == std::vector<std::int64_t>{500, 200, 1000, 600, 300});
   // Rotation: newest 2 and the best 1.
@@ -111,8 +111,7 @@ TEST_CASE("the best is chosen by metric then step and NaN is worst", "[checkpoin
         std::vector<std::int64_t>{2});  // all NaN: the earliest counts as best
 }
 
-TEST_CASE("a simulated run keeps exactly the newest 2 and the best and a restart keeps its best",
-          "[checkpoint]") {
+TEST_CASE("a simulated run keeps exactly the newest 2 and the best and a restart keeps its best", "[checkpoint]") {
   test::TempDir dir;
   Net net = lora_net();
   TrainingState state;
@@ -188,11 +187,26 @@ TEST_CASE("trainer_state.json has exactly the keys of Trainer and agrees with th
   const auto j = nlohmann::json::parse(test::read_file(last + "/trainer_state.json"));
   std::set<std::string> keys;
   for (auto it = j.begin(); it != j.end(); ++it) keys.insert(it.key());
-  CHECK(keys == std::set<std::string>{"best_global_step", "best_metric", "best_model_checkpoint", "epoch",
-                                      "eval_steps", "global_step", "is_hyper_param_search", "is_local_process_zero",
-                                      "is_world_process_zero", "log_history", "logging_steps", "max_steps",
-                                      "num_input_tokens_seen", "num_train_epochs", "save_steps", "stateful_callbacks",
-                                      "total_flos", "train_batch_size", "trial_name", "trial_params"});
+  CHECK(keys == std::set<std::string>{"best_global_step",
+                                      "best_metric",
+                                      "best_model_checkpoint",
+                                      "epoch",
+                                      "eval_steps",
+                                      "global_step",
+                                      "is_hyper_param_search",
+                                      "is_local_process_zero",
+                                      "is_world_process_zero",
+                                      "log_history",
+                                      "logging_steps",
+                                      "max_steps",
+                                      "num_input_tokens_seen",
+                                      "num_train_epochs",
+                                      "save_steps",
+                                      "stateful_callbacks",
+                                      "total_flos",
+                                      "train_batch_size",
+                                      "trial_name",
+                                      "trial_params"});
   const detail::Manifest m = detail::read_manifest(last);
   CHECK(j["global_step"] == m.step);
   CHECK(j["epoch"].get<double>() == Approx(m.epoch));
@@ -277,9 +291,8 @@ TEST_CASE("a trainer state with numbers past int64 reads and writes back without
   const auto j = nlohmann::json::parse(detail::format_trainer_state(s, CheckpointOptions{}));
   CHECK(j["num_train_epochs"].get<double>() == 1e53);
   CHECK(j["log_history"][0]["step"].get<double>() == 1e300);
-  const Error e = test::capture_error([&] {
-    detail::parse_trainer_state(R"({"global_step": 18446744073709551615})", "trainer_state.json", &s);
-  });
+  const Error e = test::capture_error(
+      [&] { detail::parse_trainer_state(R"({"global_step": 18446744073709551615})", "trainer_state.json", &s); });
   CHECK_THAT(e.what(), Contains("'global_step' must be a 64-bit integer"));
 }
 

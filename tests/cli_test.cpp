@@ -24,8 +24,8 @@ std::vector<std::string> all_fixture_files() {
 }  // namespace
 
 TEST_CASE("lorakeep verify accepts and refuses every reference test vector as its MANIFEST says", "[cli]") {
-  const auto manifest =
-      nlohmann::json::parse(test::read_file(test::fixture("hf_safetensors_rust_test_vectors/MANIFEST.json")));
+  const auto manifest = nlohmann::json::parse(
+      test::read_file(test::fixture("hf_safetensors_rust_test_vectors/MANIFEST.json")));
   for (const auto& entry : manifest) {
     const std::string path = test::fixture("hf_safetensors_rust_test_vectors/" + entry["file"].get<std::string>());
     const bool ok = entry["expected"].get<std::string>().rfind("OK", 0) == 0;

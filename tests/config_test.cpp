@@ -55,8 +55,8 @@ TEST_CASE("a minimal config takes the defaults of Trainer and PEFT", "[config]")
 }
 
 TEST_CASE("the transfer section sets how reloads read: piece size and checksum verification", "[config]") {
-  const RunConfig run =
-      parse_run_config(std::string(kGood) + "transfer:\n  chunk_bytes: 1MiB\n  verify_checksums: false\n", "t.yaml");
+  const RunConfig run = parse_run_config(
+      std::string(kGood) + "transfer:\n  chunk_bytes: 1MiB\n  verify_checksums: false\n", "t.yaml");
   CHECK(run.checkpoint.chunk_bytes == 1ull << 20);
   CHECK_FALSE(run.checkpoint.verify_checksums);  // what load_best_into and resume honour
 }
@@ -65,30 +65,30 @@ TEST_CASE("each kind of bad YAML gives an error with line and key", "[config]") 
   struct Case {
     const char* what;
     std::string text;
-    std::string where;   // "file:line:column:"
+    std::string where;  // "file:line:column:"
     std::string phrase;
   };
   const std::vector<Case> cases = {
-      {"unknown key with a near miss", std::string(kGood) + "  rank: 8\n", "bad.yaml:8:3:",
-       "unknown key 'lora.rank'"},
-      {"misspelled section key", std::string(kGood) + "  lora_alfa: 8\n", "bad.yaml:8:3:", "did you mean 'lora.lora_alpha'"},
+      {"unknown key with a near miss", std::string(kGood) + "  rank: 8\n", "bad.yaml:8:3:", "unknown key 'lora.rank'"},
+      {"misspelled section key", std::string(kGood) + "  lora_alfa: 8\n",
+       "bad.yaml:8:3:", "did you mean 'lora.lora_alpha'"},
       {"unknown section", std::string(kGood) + "optimizer:\n  lr: 1\n", "bad.yaml:8:1:", "unknown key 'optimizer'"},
       {"wrong type", "checkpoint:\n  output_dir: x\n  save_steps: often\nlora:\n  target_modules: [q]\n",
        "bad.yaml:3:15:", "'checkpoint.save_steps' must be an integer, not 'often'"},
-      {"out of range", "checkpoint:\n  output_dir: x\nlora:\n  r: 0\n  target_modules: [q]\n", "bad.yaml:4:6:",
-       "'lora.r' must be in [1,"},
+      {"out of range", "checkpoint:\n  output_dir: x\nlora:\n  r: 0\n  target_modules: [q]\n",
+       "bad.yaml:4:6:", "'lora.r' must be in [1,"},
       {"bad choice", "checkpoint:\n  output_dir: x\n  save_strategy: sometimes\nlora:\n  target_modules: [q]\n",
        "bad.yaml:3:18:", "must be one of best, epoch, no, steps"},
-      {"bad byte size", std::string(kGood) + "transfer:\n  chunk_bytes: lots\n", "bad.yaml:9:16:",
-       "'transfer.chunk_bytes' must be a byte size"},
-      {"list expected", "checkpoint:\n  output_dir: x\nlora:\n  target_modules: {a: 1}\n", "bad.yaml:4:19:",
-       "'lora.target_modules' must be a list"},
+      {"bad byte size", std::string(kGood) + "transfer:\n  chunk_bytes: lots\n",
+       "bad.yaml:9:16:", "'transfer.chunk_bytes' must be a byte size"},
+      {"list expected", "checkpoint:\n  output_dir: x\nlora:\n  target_modules: {a: 1}\n",
+       "bad.yaml:4:19:", "'lora.target_modules' must be a list"},
       {"YAML syntax", "checkpoint:\n  output_dir: [x\n", "bad.yaml:3:1:", "not valid YAML"},
       {"missing section", "checkpoint:\n  output_dir: x\n", "bad.yaml:1:1:", "needs a 'lora' section"},
-      {"cross-field check", std::string(kGood) + "model:\n  n_head: 3\n  n_embd: 64\n", "bad.yaml:10:11:",
-       "'model.n_embd' must be a multiple of n_head"},
-      {"rank_pattern value", std::string(kGood) + "  rank_pattern: {q_proj: -2}\n", "bad.yaml:8:26:",
-       "'lora.rank_pattern.q_proj' must be a positive integer"},
+      {"cross-field check", std::string(kGood) + "model:\n  n_head: 3\n  n_embd: 64\n",
+       "bad.yaml:10:11:", "'model.n_embd' must be a multiple of n_head"},
+      {"rank_pattern value", std::string(kGood) + "  rank_pattern: {q_proj: -2}\n",
+       "bad.yaml:8:26:", "'lora.rank_pattern.q_proj' must be a positive integer"},
       {"not a mapping", "- a\n- b\n", "bad.yaml:1:1:", "must be a mapping"},
   };
   for (const Case& c : cases) {

@@ -8,9 +8,9 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/optim/sgd.h>
 
+#include <c10/core/CPUAllocator.h>
 #include "lorakeep/lora.h"
 #include "lorakeep/memory.h"
-#include <c10/core/CPUAllocator.h>
 #include "lorakeep/tensor_source.h"
 #include "lora/rank_update.h"
 #include "tensors/pickle.h"
@@ -195,8 +195,8 @@ TEST_CASE("inject then train then save then load into a fresh model gives identi
   }
 
   // The reference reader sees PEFT's key names and shapes.
-  const auto py = test::run_process({test::python_path(), test::python_script("adapter_keys.py"),
-                                     dir / "adapter/adapter_model.safetensors"});
+  const auto py = test::run_process(
+      {test::python_path(), test::python_script("adapter_keys.py"), dir / "adapter/adapter_model.safetensors"});
   INFO(py.err);
   REQUIRE(py.exit_code == 0);
   const auto keys = nlohmann::json::parse(py.out);
@@ -208,7 +208,8 @@ TEST_CASE("inject then train then save then load into a fresh model gives identi
   // adapter_config.json carries every field PEFT writes (the key set of the
   // real PEFT file in the fixtures), with our values.
   const auto ours = nlohmann::json::parse(test::read_file(dir / "adapter/adapter_config.json"));
-  const auto written = nlohmann::json::parse(test::read_file(test::fixture("peft/gpt2_lora_seqcls/adapter_config.json")));
+  const auto written = nlohmann::json::parse(
+      test::read_file(test::fixture("peft/gpt2_lora_seqcls/adapter_config.json")));
   std::set<std::string> our_keys, peft_keys;
   for (auto it = ours.begin(); it != ours.end(); ++it) our_keys.insert(it.key());
   for (auto it = written.begin(); it != written.end(); ++it) peft_keys.insert(it.key());
@@ -312,9 +313,9 @@ TEST_CASE("an adapter initialises as in PEFT and merges in F32 into a BF16 base"
   layer->merge(/*safe=*/true);
   CHECK(layer->merged());
   // The merged weight is the F32 sum rounded once to BF16.
-  const torch::Tensor exact =
-      (before.to(torch::kFloat) +
-       layer->lora_B->weight.matmul(layer->lora_A->weight) * layer->scaling()).to(torch::kBFloat16);
+  const torch::Tensor exact = (before.to(torch::kFloat) +
+                               layer->lora_B->weight.matmul(layer->lora_A->weight) * layer->scaling())
+                                  .to(torch::kBFloat16);
   CHECK(torch::equal(layer->weight, exact));
   CHECK(torch::allclose(layer->forward(x).to(torch::kFloat), unmerged_out.to(torch::kFloat), 0.05, 0.1));
   layer->unmerge();
@@ -369,8 +370,10 @@ TEST_CASE("merge-lora output equals the in-memory merged weights", "[lora][merge
   config.alpha_pattern = {{"lin0", 6.0}};
   Mlp model = seeded_mlp();
   // The base file, with the base model's own names.
-  save_safetensors(dir / "base.safetensors", {{"lin0.weight", model->lin0->weight}, {"lin0.bias", model->lin0->bias},
-                                              {"lin1.weight", model->lin1->weight}, {"lin1.bias", model->lin1->bias}});
+  save_safetensors(dir / "base.safetensors", {{"lin0.weight", model->lin0->weight},
+                                              {"lin0.bias", model->lin0->bias},
+                                              {"lin1.weight", model->lin1->weight},
+                                              {"lin1.bias", model->lin1->bias}});
   inject_lora(*model, config);
   {
     torch::NoGradGuard no_grad;

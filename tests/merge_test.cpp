@@ -108,7 +108,7 @@ TEST_CASE("make-delta then merge-delta reproduces the tuned tensors exactly", "[
   CHECK(made.inexact_elements == 0);
   CHECK(made.output.shards.size() > 1);
   const auto delta = open_tensor_source(dir / "delta");
-  CHECK(delta->info("f32").dtype == Dtype::kF64);   // lossless by default
+  CHECK(delta->info("f32").dtype == Dtype::kF64);  // lossless by default
   CHECK(delta->info("f16").dtype == Dtype::kF32);
   CHECK(delta->info("ids").dtype == Dtype::kI64);
 
@@ -154,8 +154,10 @@ TEST_CASE("make-delta counts exactly the elements a narrower delta dtype will no
 
 TEST_CASE("merge-delta validates everything before writing anything", "[merge]") {
   test::TempDir dir;
-  save_safetensors(dir / "base.safetensors", {{"a", at::ones({4, 4})}, {"b", at::ones({3})}, {"emb", at::ones({5, 2})}});
-  save_safetensors(dir / "delta.safetensors", {{"a", at::ones({4, 5})}, {"c", at::ones({3})}, {"emb", at::ones({7, 2})}});
+  save_safetensors(dir / "base.safetensors",
+                   {{"a", at::ones({4, 4})}, {"b", at::ones({3})}, {"emb", at::ones({5, 2})}});
+  save_safetensors(dir / "delta.safetensors",
+                   {{"a", at::ones({4, 5})}, {"c", at::ones({3})}, {"emb", at::ones({7, 2})}});
   const Error e = test::capture_error(
       [&] { merge_delta_files(dir / "base.safetensors", dir / "delta.safetensors", dir / "out"); });
   CHECK(e.code() == ErrorCode::kIncompatible);
@@ -267,8 +269,8 @@ TEST_CASE("lorakeep merge-lora on a 1 GiB base keeps peak RSS under 2 x largest 
   // temporaries, not the bound's 2 x largest, decide whether it is met.
   test::TempDir dir;
   write_base_and_adapter(dir, 16, 4096, 4096, /*r=*/16, /*alpha=*/32, /*a=*/0.25, /*b=*/0.125);
-  check_merge_rss({"merge-lora", "--base", dir / "base.safetensors", "--adapter", dir / "adapter", "--out",
-                   dir / "out", "--max-shard-size", "300MB"},
+  check_merge_rss({"merge-lora", "--base", dir / "base.safetensors", "--adapter", dir / "adapter", "--out", dir / "out",
+                   "--max-shard-size", "300MB"},
                   /*largest=*/64 * kMiB);
   // Every element gained 2 * (16 * 0.25 * 0.125): scaling alpha / r = 2.
   const auto out = open_tensor_source(dir / "out");

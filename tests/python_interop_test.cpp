@@ -10,9 +10,7 @@ namespace {
 
 // Must stay identical to expected() in tests/python/reference_roundtrip.py.
 NamedTensors expected() {
-  auto floats = [](std::int64_t n, at::ScalarType type) {
-    return (at::arange(n, at::kDouble) * 0.5 - 3).to(type);
-  };
+  auto floats = [](std::int64_t n, at::ScalarType type) { return (at::arange(n, at::kDouble) * 0.5 - 3).to(type); };
   auto ints = [](std::int64_t n, at::ScalarType type, std::int64_t offset) {
     return (at::arange(n, at::kLong) - offset).to(type);
   };
@@ -39,18 +37,17 @@ const std::map<std::string, std::string> kMetadata = {{"format", "pt"}};
 
 }  // namespace
 
-TEST_CASE("our files read in the reference reader and its files read here with equal bytes",
-          "[safetensors][python]") {
+TEST_CASE("our files read in the reference reader and its files read here with equal bytes", "[safetensors][python]") {
   test::TempDir dir;
   save_safetensors(dir / "ours.safetensors", expected(), kMetadata);
 
-  const auto check = test::run_process({test::python_path(), test::python_script("reference_roundtrip.py"), "check",
-                                        dir / "ours.safetensors"});
+  const auto check = test::run_process(
+      {test::python_path(), test::python_script("reference_roundtrip.py"), "check", dir / "ours.safetensors"});
   INFO(check.out << check.err);
   REQUIRE(check.exit_code == 0);
 
-  const auto write = test::run_process({test::python_path(), test::python_script("reference_roundtrip.py"), "write",
-                                        dir / "ref.safetensors"});
+  const auto write = test::run_process(
+      {test::python_path(), test::python_script("reference_roundtrip.py"), "write", dir / "ref.safetensors"});
   INFO(write.out << write.err);
   REQUIRE(write.exit_code == 0);
 

@@ -171,8 +171,7 @@ int run_kill_trials(int trials, std::uint32_t seed) {
 
 // Default run: 25 kills (about 25 s); scripts/test.sh --slow adds the 200-kill
 // run below. RELIABILITY.md records both.
-TEST_CASE("saves killed at random moments never leave a partial checkpoint or lose a committed one",
-          "[reliability]") {
+TEST_CASE("saves killed at random moments never leave a partial checkpoint or lose a committed one", "[reliability]") {
   const int mid_save = run_kill_trials(25, 20261122);
   INFO("kills during a save: " << mid_save);
   CHECK(mid_save >= 1);
@@ -184,8 +183,7 @@ TEST_CASE("two hundred random kills mid-save leave only complete checkpoints", "
   CHECK(mid_save >= 20);
 }
 
-TEST_CASE("every file of a checkpoint damaged in every way is caught naming it and changes nothing",
-          "[reliability]") {
+TEST_CASE("every file of a checkpoint damaged in every way is caught naming it and changes nothing", "[reliability]") {
   test::TempDir dir;
   const std::string pristine = dir / "pristine";
   {
@@ -306,8 +304,7 @@ TEST_CASE("saves that hit the file size limit fail with kIOError and leave earli
   CHECK(test::checkpoint_steps(run) == std::set<std::int64_t>{1, 2});
 }
 
-TEST_CASE("saves on a full tmpfs fail at every stage and the next save after space returns succeeds",
-          "[reliability]") {
+TEST_CASE("saves on a full tmpfs fail at every stage and the next save after space returns succeeds", "[reliability]") {
   test::TempDir dir;
   const std::string mnt = dir / "disk";
   fs::create_directory(mnt);
@@ -335,7 +332,8 @@ TEST_CASE("saves on a full tmpfs fail at every stage and the next save after spa
     const std::string filler = mnt + "/filler";
     const std::uint64_t room = fs::space(mnt).available;
     if (room > free_bytes) {
-      REQUIRE(test::run_shell("fallocate -l " + std::to_string(room - free_bytes) + " '" + filler + "'").exit_code == 0);
+      REQUIRE(test::run_shell("fallocate -l " + std::to_string(room - free_bytes) + " '" + filler + "'").exit_code ==
+              0);
     }
     const SaveOutcome o = save_in_child(run, 2, "true");
     fs::remove(filler);
@@ -366,7 +364,8 @@ TEST_CASE("ten thousand adapter tensors load within the memory bounds", "[reliab
   }
   const SaveReport saved = save_safetensors(dir / "many.safetensors", file);
   LoadOptions options;
-  for (std::size_t i = 0; i < saved.tensors.size(); ++i) options.checksums[saved.tensors[i].name] = saved.tensor_checksums[i];
+  for (std::size_t i = 0; i < saved.tensors.size(); ++i)
+    options.checksums[saved.tensors[i].name] = saved.tensor_checksums[i];
   AllocationProbe probe;
   RssProbe rss;
   const TransferReport r = load_into(live, *open_tensor_source(dir / "many.safetensors"), options);

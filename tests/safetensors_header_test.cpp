@@ -41,8 +41,8 @@ const std::map<std::string, std::string> kPhraseForKind = {
 }  // namespace
 
 TEST_CASE("the header parser accepts and refuses every reference test vector as its MANIFEST says", "[safetensors]") {
-  const auto manifest =
-      nlohmann::json::parse(test::read_file(test::fixture("hf_safetensors_rust_test_vectors/MANIFEST.json")));
+  const auto manifest = nlohmann::json::parse(
+      test::read_file(test::fixture("hf_safetensors_rust_test_vectors/MANIFEST.json")));
   REQUIRE(manifest.size() >= 25);
   int accepted = 0, refused = 0;
   for (const auto& entry : manifest) {
@@ -159,9 +159,8 @@ TEST_CASE("a header length beyond the file or beyond 100 MB is refused before an
 }
 
 TEST_CASE("a zero-element tensor with a dimension past int64 is refused as not supported", "[safetensors]") {
-  const auto e = test::capture_error([&] {
-    parse(with_length(R"({"a":{"dtype":"U8","shape":[0,18446744073709551615],"data_offsets":[0,0]}})"));
-  });
+  const auto e = test::capture_error(
+      [&] { parse(with_length(R"({"a":{"dtype":"U8","shape":[0,18446744073709551615],"data_offsets":[0,0]}})")); });
   CHECK(e.code() == ErrorCode::kNotSupported);
   CHECK_THAT(e.what(), Contains("'a'"));
 }
@@ -203,11 +202,11 @@ TEST_CASE("the writer refuses duplicate and reserved names", "[safetensors]") {
   u.dtype = Dtype::kI8;  // different dtype: not adjacent after sorting
   TensorInfo v = t;
   v.name = "m";
-  CHECK(test::capture_error([&] { detail::layout_safetensors_header({t, v, u}, {}); }).code() ==
-        ErrorCode::kInvalidArgument);
+  CHECK(test::capture_error([&] {
+          detail::layout_safetensors_header({t, v, u}, {});
+        }).code() == ErrorCode::kInvalidArgument);
   t.name = "__metadata__";
-  CHECK(test::capture_error([&] { detail::layout_safetensors_header({t}, {}); }).code() ==
-        ErrorCode::kInvalidArgument);
+  CHECK(test::capture_error([&] { detail::layout_safetensors_header({t}, {}); }).code() == ErrorCode::kInvalidArgument);
 }
 
 }  // namespace lorakeep

@@ -9,8 +9,8 @@
 #include "lorakeep/safetensors.h"
 #include "lorakeep/tensor_source.h"
 #include "io/checksum.h"
-#include "test_util.h"
 #include "tensors/torch_compat.h"
+#include "test_util.h"
 
 namespace lorakeep {
 namespace {
@@ -81,7 +81,8 @@ TEST_CASE("every sample file reads and unaligned data reads correctly", "[safete
 }
 
 TEST_CASE("the arange file reads element by element", "[safetensors]") {
-  const SafetensorsFile file = SafetensorsFile::open(test::fixture("safetensors_jl/non_sharded/model.numpy.safetensors"));
+  const SafetensorsFile file = SafetensorsFile::open(
+      test::fixture("safetensors_jl/non_sharded/model.numpy.safetensors"));
   REQUIRE(file.names().size() == 27);
   for (const std::string& name : file.names()) {
     INFO(name);
@@ -133,20 +134,22 @@ TEST_CASE("F8 tensors read where LibTorch has float8 and are refused by name oth
 TEST_CASE("a view outlives the file handle it came from", "[safetensors]") {
   at::Tensor view;
   {
-    const SafetensorsFile file = SafetensorsFile::open(test::fixture("safetensors_jl/non_sharded/model.numpy.safetensors"));
+    const SafetensorsFile file = SafetensorsFile::open(
+        test::fixture("safetensors_jl/non_sharded/model.numpy.safetensors"));
     view = file.tensor("float32_357");
   }
   CHECK(view.sum().item<double>() == 104.0 * 105 / 2);
   view.mul_(2);
   CHECK(view.sum().item<double>() == 104.0 * 105);  // copy-on-write: legal, private, and the file is untouched
-  const SafetensorsFile again = SafetensorsFile::open(test::fixture("safetensors_jl/non_sharded/model.numpy.safetensors"));
+  const SafetensorsFile again = SafetensorsFile::open(
+      test::fixture("safetensors_jl/non_sharded/model.numpy.safetensors"));
   CHECK(again.tensor("float32_357").sum().item<double>() == 104.0 * 105 / 2);
 }
 
 TEST_CASE("rewriting a reference-written file reproduces its bytes", "[safetensors]") {
   test::TempDir dir;
-  const auto manifest =
-      nlohmann::json::parse(test::read_file(test::fixture("hf_safetensors_rust_test_vectors/MANIFEST.json")));
+  const auto manifest = nlohmann::json::parse(
+      test::read_file(test::fixture("hf_safetensors_rust_test_vectors/MANIFEST.json")));
   int checked = 0;
   for (const auto& entry : manifest) {
     if (entry["expected"].get<std::string>().find("golden") == std::string::npos) continue;
@@ -178,8 +181,10 @@ TEST_CASE("the writer streams strided tensors in small pieces to the same bytes"
   REQUIRE_FALSE(strided.is_contiguous());
   SaveOptions tiny;
   tiny.chunk_bytes = 64;  // forces splitting down to single rows and below
-  const SaveReport a = save_safetensors(dir / "a.safetensors", {{"w", strided}, {"s", at::scalar_tensor(3.0)}}, {}, tiny);
-  const SaveReport b = save_safetensors(dir / "b.safetensors", {{"w", strided.contiguous()}, {"s", at::scalar_tensor(3.0)}});
+  const SaveReport a = save_safetensors(dir / "a.safetensors", {{"w", strided}, {"s", at::scalar_tensor(3.0)}}, {},
+                                        tiny);
+  const SaveReport b = save_safetensors(dir / "b.safetensors",
+                                        {{"w", strided.contiguous()}, {"s", at::scalar_tensor(3.0)}});
   CHECK(test::read_file(dir / "a.safetensors") == test::read_file(dir / "b.safetensors"));
   const SafetensorsFile file = SafetensorsFile::open(dir / "a.safetensors");
   CHECK(at::equal(file.tensor("w"), strided));
@@ -212,8 +217,9 @@ TEST_CASE("a failed save removes its temp file and keeps the earlier file", "[sa
   test::TempDir dir;
   save_safetensors(dir / "x.safetensors", {{"a", at::ones({4})}});
   const std::string before = test::read_file(dir / "x.safetensors");
-  const Error e = test::capture_error(
-      [&] { save_safetensors(dir / "x.safetensors", {{"a", at::ones({4})}, {"a", at::zeros({2})}}); });
+  const Error e = test::capture_error([&] {
+    save_safetensors(dir / "x.safetensors", {{"a", at::ones({4})}, {"a", at::zeros({2})}});
+  });
   CHECK(e.code() == ErrorCode::kInvalidArgument);
   const Error missing = test::capture_error([&] { save_safetensors(dir / "no/such/dir/x.safetensors", {}); });
   CHECK(missing.code() == ErrorCode::kIOError);
@@ -231,8 +237,7 @@ TEST_CASE("opening a missing file or a directory or an LFS pointer fails with a 
   test::TempDir dir;
   CHECK(test::capture_error([&] { SafetensorsFile::open(dir / "nope.safetensors"); }).code() == ErrorCode::kNotFound);
   CHECK(test::capture_error([&] { SafetensorsFile::open(dir.path()); }).code() == ErrorCode::kInvalidArgument);
-  test::write_file(dir / "lfs.safetensors",
-                   "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n");
+  test::write_file(dir / "lfs.safetensors", "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n");
   const Error lfs = test::capture_error([&] { SafetensorsFile::open(dir / "lfs.safetensors"); });
   CHECK(lfs.code() == ErrorCode::kCorruption);
   CHECK_THAT(lfs.what(), Contains("Git LFS pointer") && Contains("git lfs pull"));

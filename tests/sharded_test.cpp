@@ -84,7 +84,8 @@ TEST_CASE("a sharded set with a missing or inconsistent shard is refused by name
   SECTION("the index is not an index") {
     test::write_file(dir / "model.safetensors.index.json", R"({"metadata":{}})");
     CHECK_THAT(open_error(dir).what(), Contains("no 'weight_map'"));
-    test::write_file(dir / "model.safetensors.index.json", R"({"weight_map":{"x":"a.safetensors","x":"b.safetensors"}})");
+    test::write_file(dir / "model.safetensors.index.json",
+                     R"({"weight_map":{"x":"a.safetensors","x":"b.safetensors"}})");
     CHECK_THAT(open_error(dir).what(), Contains("'x' twice"));
     test::write_file(dir / "model.safetensors.index.json", R"({"weight_map":{"x":1}})");
     CHECK_THAT(open_error(dir).what(), Contains("must be a file name"));
@@ -103,10 +104,10 @@ TEST_CASE("a sharded set with a missing or inconsistent shard is refused by name
 
 TEST_CASE("save_sharded splits greedily like Hugging Face and writes an index", "[sharded]") {
   test::TempDir dir;
-  NamedTensors tensors = {{"a", at::ones({10})},      // 40 bytes
-                          {"b", at::ones({10})},      // 40: a+b = 80 <= 100
-                          {"c", at::ones({10})},      // 40: would be 120 > 100, new shard
-                          {"big", at::ones({50})},    // 200 > max: a shard of its own
+  NamedTensors tensors = {{"a", at::ones({10})},    // 40 bytes
+                          {"b", at::ones({10})},    // 40: a+b = 80 <= 100
+                          {"c", at::ones({10})},    // 40: would be 120 > 100, new shard
+                          {"big", at::ones({50})},  // 200 > max: a shard of its own
                           {"d", at::ones({5}, at::kDouble)}};
   ShardOptions options;
   options.max_shard_size = 100;
@@ -124,7 +125,8 @@ TEST_CASE("save_sharded splits greedily like Hugging Face and writes an index", 
   for (const auto& [name, t] : tensors) CHECK(at::equal(src->tensor(name), t));
   CHECK(src->metadata().at("format") == "pt");
   // The index text is what huggingface_hub writes: sorted keys, indent 2.
-  CHECK(test::read_file(dir / "out/model.safetensors.index.json").rfind("{\n  \"metadata\": {\n    \"total_size\": 360\n  },\n  \"weight_map\": {\n    \"a\": ", 0) == 0);
+  CHECK(test::read_file(dir / "out/model.safetensors.index.json")
+            .rfind("{\n  \"metadata\": {\n    \"total_size\": 360\n  },\n  \"weight_map\": {\n    \"a\": ", 0) == 0);
 }
 
 TEST_CASE("save_sharded writes one file without an index when everything fits", "[sharded]") {

@@ -50,7 +50,9 @@ int skip_count() { return skips; }
 std::string fixture(const std::string& relative) { return std::string(LORAKEEP_FIXTURES_DIR) + "/" + relative; }
 std::string cli_path() { return LORAKEEP_CLI_PATH; }
 std::string python_path() { return LORAKEEP_PYTHON; }
-std::string python_script(const std::string& name) { return std::string(LORAKEEP_SOURCE_DIR) + "/tests/python/" + name; }
+std::string python_script(const std::string& name) {
+  return std::string(LORAKEEP_SOURCE_DIR) + "/tests/python/" + name;
+}
 
 ProcessResult run_process(const std::vector<std::string>& argv) {
   int out_pipe[2], err_pipe[2];

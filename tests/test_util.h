@@ -55,10 +55,10 @@ std::string python_path();
 std::string python_script(const std::string& name);
 
 struct ProcessResult {
-  int exit_code = -1;   // -1 if killed by a signal
+  int exit_code = -1;  // -1 if killed by a signal
   int signal = 0;
-  std::string out;      // stdout
-  std::string err;      // stderr
+  std::string out;  // stdout
+  std::string err;  // stderr
 };
 
 // Runs argv[0] with the given arguments (no shell), waits, collects output.

@@ -8,8 +8,8 @@
 
 #include "lorakeep/memory.h"
 #include "lorakeep/transfer.h"
-#include "tensors/pickle.h"
 #include "tensor_util.h"
+#include "tensors/pickle.h"
 #include "test_util.h"
 
 namespace lorakeep {
@@ -353,7 +353,8 @@ TEST_CASE("a torch.save archive we write reads back and a legacy one is refused 
   CHECK(at::equal(src->tensor("a"), at::arange(5, at::kFloat)));
   CHECK(src->info("b").dtype == Dtype::kF16);
   // The legacy format starts with a pickle protocol byte: 0x80 0x02 ...
-  test::write_file(dir / "legacy.bin", std::string("\x80\x02\x8a\x0a" "legacy magic"));
+  test::write_file(dir / "legacy.bin", std::string("\x80\x02\x8a\x0a"
+                                                   "legacy magic"));
   const Error legacy = test::capture_error([&] { open_tensor_source(dir / "legacy.bin"); });
   CHECK(legacy.code() == ErrorCode::kNotSupported);
   CHECK_THAT(legacy.what(), Contains("legacy") && Contains("hint"));

@@ -17,10 +17,10 @@
 #include "lorakeep/safetensors.h"
 #include "lorakeep/transfer.h"
 #include "base/file_names.h"
-#include "tensors/rng.h"
-#include "transfer/load_plan.h"
 #include "tensor_util.h"
+#include "tensors/rng.h"
 #include "test_util.h"
+#include "transfer/load_plan.h"
 
 namespace lorakeep {
 namespace {
@@ -142,10 +142,18 @@ void rewrite(const std::string& path, Edit edit) {
   std::string& first = tensors.front().first;
   at::Tensor& t = tensors.front().second;
   switch (edit) {
-    case Edit::kWrongShape: t = at::zeros({t.size(0) + 1, t.numel() / t.size(0)}, t.options()); break;
-    case Edit::kMissingKey: tensors.erase(tensors.begin()); break;
-    case Edit::kExtraKey: tensors.emplace_back(first.substr(0, first.rfind('.')) + ".extra", at::zeros({2})); break;
-    case Edit::kWrongDtype: t = at::zeros(t.sizes(), at::kLong); break;
+    case Edit::kWrongShape:
+      t = at::zeros({t.size(0) + 1, t.numel() / t.size(0)}, t.options());
+      break;
+    case Edit::kMissingKey:
+      tensors.erase(tensors.begin());
+      break;
+    case Edit::kExtraKey:
+      tensors.emplace_back(first.substr(0, first.rfind('.')) + ".extra", at::zeros({2}));
+      break;
+    case Edit::kWrongDtype:
+      t = at::zeros(t.sizes(), at::kLong);
+      break;
   }
   fs::remove(path);
   save_safetensors(path, tensors, file.metadata());
@@ -259,16 +267,15 @@ TEST_CASE("load_best_into and resume change nothing on a bad best, or load the o
     Best best;
   };
   const std::vector<Row> rows = {
-      {"flipped data byte", [](const Run& r) { flip_data_byte(in_best(r, detail::kAdapterWeightsFile)); }, Best::kFails},
+      {"flipped data byte", [](const Run& r) { flip_data_byte(in_best(r, detail::kAdapterWeightsFile)); },
+       Best::kFails},
       {"damaged header", [](const Run& r) { damage_header(in_best(r, detail::kAdapterWeightsFile)); }, Best::kFails},
       {"damaged adapter config", [](const Run& r) { test::flip_byte(in_best(r, detail::kAdapterConfigFile), 3); },
        Best::kFails},
       {"truncated adapter", [](const Run& r) { truncate_file(in_best(r, detail::kAdapterWeightsFile)); },
        Best::kLoadsStep1},
-      {"missing adapter", [](const Run& r) { fs::remove(in_best(r, detail::kAdapterWeightsFile)); },
-       Best::kLoadsStep1},
-      {"bad optimizer archive", [](const Run& r) { flip_data_byte(in_best(r, detail::kOptimizerFile)); },
-       Best::kFails},
+      {"missing adapter", [](const Run& r) { fs::remove(in_best(r, detail::kAdapterWeightsFile)); }, Best::kLoadsStep1},
+      {"bad optimizer archive", [](const Run& r) { flip_data_byte(in_best(r, detail::kOptimizerFile)); }, Best::kFails},
       {"bad trainer state", [](const Run& r) { test::flip_byte(in_best(r, detail::kTrainerStateFile), 5); },
        Best::kFails},
       {"bad rng state", [](const Run& r) { flip_data_byte(in_best(r, detail::kRngFile)); }, Best::kFails},
@@ -369,8 +376,8 @@ TEST_CASE("a file truncated after validation fails saying the model is partly wr
   detail::LoadPlan plan(live, *source, single_thread);
   fs::resize_file(path, file_size(path) - 3 * 64 * 64 * 4);  // the last three tensors gone
   const Error e = test::capture_error([&] { plan.apply(); });
-  CHECK_THAT(e.what(), Contains("PARTLY WRITTEN") && Contains("'t3'") && !Contains("'t5'") &&
-                           Contains("4 of 6 tensors reached"));
+  CHECK_THAT(e.what(),
+             Contains("PARTLY WRITTEN") && Contains("'t3'") && !Contains("'t5'") && Contains("4 of 6 tensors reached"));
   CHECK(torch::equal(live[0].second, torch::ones({64, 64})));
   CHECK(torch::equal(live[5].second, torch::zeros({64, 64})));
 }
@@ -428,7 +435,7 @@ TEST_CASE("resume holds at most one extra copy of the optimizer state while it r
   REQUIRE(ckpt.resume(*live.net, &live.adam, &state).has_value());
   INFO("optimizer state " << state_bytes << " bytes, allocator peak during resume " << probe.peak_bytes());
   CHECK(probe.peak_bytes() <= static_cast<std::int64_t>(state_bytes + (64u << 10)));  // two copies: 2 x state
-  CHECK(probe.peak_bytes() >= static_cast<std::int64_t>(state_bytes / 2));  // the probe saw the parse
+  CHECK(probe.peak_bytes() >= static_cast<std::int64_t>(state_bytes / 2));            // the probe saw the parse
 }
 
 }  // namespace lorakeep

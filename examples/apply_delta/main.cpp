@@ -8,8 +8,8 @@
 //   apply_delta --config configs/char_lm_lora.yaml [--run-dir runs/char_lm]
 #include <cstdio>
 
-#include <CLI/CLI.hpp>
 #include <boost/filesystem.hpp>
+#include <CLI/CLI.hpp>
 
 #include "lorakeep/lorakeep.h"
 #include "model.h"
@@ -47,7 +47,8 @@ int main(int argc, char** argv) {
     lorakeep::load_into(*model, *lorakeep::open_tensor_source(base));
     lorakeep::LoadOptions add;
     add.chunk_bytes = run.transfer.chunk_bytes;
-    const lorakeep::TransferReport report = lorakeep::apply_delta(*model, *lorakeep::open_tensor_source(delta), 1.0, add);
+    const lorakeep::TransferReport report = lorakeep::apply_delta(*model, *lorakeep::open_tensor_source(delta), 1.0,
+                                                                  add);
     std::printf("3. applied in place to a live base model: %s\n", report.summary().c_str());
 
     const auto want = lorakeep::open_tensor_source(tuned);

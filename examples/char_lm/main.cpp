@@ -11,8 +11,8 @@
 #include <iostream>
 #include <thread>
 
-#include <CLI/CLI.hpp>
 #include <boost/filesystem.hpp>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "lorakeep/lorakeep.h"
@@ -67,8 +67,9 @@ class Progress : public lorakeep::Callback {
     char line[200];
     std::string eval = s.last_metrics.count(key_) ? std::to_string(s.last_metrics.at(key_)).substr(0, 6) : "-";
     const std::string best = best_ ? std::to_string(*best_).substr(0, 6) + " @" + std::to_string(best_step_) : "-";
-    std::snprintf(line, sizeof line, "  step %5lld/%lld  loss %.4f  %s %s  best %s", static_cast<long long>(s.global_step),
-                  static_cast<long long>(s.max_steps), loss, key_.c_str(), eval.c_str(), best.c_str());
+    std::snprintf(line, sizeof line, "  step %5lld/%lld  loss %.4f  %s %s  best %s",
+                  static_cast<long long>(s.global_step), static_cast<long long>(s.max_steps), loss, key_.c_str(),
+                  eval.c_str(), best.c_str());
     if (tty_) {
       std::printf("\r%-90s", line);
       std::fflush(stdout);
@@ -139,8 +140,8 @@ int main(int argc, char** argv) {
       for (int step = 1; step <= t.base_steps; ++step) {
         auto [x, y] = char_lm::random_batch(base_text.train, t.batch_size, block);
         opt.zero_grad();
-        const torch::Tensor loss =
-            torch::cross_entropy_loss(model->forward(x).view({-1, char_lm::kVocab}), y.view({-1}));
+        const torch::Tensor loss = torch::cross_entropy_loss(model->forward(x).view({-1, char_lm::kVocab}),
+                                                             y.view({-1}));
         loss.backward();
         clip(model->parameters(), t.max_grad_norm);
         opt.step();
@@ -171,14 +172,13 @@ int main(int argc, char** argv) {
     std::printf("== LoRA r=%d alpha=%g on %zu tensors (%lld trainable parameters), %d steps on %zu text(s), %s\n",
                 run.lora.r, run.lora.lora_alpha, trainable_names.size(), static_cast<long long>(n_trainable),
                 t.max_steps, run.data.finetune_texts.size(), mib(static_cast<double>(tune_text.bytes)).c_str());
-    torch::optim::AdamW opt(trainable,
-                            torch::optim::AdamWOptions(t.learning_rate).weight_decay(t.weight_decay));
+    torch::optim::AdamW opt(trainable, torch::optim::AdamWOptions(t.learning_rate).weight_decay(t.weight_decay));
     lorakeep::CheckpointManager ckpt(run.checkpoint);
     lorakeep::CallbackList callbacks;
     callbacks.add(std::make_shared<lorakeep::CheckpointCallback>(ckpt, *model, run.lora, &opt));
     if (t.early_stopping_patience > 0) {
-      callbacks.add(std::make_shared<lorakeep::EarlyStopping>(ckpt, t.early_stopping_patience,
-                                                              t.early_stopping_threshold));
+      callbacks.add(
+          std::make_shared<lorakeep::EarlyStopping>(ckpt, t.early_stopping_patience, t.early_stopping_threshold));
     }
     callbacks.add(std::make_shared<lorakeep::MetricsLogger>(out + "/metrics.jsonl"));
     auto tracker = std::make_shared<SaveTracker>();
@@ -193,7 +193,8 @@ int main(int argc, char** argv) {
     const double tokens_per_epoch = static_cast<double>(tune_text.train.size(0));
     state.num_train_epochs = std::ceil(static_cast<double>(t.max_steps) * t.batch_size * block / tokens_per_epoch);
     if (resume) {
-      if (auto from = ckpt.resume(*model, &opt, &state)) std::printf("   resumed at step %lld\n", static_cast<long long>(from->step));
+      if (auto from = ckpt.resume(*model, &opt, &state))
+        std::printf("   resumed at step %lld\n", static_cast<long long>(from->step));
     }
     const auto t1 = Clock::now();
     callbacks.on_train_begin(state);
@@ -211,7 +212,9 @@ int main(int argc, char** argv) {
       if (run.checkpoint.logging_steps > 0 && state.global_step % run.checkpoint.logging_steps == 0) {
         state.log({{"loss", loss.item<double>()}, {"learning_rate", t.learning_rate}, {"grad_norm", grad_norm}});
       }
-      const bool go = callbacks.end_step(state, [&] { return lorakeep::Metrics{{ckpt.metric_key(), eval_on(tune_text.val)}}; });
+      const bool go = callbacks.end_step(state, [&] {
+        return lorakeep::Metrics{{ckpt.metric_key(), eval_on(tune_text.val)}};
+      });
       if (!go) {
         std::printf("\n   early stopping after step %lld\n", static_cast<long long>(state.global_step));
         break;
@@ -229,8 +232,9 @@ int main(int argc, char** argv) {
     std::printf("== fine-tuning took %.0f s, %lld steps\n", train_seconds, static_cast<long long>(state.global_step));
     std::printf("best checkpoint: %s, %s %.6f: the lowest of %zu evaluations (smaller is better for a loss)\n",
                 best->path.c_str(), ckpt.metric_key().c_str(), recorded,
-                static_cast<std::size_t>(std::count_if(state.log_history.begin(), state.log_history.end(),
-                                                       [&](const lorakeep::Metrics& m) { return m.count(ckpt.metric_key()) != 0; })));
+                static_cast<std::size_t>(
+                    std::count_if(state.log_history.begin(), state.log_history.end(),
+                                  [&](const lorakeep::Metrics& m) { return m.count(ckpt.metric_key()) != 0; })));
     std::printf("eval loss on the fine-tuning text: base model %.4f -> fine-tuned %.4f\n", base_on_tune, recorded);
     std::printf("reloaded at the end: %s read in %.2f ms; extra bytes on the parameters' allocator %lld "
                 "(the naive full temporary copy: %s); extra process RSS %s\n",
@@ -270,16 +274,22 @@ int main(int argc, char** argv) {
     char_lm::write_report(out + "/report.html", data);
     std::printf("run report: %s/report.html\n", out.c_str());
 
-    nlohmann::json summary = {
-        {"best_step", best->step},          {"best_metric", recorded},
-        {"live_metric_after_reload", live}, {"base_eval_loss_finetune_text", base_on_tune},
-        {"base_eval_loss_base_text", base_on_base},
-        {"steps", state.global_step},       {"saved_steps", tracker->saved},
-        {"kept_steps", std::vector<std::int64_t>(data.kept_steps.begin(), data.kept_steps.end())},
-        {"reload", {{"bytes", report->bytes}, {"seconds", report->seconds},
-                    {"peak_device_bytes", report->peak_device_bytes}, {"peak_rss_bytes", report->peak_rss_bytes},
-                    {"naive_device_bytes", report->naive_device_bytes}}},
-        {"adapter", adapter_dir},           {"report", out + "/report.html"}};
+    nlohmann::json summary = {{"best_step", best->step},
+                              {"best_metric", recorded},
+                              {"live_metric_after_reload", live},
+                              {"base_eval_loss_finetune_text", base_on_tune},
+                              {"base_eval_loss_base_text", base_on_base},
+                              {"steps", state.global_step},
+                              {"saved_steps", tracker->saved},
+                              {"kept_steps", std::vector<std::int64_t>(data.kept_steps.begin(), data.kept_steps.end())},
+                              {"reload",
+                               {{"bytes", report->bytes},
+                                {"seconds", report->seconds},
+                                {"peak_device_bytes", report->peak_device_bytes},
+                                {"peak_rss_bytes", report->peak_rss_bytes},
+                                {"naive_device_bytes", report->naive_device_bytes}}},
+                              {"adapter", adapter_dir},
+                              {"report", out + "/report.html"}};
     std::FILE* f = std::fopen((out + "/run_summary.json").c_str(), "w");
     if (f != nullptr) {
       const std::string text = summary.dump(2) + "\n";

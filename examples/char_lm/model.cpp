@@ -66,9 +66,9 @@ std::string CharLMImpl::generate(const std::string& prompt, int count, double te
     const std::size_t start = ids.size() > static_cast<std::size_t>(settings.block_size)
                                   ? ids.size() - static_cast<std::size_t>(settings.block_size)
                                   : 0;
-    const torch::Tensor ctx =
-        torch::tensor(std::vector<std::int64_t>(ids.begin() + static_cast<std::ptrdiff_t>(start), ids.end()))
-            .unsqueeze(0);
+    const torch::Tensor ctx = torch::tensor(std::vector<std::int64_t>(ids.begin() + static_cast<std::ptrdiff_t>(start),
+                                                                      ids.end()))
+                                  .unsqueeze(0);
     const torch::Tensor logits = forward(ctx).select(1, ctx.size(1) - 1).squeeze(0) / temperature;
     const std::int64_t next = torch::multinomial(torch::softmax(logits, -1), 1).item<std::int64_t>();
     ids.push_back(next);
@@ -83,13 +83,15 @@ Corpus load_corpus(const std::vector<std::string>& paths, double validation_frac
     std::ifstream in(path, std::ios::binary);
     if (!in) {
       throw lorakeep::Error(lorakeep::ErrorCode::kNotFound,
-                            "cannot read text '" + path + "' (hint: scripts/install-deps.sh installs the 'fortunes' "
-                            "package that provides it)");
+                            "cannot read text '" + path +
+                                "' (hint: scripts/install-deps.sh installs the 'fortunes' "
+                                "package that provides it)");
     }
     std::stringstream ss;
     ss << in.rdbuf();
     const std::string text = ss.str();
-    const std::size_t split = text.size() - static_cast<std::size_t>(static_cast<double>(text.size()) * validation_fraction);
+    const std::size_t split = text.size() -
+                              static_cast<std::size_t>(static_cast<double>(text.size()) * validation_fraction);
     train += text.substr(0, split);
     val += text.substr(split);
   }

@@ -15,10 +15,18 @@ std::string escape(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20 && c != '\n' && c != '\t') out += ' ';
         else out += c;
@@ -44,8 +52,10 @@ std::string chart(const ReportData& d) {
   for (const auto& e : d.log_history) {
     auto step = e.find("step");
     if (step == e.end()) continue;
-    if (auto it = e.find("loss"); it != e.end() && std::isfinite(it->second)) train.push_back({step->second, it->second});
-    if (auto it = e.find(d.metric); it != e.end() && std::isfinite(it->second)) eval.push_back({step->second, it->second});
+    if (auto it = e.find("loss"); it != e.end() && std::isfinite(it->second))
+      train.push_back({step->second, it->second});
+    if (auto it = e.find(d.metric); it != e.end() && std::isfinite(it->second))
+      eval.push_back({step->second, it->second});
   }
   if (train.empty() && eval.empty()) return "<p>No losses were logged.</p>";
   double x1 = 1, y0 = 1e9, y1 = -1e9;
@@ -87,10 +97,18 @@ std::string chart(const ReportData& d) {
     const bool kept = d.kept_steps.count(step) != 0;
     const bool best = d.best_step && *d.best_step == step;
     const char* colour = best ? "#d4a017" : kept ? "#2a7" : "#bbb";
-    svg << "<line class='" << (best ? "best" : kept ? "kept" : "rotated") << "' x1='" << sx(static_cast<double>(step))
-        << "' x2='" << sx(static_cast<double>(step)) << "' y1='" << T << "' y2='" << H - B << "' stroke='" << colour
-        << "' stroke-width='" << (best ? 3 : 1.5) << "'" << (kept || best ? "" : " stroke-dasharray='4 3'") << ">"
-        << "<title>checkpoint-" << step << (best ? " (best)" : kept ? " (kept)" : " (rotated away)") << "</title></line>\n";
+    svg << "<line class='"
+        << (best   ? "best"
+            : kept ? "kept"
+                   : "rotated")
+        << "' x1='" << sx(static_cast<double>(step)) << "' x2='" << sx(static_cast<double>(step)) << "' y1='" << T
+        << "' y2='" << H - B << "' stroke='" << colour << "' stroke-width='" << (best ? 3 : 1.5) << "'"
+        << (kept || best ? "" : " stroke-dasharray='4 3'") << ">"
+        << "<title>checkpoint-" << step
+        << (best   ? " (best)"
+            : kept ? " (kept)"
+                   : " (rotated away)")
+        << "</title></line>\n";
   }
   auto polyline = [&](const std::vector<Point>& pts, const char* colour, const char* label) {
     if (pts.empty()) return;
@@ -148,22 +166,26 @@ void write_report(const std::string& path, const ReportData& d) {
     const bool best = d.best_step && *d.best_step == step;
     h << "<tr" << (best ? " style='font-weight:bold;background:#fff6d5'" : "") << "><td>checkpoint-" << step
       << "</td><td>" << value << "</td><td>"
-      << (best ? "best (kept)" : d.kept_steps.count(step) ? "kept" : "rotated away") << "</td></tr>\n";
+      << (best                       ? "best (kept)"
+          : d.kept_steps.count(step) ? "kept"
+                                     : "rotated away")
+      << "</td></tr>\n";
   }
   h << "</table>\n";
   if (d.best_step) {
     h << "<p id='best'>Best checkpoint: <b>checkpoint-" << *d.best_step << "</b>, the lowest " << escape(d.metric)
-      << ". The base model scored " << num(d.base_eval_loss) << " on the fine-tuning text (" << num(d.base_eval_loss_base_text)
-      << " on its own); after the reload the live model scores " << num(d.live_eval_loss, "%.6f") << ".</p>\n";
+      << ". The base model scored " << num(d.base_eval_loss) << " on the fine-tuning text ("
+      << num(d.base_eval_loss_base_text) << " on its own); after the reload the live model scores "
+      << num(d.live_eval_loss, "%.6f") << ".</p>\n";
   }
   h << "<h2>Reload at the end of training</h2>\n<table>"
     << "<tr><td>adapter bytes read</td><td>" << mib(static_cast<double>(d.reload_bytes)) << "</td></tr>"
     << "<tr><td>time</td><td>" << num(d.reload_seconds * 1000, "%.2f") << " ms</td></tr>"
     << "<tr><td>peak extra bytes on the parameters' allocator</td><td>" << d.reload_peak_device_bytes << " B</td></tr>"
-    << "<tr><td>what a full temporary copy would have allocated</td><td>" << mib(static_cast<double>(d.naive_device_bytes))
-    << "</td></tr>"
-    << "<tr><td>peak extra process RSS</td><td>" << mib(static_cast<double>(std::max<std::int64_t>(0, d.reload_peak_rss_bytes)))
-    << "</td></tr></table>\n";
+    << "<tr><td>what a full temporary copy would have allocated</td><td>"
+    << mib(static_cast<double>(d.naive_device_bytes)) << "</td></tr>"
+    << "<tr><td>peak extra process RSS</td><td>"
+    << mib(static_cast<double>(std::max<std::int64_t>(0, d.reload_peak_rss_bytes))) << "</td></tr></table>\n";
   h << "<h2>A sample from the fine-tuned model</h2>\n<pre>" << escape(d.sample) << "</pre>\n</body></html>\n";
   const std::string text = h.str();
   const std::string tmp = path + ".tmp";

@@ -43,9 +43,7 @@ class Callback {
   // state.should_evaluate / should_save / should_stop here.
   virtual void on_step_end(TrainingState& state) { (void)state; }
   // After an evaluation; `metrics` are also in state.last_metrics.
-  virtual void on_evaluate(TrainingState& state, const Metrics& metrics) {
-    (void)state, (void)metrics;
-  }
+  virtual void on_evaluate(TrainingState& state, const Metrics& metrics) { (void)state, (void)metrics; }
   // The callback that owns checkpoints writes one when state.should_save is
   // set and returns it; everyone else returns nullopt.
   virtual std::optional<CheckpointInfo> save(TrainingState& state) {

@@ -30,7 +30,7 @@ namespace lorakeep {
 // A committed checkpoint.
 struct CheckpointInfo {
   std::int64_t step = 0;
-  std::string path;              // <output_dir>/checkpoint-<step>
+  std::string path;  // <output_dir>/checkpoint-<step>
   double epoch = 0;
   Metrics metrics;               // the evaluation at that step (empty if none)
   std::optional<double> metric;  // metrics[metric_key], if evaluated

@@ -30,11 +30,11 @@ struct TransferSettings {
 
 // The model of examples/char_lm: a small character-level transformer.
 struct ModelSettings {
-  int n_layer = 2;          // transformer blocks
-  int n_head = 4;           // attention heads
-  int n_embd = 128;         // embedding width (a multiple of n_head)
-  int block_size = 64;      // context length in characters
-  double dropout = 0.1;     // in attention and MLP outputs
+  int n_layer = 2;       // transformer blocks
+  int n_head = 4;        // attention heads
+  int n_embd = 128;      // embedding width (a multiple of n_head)
+  int block_size = 64;   // context length in characters
+  double dropout = 0.1;  // in attention and MLP outputs
 };
 
 // The texts of examples/char_lm: real text from files installed by Debian
@@ -49,16 +49,16 @@ struct DataSettings {
 struct TrainingSettings {
   std::uint64_t seed = 1234;
   int batch_size = 32;
-  int base_steps = 300;              // training the base model from scratch
+  int base_steps = 300;  // training the base model from scratch
   double base_learning_rate = 3e-3;
-  int max_steps = 400;               // LoRA fine-tuning steps
+  int max_steps = 400;  // LoRA fine-tuning steps
   double learning_rate = 2e-3;
   double weight_decay = 0.0;
-  double max_grad_norm = 1.0;        // 0: no clipping
-  int eval_batches = 8;              // batches per evaluation
-  int early_stopping_patience = 0;   // 0: no early stopping
+  double max_grad_norm = 1.0;       // 0: no clipping
+  int eval_batches = 8;             // batches per evaluation
+  int early_stopping_patience = 0;  // 0: no early stopping
   double early_stopping_threshold = 0.0;
-  int sample_chars = 240;            // characters generated at the end
+  int sample_chars = 240;  // characters generated at the end
   double sample_temperature = 0.8;
 };
 

@@ -17,8 +17,8 @@ namespace lorakeep {
 // sorts tensors by this order, descending, then by name. Do not reorder.
 enum class Dtype : std::uint8_t {
   kBool,
-  kF4,       // 4-bit float (E2M1), two per byte
-  kF6E2M3,   // 6-bit floats, four per three bytes
+  kF4,      // 4-bit float (E2M1), two per byte
+  kF6E2M3,  // 6-bit floats, four per three bytes
   kF6E3M2,
   kU8,
   kI8,

@@ -169,7 +169,7 @@ LoraConfig read_adapter_config(const std::string& dir);
 
 struct MergeLoraOptions {
   // behaviour
-  std::optional<Dtype> dtype;                                         // output dtype; default: each base tensor's
+  std::optional<Dtype> dtype;                                        // output dtype; default: each base tensor's
   std::map<std::string, std::string> metadata = {{"format", "pt"}};  // of every output shard
   // performance
   ShardOptions shards;

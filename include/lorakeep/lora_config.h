@@ -17,26 +17,26 @@ namespace lorakeep {
 
 struct LoraConfig {
   // behaviour: PEFT's field names and defaults
-  int r = 8;                                   // rank
-  double lora_alpha = 8;                       // scaling = lora_alpha / r (or / sqrt(r) with use_rslora)
-  double lora_dropout = 0.0;                   // dropout on the LoRA path's input, in training mode
-  std::vector<std::string> target_modules;     // module paths, matched exactly or by their last components...
-  std::string target_modules_regex;            // ...or one regular expression matched against the full path
-  std::vector<std::string> exclude_modules;    // the same two forms, for modules never to adapt
+  int r = 8;                                 // rank
+  double lora_alpha = 8;                     // scaling = lora_alpha / r (or / sqrt(r) with use_rslora)
+  double lora_dropout = 0.0;                 // dropout on the LoRA path's input, in training mode
+  std::vector<std::string> target_modules;   // module paths, matched exactly or by their last components...
+  std::string target_modules_regex;          // ...or one regular expression matched against the full path
+  std::vector<std::string> exclude_modules;  // the same two forms, for modules never to adapt
   std::string exclude_modules_regex;
-  bool fan_in_fan_out = false;                 // base weights stored [in, out] (GPT-2's Conv1D)
-  bool use_rslora = false;                     // scaling = lora_alpha / sqrt(r)
-  std::vector<std::string> modules_to_save;    // modules trained and saved whole (e.g. a classifier head)
-  std::vector<int> layers_to_transform;        // only these layer indices (empty: all)
-  std::vector<std::string> layers_pattern;     // the name of the layer list, e.g. "layers" (empty: any)
-  std::vector<std::pair<std::string, int>> rank_pattern;      // path pattern -> r, first match wins
+  bool fan_in_fan_out = false;                            // base weights stored [in, out] (GPT-2's Conv1D)
+  bool use_rslora = false;                                // scaling = lora_alpha / sqrt(r)
+  std::vector<std::string> modules_to_save;               // modules trained and saved whole (e.g. a classifier head)
+  std::vector<int> layers_to_transform;                   // only these layer indices (empty: all)
+  std::vector<std::string> layers_pattern;                // the name of the layer list, e.g. "layers" (empty: any)
+  std::vector<std::pair<std::string, int>> rank_pattern;  // path pattern -> r, first match wins
   std::vector<std::pair<std::string, double>> alpha_pattern;  // path pattern -> lora_alpha
-  std::string init_lora_weights = "true";      // "true" (A Kaiming-uniform, B zero), "false", "gaussian"
-  std::string bias = "none";                   // only "none" is supported
-  std::optional<std::string> task_type;        // "CAUSAL_LM", "SEQ_CLS", ... (informational)
+  std::string init_lora_weights = "true";                     // "true" (A Kaiming-uniform, B zero), "false", "gaussian"
+  std::string bias = "none";                                  // only "none" is supported
+  std::optional<std::string> task_type;                       // "CAUSAL_LM", "SEQ_CLS", ... (informational)
   std::optional<std::string> base_model_name_or_path;
   std::optional<std::string> revision;
-  bool inference_mode = false;                 // saved adapters say true, as PEFT's do
+  bool inference_mode = false;  // saved adapters say true, as PEFT's do
 };
 
 // Reads adapter_config.json text. Unknown keys are tolerated (logged at debug

@@ -42,8 +42,8 @@ class AllocationProbe {
 
  private:
   c10::Device device_;
-  int slot_ = -1;               // CPU: index into the probe table
-  std::int64_t base_ = 0;       // CUDA: allocated bytes at creation
+  int slot_ = -1;          // CPU: index into the probe table
+  std::int64_t base_ = 0;  // CUDA: allocated bytes at creation
   std::int64_t cuda_peak_at_start_ = 0;
 };
 

@@ -30,15 +30,15 @@ using MergeProgress = std::function<void(std::size_t, std::size_t, std::uint64_t
 
 struct MergeDeltaOptions {
   // behaviour
-  double scale = 1.0;              // output = base + scale * delta
-  std::optional<Dtype> dtype;      // output dtype; default: each base tensor's
-  bool allow_missing = false;      // base tensors the delta lacks are copied unchanged
-  bool allow_new = false;          // delta tensors the base lacks are written as scale * delta
-  bool allow_grow = false;         // a delta larger in dim 0 (added vocabulary): base adds into its leading rows
+  double scale = 1.0;          // output = base + scale * delta
+  std::optional<Dtype> dtype;  // output dtype; default: each base tensor's
+  bool allow_missing = false;  // base tensors the delta lacks are copied unchanged
+  bool allow_new = false;      // delta tensors the base lacks are written as scale * delta
+  bool allow_grow = false;     // a delta larger in dim 0 (added vocabulary): base adds into its leading rows
   std::map<std::string, std::string> metadata = {{"format", "pt"}};  // of every output shard
   // performance
-  ShardOptions shards;             // output shard size and names
-  MergeProgress progress;          // optional
+  ShardOptions shards;     // output shard size and names
+  MergeProgress progress;  // optional
 };
 
 struct MakeDeltaOptions {
@@ -48,9 +48,9 @@ struct MakeDeltaOptions {
   // of times smaller than the base value it replaced; make_delta_files counts
   // any element that would not come back exactly).
   std::optional<Dtype> dtype;
-  bool allow_missing = false;      // base tensors the tuned model lacks are left out
-  bool allow_new = false;          // tuned tensors the base lacks are stored whole
-  bool allow_grow = false;         // a tuned tensor larger in dim 0 than the base's
+  bool allow_missing = false;  // base tensors the tuned model lacks are left out
+  bool allow_new = false;      // tuned tensors the base lacks are stored whole
+  bool allow_grow = false;     // a tuned tensor larger in dim 0 than the base's
   std::map<std::string, std::string> metadata = {{"format", "pt"}};
   // performance
   ShardOptions shards;

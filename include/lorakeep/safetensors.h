@@ -105,8 +105,8 @@ struct SaveOptions {
 struct SaveReport {
   std::string path;
   std::uint64_t file_size = 0;
-  std::uint64_t file_checksum = 0;            // XXH3-64 of the whole file
-  std::vector<TensorInfo> tensors;            // in file order
+  std::uint64_t file_checksum = 0;              // XXH3-64 of the whole file
+  std::vector<TensorInfo> tensors;              // in file order
   std::vector<std::uint64_t> tensor_checksums;  // XXH3-64 of each tensor's bytes, same order
   double seconds = 0;
 };
@@ -121,7 +121,6 @@ struct SaveReport {
 // for a dtype safetensors lacks, Error(kIOError) naming the path on I/O
 // failure (the temp file is removed).
 SaveReport save_safetensors(const std::string& path, const NamedTensors& tensors,
-                            const std::map<std::string, std::string>& metadata = {},
-                            const SaveOptions& options = {});
+                            const std::map<std::string, std::string>& metadata = {}, const SaveOptions& options = {});
 
 }  // namespace lorakeep

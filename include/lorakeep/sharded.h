@@ -19,7 +19,7 @@ struct ShardOptions {
   std::uint64_t max_shard_size = 5'000'000'000;  // bytes of tensor data per shard (HF's "5GB")
   std::string base_name = "model";               // model-00001-of-0000N.safetensors, model.safetensors.index.json
   // performance
-  std::uint64_t chunk_bytes = 64ull << 20;       // host staging per piece
+  std::uint64_t chunk_bytes = 64ull << 20;  // host staging per piece
 };
 
 struct ShardedSaveReport {

@@ -54,8 +54,7 @@ class TensorSource {
 
   // Drops the host pages holding bytes [begin, end) of `name` once a reader
   // is done with them (the whole tensor by default).
-  virtual void release(const std::string& name, std::uint64_t begin = 0,
-                       std::uint64_t end = UINT64_MAX) const {
+  virtual void release(const std::string& name, std::uint64_t begin = 0, std::uint64_t end = UINT64_MAX) const {
     (void)name, (void)begin, (void)end;
   }
   // Hints that `name` is about to be read.

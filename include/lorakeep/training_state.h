@@ -18,17 +18,17 @@ using Metrics = std::map<std::string, double>;
 // Not thread-safe: owned by the training loop.
 struct TrainingState {
   // progress
-  std::int64_t global_step = 0;     // optimizer steps done
-  double epoch = 0;                 // fractional epochs done, as Trainer counts them
-  std::int64_t max_steps = 0;       // planned steps (informational)
-  double num_train_epochs = 0;      // planned epochs (informational)
+  std::int64_t global_step = 0;  // optimizer steps done
+  double epoch = 0;              // fractional epochs done, as Trainer counts them
+  std::int64_t max_steps = 0;    // planned steps (informational)
+  double num_train_epochs = 0;   // planned epochs (informational)
   std::int64_t train_batch_size = 0;
   std::int64_t num_input_tokens_seen = 0;
   double total_flos = 0;
 
   // history
-  std::vector<Metrics> log_history;   // in order, each with "step" and "epoch"
-  Metrics last_metrics;               // the latest evaluation
+  std::vector<Metrics> log_history;     // in order, each with "step" and "epoch"
+  Metrics last_metrics;                 // the latest evaluation
   std::int64_t last_metrics_step = -1;  // the step it was made at
 
   // best, kept by the checkpoint manager (by step, never by path)

@@ -40,7 +40,8 @@ struct LoadOptions {
   bool strict = true;                 // every source tensor needs a target and every target a source
   std::string strip_prefix;           // removed from source names that start with it ("base_model.model.")
   std::string add_prefix;             // then put in front of every source name
-  bool verify_checksums = true;       // with `checksums`: every tensor loaded must have one and match it, checked before anything is touched
+  bool verify_checksums =
+      true;  // with `checksums`: every tensor loaded must have one and match it, checked before anything is touched
   std::map<std::string, std::uint64_t> checksums;  // source name -> XXH3-64 of its stored bytes
   // performance
   std::uint64_t chunk_bytes = 64ull << 20;  // piece size of host staging; bounds extra memory
@@ -48,16 +49,16 @@ struct LoadOptions {
 
 // What a load did and what it cost.
 struct TransferReport {
-  std::string source;                   // path of the source
-  std::string device;                   // device of the targets: "cpu", "cuda:0", "mixed"
-  std::size_t tensors = 0;              // tensors applied
-  std::uint64_t bytes = 0;              // source bytes read
-  double seconds = 0;                   // plan + verify + apply
-  double verify_seconds = 0;            // of which checksum verification
-  double gb_per_s = 0;                  // bytes / seconds / 1e9
-  std::int64_t peak_device_bytes = -1;  // extra bytes on the targets' allocator (-1: not measurable)
-  std::int64_t peak_rss_bytes = -1;     // extra process RSS, sampled as the load goes (-1: unreadable)
-  std::uint64_t naive_device_bytes = 0; // what a full temporary copy on the device would have taken
+  std::string source;                    // path of the source
+  std::string device;                    // device of the targets: "cpu", "cuda:0", "mixed"
+  std::size_t tensors = 0;               // tensors applied
+  std::uint64_t bytes = 0;               // source bytes read
+  double seconds = 0;                    // plan + verify + apply
+  double verify_seconds = 0;             // of which checksum verification
+  double gb_per_s = 0;                   // bytes / seconds / 1e9
+  std::int64_t peak_device_bytes = -1;   // extra bytes on the targets' allocator (-1: not measurable)
+  std::int64_t peak_rss_bytes = -1;      // extra process RSS, sampled as the load goes (-1: unreadable)
+  std::uint64_t naive_device_bytes = 0;  // what a full temporary copy on the device would have taken
 
   // "loaded 24 tensors (1.2 MiB) from '...' in 0.010 s (0.12 GB/s); ..."
   std::string summary() const;

@@ -33,9 +33,8 @@ std::shared_ptr<spdlog::logger> logger() {
 }  // namespace detail
 
 void set_log_level(LogLevel level) {
-  static const spdlog::level::level_enum kLevels[] = {
-      spdlog::level::trace, spdlog::level::debug, spdlog::level::info,
-      spdlog::level::warn,  spdlog::level::err,   spdlog::level::off};
+  static const spdlog::level::level_enum kLevels[] = {spdlog::level::trace, spdlog::level::debug, spdlog::level::info,
+                                                      spdlog::level::warn,  spdlog::level::err,   spdlog::level::off};
   detail::logger()->set_level(kLevels[static_cast<int>(level)]);
 }
 

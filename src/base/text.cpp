@@ -25,10 +25,16 @@ bool parse_byte_size(std::string_view text, std::uint64_t* bytes) {
   }
   std::string unit(text.substr(i));
   for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  static const std::pair<const char*, std::uint64_t> kUnits[] = {
-      {"", 1},          {"B", 1},          {"KB", 1000ull},     {"MB", 1000ull * 1000},
-      {"GB", 1000ull * 1000 * 1000},       {"TB", 1000ull * 1000 * 1000 * 1000},
-      {"KIB", 1ull << 10}, {"MIB", 1ull << 20}, {"GIB", 1ull << 30}, {"TIB", 1ull << 40}};
+  static const std::pair<const char*, std::uint64_t> kUnits[] = {{"", 1},
+                                                                 {"B", 1},
+                                                                 {"KB", 1000ull},
+                                                                 {"MB", 1000ull * 1000},
+                                                                 {"GB", 1000ull * 1000 * 1000},
+                                                                 {"TB", 1000ull * 1000 * 1000 * 1000},
+                                                                 {"KIB", 1ull << 10},
+                                                                 {"MIB", 1ull << 20},
+                                                                 {"GIB", 1ull << 30},
+                                                                 {"TIB", 1ull << 40}};
   for (const auto& [name, scale] : kUnits) {
     if (unit == name) return !__builtin_mul_overflow(value, scale, bytes);
   }

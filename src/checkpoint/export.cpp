@@ -22,10 +22,10 @@ void copy_verified(const std::string& from, const std::string& to, const FileEnt
     out.append(data, n);
   });
   if (out.size() != expected.size || hash.digest() != expected.xxh3) {
-    throw Error(ErrorCode::kCorruption, "checkpoint file '" + from + "' does not match its manifest (size " +
-                                            std::to_string(out.size()) + ", checksum " + format_checksum(hash.digest()) +
-                                            "; expected " + std::to_string(expected.size) + ", " +
-                                            format_checksum(expected.xxh3) + ")");
+    throw Error(ErrorCode::kCorruption,
+                "checkpoint file '" + from + "' does not match its manifest (size " + std::to_string(out.size()) +
+                    ", checksum " + format_checksum(hash.digest()) + "; expected " + std::to_string(expected.size) +
+                    ", " + format_checksum(expected.xxh3) + ")");
   }
   out.sync();
   out.close();
@@ -40,8 +40,7 @@ void export_adapter(const std::string& checkpoint_dir, const Manifest& manifest,
     if (entry == manifest.files.end()) {
       throw Error(ErrorCode::kCorruption, "the manifest of '" + checkpoint_dir + "' does not list " + name);
     }
-    copy_verified((fs::path(checkpoint_dir) / name).string(), (fs::path(staged.path()) / name).string(),
-                  entry->second);
+    copy_verified((fs::path(checkpoint_dir) / name).string(), (fs::path(staged.path()) / name).string(), entry->second);
   }
   staged.publish(/*replace=*/true);
 }

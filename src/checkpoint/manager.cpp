@@ -5,9 +5,9 @@
 #include <ctime>
 #include <exception>
 #include <map>
+#include <sstream>
 #include <type_traits>
 #include <utility>
-#include <sstream>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -19,15 +19,15 @@
 #include "lorakeep/lora.h"
 #include "lorakeep/version.h"
 #include "base/file_names.h"
+#include "base/logging.h"
 #include "checkpoint/manifest.h"
 #include "checkpoint/policy.h"
 #include "checkpoint/run_dir.h"
 #include "checkpoint/trainer_state.h"
-#include "io/read_file.h"
 #include "io/atomic_file.h"
 #include "io/checksum.h"
 #include "io/dir_lock.h"
-#include "base/logging.h"
+#include "io/read_file.h"
 #include "lora/adapter.h"
 #include "tensors/rng.h"
 #include "tensors/safetensors_writer.h"
@@ -128,8 +128,8 @@ void write_checkpoint_files(const std::string& tmp, const CheckpointOptions& opt
                                                    detail::SafetensorsWriter::Mode::kDirect, 1 << 20);
     manifest.files[detail::kRngFile] = {r.file_size, r.file_checksum};
   }
-  manifest.files[detail::kTrainerStateFile] =
-      write_synced(join(tmp, detail::kTrainerStateFile), detail::format_trainer_state(state, options));
+  manifest.files[detail::kTrainerStateFile] = write_synced(join(tmp, detail::kTrainerStateFile),
+                                                           detail::format_trainer_state(state, options));
   write_synced(join(tmp, detail::kManifestFile), detail::format_manifest(manifest));
 }
 
@@ -293,7 +293,7 @@ std::optional<CheckpointInfo> CheckpointManager::latest() const {
 }
 
 detail::AdapterLoad CheckpointManager::Impl::prepare_adapter(const std::string& dir, const detail::Manifest& manifest,
-                                                            torch::nn::Module& module) const {
+                                                             torch::nn::Module& module) const {
   // Each byte of the checkpoint is checked once, before anything is written:
   // the adapter's tensors against their own checksums, in the transfer plan,
   // as they are read for it; every other file against its file checksum.
@@ -415,8 +415,9 @@ std::optional<CheckpointInfo> CheckpointManager::resume(torch::nn::Module& modul
     // against the parameter groups before it replaces any state.
     if (archive) {
       detail::with_torch_errors(ErrorCode::kIncompatible,
-                                "cannot restore the optimizer from '" + c.path + "' (hint: another optimizer type, "
-                                "or other parameters?)",
+                                "cannot restore the optimizer from '" + c.path +
+                                    "' (hint: another optimizer type, "
+                                    "or other parameters?)",
                                 [&] {
                                   optimizer->load(*archive);
                                   archive.reset();

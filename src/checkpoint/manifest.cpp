@@ -110,7 +110,8 @@ Manifest parse_manifest(std::string_view text, const std::string& path) {
   const OrderedJson j = parse_json_strict(text, path);
   if (!j.is_object()) bad(path, "not a JSON object");
   const OrderedJson& format = field(j, "format", path);
-  if (!format.is_string() || format.get<std::string>() != kFormat) bad(path, "'format' is not \"" + std::string(kFormat) + "\"");
+  if (!format.is_string() || format.get<std::string>() != kFormat)
+    bad(path, "'format' is not \"" + std::string(kFormat) + "\"");
   Manifest m;
   const OrderedJson& version = field(j, "format_version", path);
   if (!version.is_number_integer() || version.get<std::int64_t>() != 1) {
@@ -138,8 +139,7 @@ Manifest parse_manifest(std::string_view text, const std::string& path) {
   if (!files.is_object()) bad(path, "'files' must be an object");
   for (auto it = files.begin(); it != files.end(); ++it) {
     const std::string& name = it.key();
-    if (name.empty() || name.find('/') != std::string::npos || name == "." || name == ".." ||
-        name == kManifestFile) {
+    if (name.empty() || name.find('/') != std::string::npos || name == "." || name == ".." || name == kManifestFile) {
       bad(path, "'files' names '" + name + "', which is not a file of the checkpoint");
     }
     const OrderedJson& f = it.value();

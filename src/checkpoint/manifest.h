@@ -36,12 +36,12 @@ struct Manifest {
   std::string library_version;
   std::int64_t step = 0;
   double epoch = 0;
-  Metrics metrics;                                // the evaluation at this step, if any
-  std::string metric_for_best_model;              // e.g. "eval_loss"; empty: no metric tracked
+  Metrics metrics;                    // the evaluation at this step, if any
+  std::string metric_for_best_model;  // e.g. "eval_loss"; empty: no metric tracked
   bool greater_is_better = false;
-  std::map<std::string, FileEntry> files;         // every other file of the checkpoint
-  std::map<std::string, std::uint64_t> tensors;   // adapter tensor -> XXH3-64 of its bytes
-  std::string created;                            // ISO 8601, UTC
+  std::map<std::string, FileEntry> files;        // every other file of the checkpoint
+  std::map<std::string, std::uint64_t> tensors;  // adapter tensor -> XXH3-64 of its bytes
+  std::string created;                           // ISO 8601, UTC
 
   // The tracked metric at this step, if it was evaluated.
   std::optional<double> metric() const;

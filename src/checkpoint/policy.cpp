@@ -11,13 +11,14 @@ std::vector<std::int64_t> rank_by_metric(const std::vector<CheckpointRecord>& re
   for (const CheckpointRecord& r : records) {
     if (r.metric) rated.push_back(r);
   }
-  std::stable_sort(rated.begin(), rated.end(), [greater_is_better](const CheckpointRecord& a, const CheckpointRecord& b) {
-    const double x = *a.metric, y = *b.metric;
-    const bool nx = std::isnan(x), ny = std::isnan(y);
-    if (nx != ny) return ny;  // a number beats NaN
-    if (!nx && x != y) return greater_is_better ? x > y : x < y;
-    return a.step < b.step;  // a tie keeps the earlier
-  });
+  std::stable_sort(rated.begin(), rated.end(),
+                   [greater_is_better](const CheckpointRecord& a, const CheckpointRecord& b) {
+                     const double x = *a.metric, y = *b.metric;
+                     const bool nx = std::isnan(x), ny = std::isnan(y);
+                     if (nx != ny) return ny;  // a number beats NaN
+                     if (!nx && x != y) return greater_is_better ? x > y : x < y;
+                     return a.step < b.step;  // a tie keeps the earlier
+                   });
   std::vector<std::int64_t> steps;
   for (const CheckpointRecord& r : rated) steps.push_back(r.step);
   return steps;

@@ -8,8 +8,8 @@
 
 #include "lorakeep/error.h"
 #include "base/file_names.h"
-#include "io/read_file.h"
 #include "io/checksum.h"
+#include "io/read_file.h"
 
 namespace lorakeep::detail {
 namespace {
@@ -33,8 +33,8 @@ Manifest read_manifest(const std::string& checkpoint_dir) {
   Manifest m = parse_manifest(read_small_file(path, 256ull << 20), path);
   const auto step = parse_checkpoint_dir_name(fs::path(checkpoint_dir).filename().string());
   if (step && *step != m.step) {
-    throw Error(ErrorCode::kCorruption, "manifest '" + path + "' is for step " + std::to_string(m.step) +
-                                            ", not " + std::to_string(*step));
+    throw Error(ErrorCode::kCorruption,
+                "manifest '" + path + "' is for step " + std::to_string(m.step) + ", not " + std::to_string(*step));
   }
   return m;
 }

@@ -30,8 +30,8 @@ std::string format_trainer_state(const TrainingState& s, const CheckpointOptions
   nlohmann::json j;
   j["best_global_step"] = s.best_global_step ? nlohmann::json(*s.best_global_step) : nlohmann::json(nullptr);
   j["best_metric"] = s.best_metric ? number(*s.best_metric) : nlohmann::json(nullptr);
-  j["best_model_checkpoint"] =
-      s.best_model_checkpoint.empty() ? nlohmann::json(nullptr) : nlohmann::json(s.best_model_checkpoint);
+  j["best_model_checkpoint"] = s.best_model_checkpoint.empty() ? nlohmann::json(nullptr)
+                                                               : nlohmann::json(s.best_model_checkpoint);
   j["epoch"] = number(s.epoch);
   j["eval_steps"] = o.eval_steps > 0 ? o.eval_steps : o.logging_steps;
   j["global_step"] = s.global_step;
@@ -54,14 +54,13 @@ std::string format_trainer_state(const TrainingState& s, const CheckpointOptions
   }
   j["save_steps"] = o.save_steps;
   nlohmann::json callbacks = nlohmann::json::object();
-  callbacks["TrainerControl"] = {
-      {"args",
-       {{"should_epoch_stop", false},
-        {"should_evaluate", s.should_evaluate},
-        {"should_log", s.should_log},
-        {"should_save", s.should_save},
-        {"should_training_stop", s.should_stop}}},
-      {"attributes", nlohmann::json::object()}};
+  callbacks["TrainerControl"] = {{"args",
+                                  {{"should_epoch_stop", false},
+                                   {"should_evaluate", s.should_evaluate},
+                                   {"should_log", s.should_log},
+                                   {"should_save", s.should_save},
+                                   {"should_training_stop", s.should_stop}}},
+                                 {"attributes", nlohmann::json::object()}};
   if (s.early_stopping) {
     callbacks["EarlyStoppingCallback"] = {
         {"args",

@@ -17,9 +17,9 @@ inline constexpr int kExitUsage = 2;
 
 struct Command {
   CLI::App* app;
-  std::function<int()> run;  // returns the exit code; lorakeep::Error escapes to main
-  std::shared_ptr<bool> json;             // if set and true: errors go to stdout as JSON
-  std::shared_ptr<std::string> subject;   // the PATH argument, for JSON errors
+  std::function<int()> run;              // returns the exit code; lorakeep::Error escapes to main
+  std::shared_ptr<bool> json;            // if set and true: errors go to stdout as JSON
+  std::shared_ptr<std::string> subject;  // the PATH argument, for JSON errors
 };
 
 // Each adds its subcommands to `app` and their actions to `commands`.

@@ -9,9 +9,9 @@
 #include "lorakeep/safetensors.h"
 #include "lorakeep/tensor_source.h"
 #include "base/file_names.h"
+#include "base/text.h"
 #include "checkpoint/run_dir.h"
 #include "cli/cli.h"
-#include "base/text.h"
 
 namespace lorakeep::cli {
 namespace {
@@ -32,8 +32,10 @@ int run_inspect(const std::string& path, bool json) {
     j["tensors"] = nlohmann::json::array();
     for (const std::string& name : source->names()) {
       const TensorInfo& t = source->info(name);
-      nlohmann::json row = {{"name", name}, {"dtype", std::string(dtype_name(t.dtype))},
-                            {"shape", shape_json(t.shape)}, {"bytes", t.byte_size()}};
+      nlohmann::json row = {{"name", name},
+                            {"dtype", std::string(dtype_name(t.dtype))},
+                            {"shape", shape_json(t.shape)},
+                            {"bytes", t.byte_size()}};
       if (source->file_of(name) != source->path()) row["file"] = source->file_of(name);
       j["tensors"].push_back(std::move(row));
     }
@@ -77,8 +79,8 @@ int run_verify(const std::string& path) {
     return kExitOk;
   }
   const auto source = open_tensor_source(path);
-  std::printf("ok: %s (%s, %zu tensors, %s)\n", source->path().c_str(), source->kind().c_str(),
-              source->names().size(), detail::format_bytes(source->total_bytes()).c_str());
+  std::printf("ok: %s (%s, %zu tensors, %s)\n", source->path().c_str(), source->kind().c_str(), source->names().size(),
+              detail::format_bytes(source->total_bytes()).c_str());
   return kExitOk;
 }
 

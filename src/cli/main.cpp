@@ -61,9 +61,9 @@ int main(int argc, char** argv) {
     return cmd->run();
   } catch (const lorakeep::Error& e) {
     // A bad argument is a usage error; everything else is about the data.
-    return report_failure(cmd, lorakeep::error_code_name(e.code()), e.what(),
-                          e.code() == lorakeep::ErrorCode::kInvalidArgument ? lorakeep::cli::kExitUsage
-                                                                             : lorakeep::cli::kExitInvalid);
+    return report_failure(
+        cmd, lorakeep::error_code_name(e.code()), e.what(),
+        e.code() == lorakeep::ErrorCode::kInvalidArgument ? lorakeep::cli::kExitUsage : lorakeep::cli::kExitInvalid);
   } catch (const std::bad_alloc&) {
     return report_failure(cmd, "out_of_memory", "out of memory");
   } catch (const std::exception& e) {

@@ -7,8 +7,8 @@
 #include "lorakeep/error.h"
 #include "lorakeep/lora.h"
 #include "lorakeep/merge.h"
-#include "cli/cli.h"
 #include "base/text.h"
+#include "cli/cli.h"
 
 namespace lorakeep::cli {
 namespace {
@@ -70,7 +70,8 @@ void add_merge_commands(CLI::App& app, std::vector<Command>& commands) {
     add_common(sub, *a, "--delta", "delta weights: file, sharded index or directory");
     sub->add_option("--scale", *scale, "factor on the delta (default 1)");
     sub->add_option("--dtype", a->dtype, "output dtype (default: each base tensor's)");
-    commands.push_back({sub, [a, scale] {
+    commands.push_back({sub,
+                        [a, scale] {
                           MergeDeltaOptions o;
                           o.scale = *scale;
                           if (!a->dtype.empty()) o.dtype = parse_dtype_option(a->dtype);
@@ -93,7 +94,8 @@ void add_merge_commands(CLI::App& app, std::vector<Command>& commands) {
     sub->add_option("--out", a->out, "output directory (must not exist, or be empty)")->required();
     sub->add_option("--max-shard-size", a->max_shard_size, "largest output shard, e.g. 5GB (default), 2GiB");
     sub->add_option("--dtype", a->dtype, "output dtype (default: each base tensor's)");
-    commands.push_back({sub, [a] {
+    commands.push_back({sub,
+                        [a] {
                           MergeLoraOptions o;
                           if (!a->dtype.empty()) o.dtype = parse_dtype_option(a->dtype);
                           o.shards.max_shard_size = parse_size_option(a->max_shard_size);
@@ -109,7 +111,8 @@ void add_merge_commands(CLI::App& app, std::vector<Command>& commands) {
     add_common(sub, *a, "--tuned", "fine-tuned weights: file, sharded index or directory");
     sub->add_option("--dtype", a->dtype,
                     "delta dtype (default: lossless, F64 for F32 weights and F32 for F16/BF16 ones)");
-    commands.push_back({sub, [a] {
+    commands.push_back({sub,
+                        [a] {
                           MakeDeltaOptions o;
                           if (!a->dtype.empty()) o.dtype = parse_dtype_option(a->dtype);
                           o.allow_missing = a->allow_missing;

@@ -7,8 +7,8 @@
 #include <nlohmann/json.hpp>
 
 #include "lorakeep/error.h"
-#include "checkpoint/export.h"
 #include "base/file_names.h"
+#include "checkpoint/export.h"
 #include "checkpoint/policy.h"
 #include "checkpoint/run_dir.h"
 #include "cli/cli.h"
@@ -61,7 +61,9 @@ int run_best(const std::string& run_dir, bool json) {
     j["run_dir"] = run_dir;
     j["metric"] = b.metric;
     j["greater_is_better"] = b.greater;
-    j["best"] = {{"step", b.best->step}, {"path", b.best->path}, {"value", metric_json(value)},
+    j["best"] = {{"step", b.best->step},
+                 {"path", b.best->path},
+                 {"value", metric_json(value)},
                  {"epoch", b.best->manifest->epoch}};
     j["checkpoints"] = nlohmann::json::array();
     for (const auto& c : b.scan.checkpoints) {

@@ -52,9 +52,7 @@ class HeaderSax {
   bool null() { return scalar("null"); }
   bool boolean(bool) { return scalar("a boolean"); }
   bool number_integer(json::number_integer_t) { return scalar("a negative integer"); }
-  bool number_float(json::number_float_t, const json::string_t&) {
-    return scalar("a non-integer number");
-  }
+  bool number_float(json::number_float_t, const json::string_t&) { return scalar("a non-integer number"); }
   bool binary(json::binary_t&) { return scalar("binary"); }
   bool number_unsigned(json::number_unsigned_t v) {
     switch (state_) {
@@ -157,7 +155,10 @@ class HeaderSax {
         return true;
       case State::kTensor: {
         const RawTensor& t = tensors.back();
-        const char* missing = !t.dtype ? "dtype" : !t.has_shape ? "shape" : t.offsets_seen < 0 ? "data_offsets" : nullptr;
+        const char* missing = !t.dtype             ? "dtype"
+                              : !t.has_shape       ? "shape"
+                              : t.offsets_seen < 0 ? "data_offsets"
+                                                   : nullptr;
         if (missing) return set_error("tensor '" + t.name + "' has no '" + missing + "' field");
         state_ = State::kRoot;
         return true;
@@ -182,7 +183,8 @@ class HeaderSax {
         }
         pending_metadata_ = false;
         if (!names_.insert(k).second) {
-          return set_error("tensor name '" + k + "' appears twice (hint: the file was edited by hand or by a broken writer)");
+          return set_error("tensor name '" + k +
+                           "' appears twice (hint: the file was edited by hand or by a broken writer)");
         }
         tensors.push_back(RawTensor{});
         tensors.back().name = k;
@@ -252,12 +254,16 @@ class HeaderSax {
       case State::kTensor:
         if (field_ == Field::kOther) return true;
         return set_error("tensor '" + tensors.back().name + "' field '" +
-                         (field_ == Field::kDtype ? "dtype" : field_ == Field::kShape ? "shape" : "data_offsets") +
+                         (field_ == Field::kDtype   ? "dtype"
+                          : field_ == Field::kShape ? "shape"
+                                                    : "data_offsets") +
                          "' has the wrong type (" + what + ")");
       case State::kShape:
-        return set_error("tensor '" + tensors.back().name + "' shape entries must be non-negative integers, not " + what);
+        return set_error("tensor '" + tensors.back().name + "' shape entries must be non-negative integers, not " +
+                         what);
       case State::kOffsets:
-        return set_error("tensor '" + tensors.back().name + "' data_offsets must be non-negative integers, not " + what);
+        return set_error("tensor '" + tensors.back().name + "' data_offsets must be non-negative integers, not " +
+                         what);
       case State::kSkip:
         return true;
       case State::kDone:
@@ -294,20 +300,19 @@ bool checked_byte_size(Dtype dtype, const std::vector<std::uint64_t>& shape, std
   return true;
 }
 
-SafetensorsHeader parse_safetensors_header(const std::uint8_t* file, std::uint64_t file_size,
-                                           const std::string& path) {
+SafetensorsHeader parse_safetensors_header(const std::uint8_t* file, std::uint64_t file_size, const std::string& path) {
   if (file_size < 8) {
     fail(path, "the file is " + std::to_string(file_size) +
                    " bytes, too small for the 8-byte header length (header too small)");
   }
   const std::uint64_t n = read_le64(file);
   if (n > kMaxHeaderSize) {
-    fail(path, "header length " + std::to_string(n) + " exceeds the limit of " +
-                   std::to_string(kMaxHeaderSize) + " bytes (header too large; hint: not a safetensors file?)");
+    fail(path, "header length " + std::to_string(n) + " exceeds the limit of " + std::to_string(kMaxHeaderSize) +
+                   " bytes (header too large; hint: not a safetensors file?)");
   }
   if (n > file_size - 8) {
-    fail(path, "header length " + std::to_string(n) + " runs past the end of the " +
-                   std::to_string(file_size) + "-byte file (invalid header length; hint: truncated download?)");
+    fail(path, "header length " + std::to_string(n) + " runs past the end of the " + std::to_string(file_size) +
+                   "-byte file (invalid header length; hint: truncated download?)");
   }
   const std::uint8_t* json = file + 8;
   const std::size_t bad = find_invalid_utf8(json, n);
@@ -383,13 +388,27 @@ void append_json_string(std::string& out, const std::string& s) {
   out += '"';
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20) {
           out += "\\u00";

@@ -36,16 +36,15 @@ struct SafetensorsHeader {
 // could see different tensors in the same file).
 // Throws Error(kCorruption) whose message names `path`; Error(kNotSupported)
 // for a (zero-element) tensor with a dimension past INT64_MAX.
-SafetensorsHeader parse_safetensors_header(const std::uint8_t* file, std::uint64_t file_size,
-                                           const std::string& path);
+SafetensorsHeader parse_safetensors_header(const std::uint8_t* file, std::uint64_t file_size, const std::string& path);
 
 // Byte length of `numel` elements of `dtype`; false on 64-bit overflow or a
 // sub-byte dtype whose bits do not end on a byte boundary.
 bool checked_byte_size(Dtype dtype, const std::vector<std::uint64_t>& shape, std::uint64_t* bytes);
 
 struct HeaderLayout {
-  std::string header;                // JSON, space-padded to a multiple of 8
-  std::vector<TensorInfo> tensors;   // in file order, offsets filled in
+  std::string header;               // JSON, space-padded to a multiple of 8
+  std::vector<TensorInfo> tensors;  // in file order, offsets filled in
   std::uint64_t data_size = 0;
 };
 

@@ -13,9 +13,9 @@
 namespace lorakeep::detail {
 
 struct ShardIndex {
-  std::optional<std::uint64_t> total_size;                       // metadata.total_size
-  std::vector<std::pair<std::string, std::string>> weight_map;   // tensor -> shard file, in index order
-  std::vector<std::string> shard_files;                          // distinct, sorted
+  std::optional<std::uint64_t> total_size;                      // metadata.total_size
+  std::vector<std::pair<std::string, std::string>> weight_map;  // tensor -> shard file, in index order
+  std::vector<std::string> shard_files;                         // distinct, sorted
 };
 
 // Parses and checks the index: an object with a "weight_map" object of

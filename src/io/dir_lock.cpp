@@ -7,8 +7,8 @@
 #include <cerrno>
 #include <cstring>
 
-#include "base/file_names.h"
 #include "lorakeep/error.h"
+#include "base/file_names.h"
 #include "base/logging.h"
 
 namespace lorakeep::detail {

@@ -53,8 +53,8 @@ void MappedFile::read(std::uint64_t offset, void* dst, std::uint64_t length) con
     const ssize_t r = ::pread(fd_, out, n, static_cast<off_t>(offset));
     if (r < 0) {
       if (errno == EINTR) continue;
-      throw Error(ErrorCode::kIOError, "cannot read '" + path_ + "' at byte " + std::to_string(offset) + ": " +
-                                           std::strerror(errno));
+      throw Error(ErrorCode::kIOError,
+                  "cannot read '" + path_ + "' at byte " + std::to_string(offset) + ": " + std::strerror(errno));
     }
     if (r == 0) {
       throw Error(ErrorCode::kCorruption, "'" + path_ + "' ends at byte " + std::to_string(offset) +

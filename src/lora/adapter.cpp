@@ -9,10 +9,10 @@
 #include "lorakeep/error.h"
 #include "lorakeep/lora.h"
 #include "base/file_names.h"
-#include "base/text.h"
-#include "io/read_file.h"
-#include "io/atomic_file.h"
 #include "base/logging.h"
+#include "base/text.h"
+#include "io/atomic_file.h"
+#include "io/read_file.h"
 #include "lora/adapter.h"
 #include "tensors/rng.h"
 #include "tensors/safetensors_writer.h"
@@ -69,7 +69,8 @@ std::vector<PlannedLayer> plan_injection(torch::nn::Module& module, const LoraCo
         targets.push_back(PlannedLayer{path, lora, o});
       }
     } else if (std::dynamic_pointer_cast<torch::nn::LinearImpl>(item.value())) {
-      problems.push_back("'" + path + "' is a torch::nn::Linear (hint: declare it as lorakeep::LoraLinear, a drop-in "
+      problems.push_back("'" + path +
+                         "' is a torch::nn::Linear (hint: declare it as lorakeep::LoraLinear, a drop-in "
                          "with the same arguments, names and forward: LibTorch models call their layers through "
                          "member variables, so a layer cannot be swapped from outside)");
     } else {
@@ -95,7 +96,8 @@ std::vector<PlannedLayer> plan_injection(torch::nn::Module& module, const LoraCo
                   "LoRA rank for '" + t.path + "' must be at least 1, not " + std::to_string(t.options.r));
     }
     if (t.options.init != "true" && t.options.init != "false" && t.options.init != "gaussian") {
-      throw Error(ErrorCode::kInvalidArgument, "init_lora_weights '" + t.options.init + "' is not true, false or gaussian");
+      throw Error(ErrorCode::kInvalidArgument,
+                  "init_lora_weights '" + t.options.init + "' is not true, false or gaussian");
     }
   }
   return targets;
@@ -227,8 +229,8 @@ std::string adapter_weights_path(const std::string& dir) {
     const std::string path = (fs::path(dir) / name).string();
     if (fs::exists(path, ec)) return path;
   }
-  throw Error(ErrorCode::kNotFound, "adapter directory '" + dir + "' has neither " + detail::kAdapterWeightsFile + " nor " +
-                                        detail::kAdapterPickleFile);
+  throw Error(ErrorCode::kNotFound, "adapter directory '" + dir + "' has neither " + detail::kAdapterWeightsFile +
+                                        " nor " + detail::kAdapterPickleFile);
 }
 
 AdapterLayout classify_adapter_keys(const TensorSource& source) {
@@ -236,8 +238,10 @@ AdapterLayout classify_adapter_keys(const TensorSource& source) {
   std::map<std::string, int> halves;  // layer path -> bit 1: A, bit 2: B
   for (const std::string& key : source.names()) {
     if (key.compare(0, std::string(kPeftPrefix).size(), kPeftPrefix) != 0) {
-      throw Error(ErrorCode::kCorruption, "'" + source.path() + "' has the key '" + key + "', which is not a PEFT "
-                                          "adapter key (they start with '" + kPeftPrefix + "')");
+      throw Error(ErrorCode::kCorruption, "'" + source.path() + "' has the key '" + key +
+                                              "', which is not a PEFT "
+                                              "adapter key (they start with '" +
+                                              kPeftPrefix + "')");
     }
     const std::string rest = key.substr(std::string(kPeftPrefix).size());
     if (ends_with(rest, ".lora_A.weight")) {
@@ -296,8 +300,8 @@ AdapterLoad::AdapterLoad(const std::string& dir, torch::nn::Module& module, cons
     for (const auto& [path, layer] : armed) have.push_back(path);
     throw Error(ErrorCode::kIncompatible,
                 "adapter '" + dir + "' adapts " + std::to_string(absent.size()) + " layer(s) the model has no " +
-                    (to_arm_.empty() ? "adapter on" : "target among") + ": " + list_paths(absent) +
-                    " (the model's " + (to_arm_.empty() ? "adapted" : "target") + " layers: " + list_paths(have) +
+                    (to_arm_.empty() ? "adapter on" : "target among") + ": " + list_paths(absent) + " (the model's " +
+                    (to_arm_.empty() ? "adapted" : "target") + " layers: " + list_paths(have) +
                     ") (hint: wrong base model, or different target_modules?) (nothing was changed)");
   }
   // The whole tensors the file holds (modules_to_save, task heads): live

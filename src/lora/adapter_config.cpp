@@ -6,8 +6,8 @@
 
 #include "lorakeep/error.h"
 #include "lorakeep/lora_config.h"
-#include "format/json.h"
 #include "base/logging.h"
+#include "format/json.h"
 
 namespace lorakeep {
 namespace {
@@ -26,8 +26,10 @@ std::regex compile(const std::string& pattern, const std::string& where) {
   try {
     return std::regex(pattern, std::regex::ECMAScript);
   } catch (const std::regex_error& e) {
-    throw Error(ErrorCode::kInvalidArgument, where + " pattern '" + pattern + "' is not a regular expression lorakeep "
-                                             "can use (ECMAScript syntax): " + e.what());
+    throw Error(ErrorCode::kInvalidArgument, where + " pattern '" + pattern +
+                                                 "' is not a regular expression lorakeep "
+                                                 "can use (ECMAScript syntax): " +
+                                                 e.what());
   }
 }
 
@@ -87,13 +89,13 @@ LoraConfig parse_adapter_config(const std::string& text, const std::string& path
     throw Error(ErrorCode::kCorruption, "'" + path + "' has no 'peft_type' string (hint: not a PEFT adapter config?)");
   }
   if (peft_type->get<std::string>() != "LORA") {
-    throw Error(ErrorCode::kNotSupported, "'" + path + "' is a " + peft_type->get<std::string>() +
-                                              " adapter; lorakeep loads LORA adapters only");
+    throw Error(ErrorCode::kNotSupported,
+                "'" + path + "' is a " + peft_type->get<std::string>() + " adapter; lorakeep loads LORA adapters only");
   }
   LoraConfig c;
-  static const std::set<std::string> kIgnored = {
-      "peft_type", "auto_mapping", "megatron_config", "megatron_core", "loftq_config", "runtime_config",
-      "peft_version", "eva_config", "corda_config", "layers_pattern"};
+  static const std::set<std::string> kIgnored = {"peft_type",    "auto_mapping",   "megatron_config", "megatron_core",
+                                                 "loftq_config", "runtime_config", "peft_version",    "eva_config",
+                                                 "corda_config", "layers_pattern"};
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& key = it.key();
     const OrderedJson& v = it.value();
@@ -158,8 +160,9 @@ LoraConfig parse_adapter_config(const std::string& text, const std::string& path
         if (init != "gaussian") {
           // pissa, olora, loftq, corda, eva: the base weights were changed at
           // initialisation, so these factors only fit that changed base.
-          unsupported(path, "init_lora_weights='" + init + "' (it rewrites the base weights; convert the adapter "
-                                                            "with PEFT's path_initial_model_for_weight_conversion)");
+          unsupported(path, "init_lora_weights='" + init +
+                                "' (it rewrites the base weights; convert the adapter "
+                                "with PEFT's path_initial_model_for_weight_conversion)");
         }
         c.init_lora_weights = init;
       } else {
@@ -217,7 +220,7 @@ std::string format_adapter_config(const LoraConfig& c) {
     j["init_lora_weights"] = c.init_lora_weights;
   }
   j["layer_replication"] = nullptr;
-  j["layers_pattern"] = c.layers_pattern.empty() ? nlohmann::json(nullptr)
+  j["layers_pattern"] = c.layers_pattern.empty()       ? nlohmann::json(nullptr)
                         : c.layers_pattern.size() == 1 ? nlohmann::json(c.layers_pattern[0])
                                                        : nlohmann::json(c.layers_pattern);
   j["layers_to_transform"] = c.layers_to_transform.empty() ? nlohmann::json(nullptr)

@@ -5,8 +5,8 @@
 #include <ATen/ATen.h>
 
 #include "lorakeep/error.h"
-#include "base/clock.h"
 #include "lorakeep/lora.h"
+#include "base/clock.h"
 #include "base/logging.h"
 #include "lora/adapter.h"
 #include "lora/rank_update.h"
@@ -85,8 +85,8 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
     whole[name] = prefix + name;
   }
   if (!problems.empty()) {
-    std::string msg = "cannot merge adapter '" + adapter_dir + "' into '" + base + "': " +
-                      std::to_string(problems.size()) + (problems.size() == 1 ? " problem" : " problems") +
+    std::string msg = "cannot merge adapter '" + adapter_dir + "' into '" + base +
+                      "': " + std::to_string(problems.size()) + (problems.size() == 1 ? " problem" : " problems") +
                       " (nothing was written)";
     for (std::size_t i = 0; i < problems.size() && i < 20; ++i) msg += "\n  " + problems[i];
     throw Error(ErrorCode::kIncompatible, msg);
@@ -131,8 +131,8 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
         const at::Tensor B = adapter->tensor(prefix + path + ".lora_B.weight").to(compute);  // [out, r]
         fold.r = A.size(0);
         const double alpha = alpha_for(config, path);
-        const double scaling =
-            config.use_rslora ? alpha / std::sqrt(static_cast<double>(fold.r)) : alpha / static_cast<double>(fold.r);
+        const double scaling = config.use_rslora ? alpha / std::sqrt(static_cast<double>(fold.r))
+                                                 : alpha / static_cast<double>(fold.r);
         fold.C = (config.fan_in_fan_out ? A.t() * scaling : B * scaling).contiguous();
         fold.V = (config.fan_in_fan_out ? B.t() : A).contiguous();
       }

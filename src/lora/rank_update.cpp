@@ -92,8 +92,8 @@ void update_generic(T* w, std::int64_t rows, std::int64_t cols, const T* c, cons
 
 #if defined(__x86_64__)
 template <class T>
-__attribute__((target("avx2,fma"))) void update_avx2(T* w, std::int64_t rows, std::int64_t cols, const T* c,
-                                                     const T* v, std::int64_t r) {
+__attribute__((target("avx2,fma"))) void update_avx2(T* w, std::int64_t rows, std::int64_t cols, const T* c, const T* v,
+                                                     std::int64_t r) {
   update<T, 32, 2, 4>(w, rows, cols, c, v, r);
 }
 
@@ -139,8 +139,8 @@ void rank_update(RankUpdateIsa isa, float* w, std::int64_t rows, std::int64_t co
   kernel_for<float>(isa)(w, rows, cols, c, v, r);
 }
 
-void rank_update(RankUpdateIsa isa, double* w, std::int64_t rows, std::int64_t cols, const double* c,
-                 const double* v, std::int64_t r) {
+void rank_update(RankUpdateIsa isa, double* w, std::int64_t rows, std::int64_t cols, const double* c, const double* v,
+                 std::int64_t r) {
   kernel_for<double>(isa)(w, rows, cols, c, v, r);
 }
 
@@ -149,8 +149,7 @@ void rank_update(float* w, std::int64_t rows, std::int64_t cols, const float* c,
   kernel(w, rows, cols, c, v, r);
 }
 
-void rank_update(double* w, std::int64_t rows, std::int64_t cols, const double* c, const double* v,
-                 std::int64_t r) {
+void rank_update(double* w, std::int64_t rows, std::int64_t cols, const double* c, const double* v, std::int64_t r) {
   static const Kernel<double> kernel = kernel_for<double>(rank_update_isas().front());
   kernel(w, rows, cols, c, v, r);
 }

@@ -24,7 +24,7 @@ enum class RankUpdateIsa { kGeneric, kAvx2, kAvx512 };
 std::vector<RankUpdateIsa> rank_update_isas();  // those this CPU runs, best first
 void rank_update(RankUpdateIsa isa, float* w, std::int64_t rows, std::int64_t cols, const float* c, const float* v,
                  std::int64_t r);
-void rank_update(RankUpdateIsa isa, double* w, std::int64_t rows, std::int64_t cols, const double* c,
-                 const double* v, std::int64_t r);
+void rank_update(RankUpdateIsa isa, double* w, std::int64_t rows, std::int64_t cols, const double* c, const double* v,
+                 std::int64_t r);
 
 }  // namespace lorakeep::detail

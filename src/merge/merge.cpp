@@ -9,16 +9,15 @@
 #include <c10/core/GradMode.h>
 
 #include "lorakeep/error.h"
-#include "base/clock.h"
 #include "lorakeep/tensor_source.h"
+#include "base/clock.h"
 #include "base/logging.h"
-#include "merge/pipeline.h"
 #include "base/openmp_threads.h"
+#include "merge/pipeline.h"
 #include "tensors/sharded_writer.h"
 
 namespace lorakeep {
 namespace {
-
 
 // One output tensor and where its inputs are.
 struct Job {
@@ -40,7 +39,7 @@ struct Rules {
   bool allow_missing, allow_new, allow_grow;
   double scale;
   std::optional<Dtype> dtype;
-  bool make;  // make-delta: the delta dtype defaults to a lossless one
+  bool make;            // make-delta: the delta dtype defaults to a lossless one
   const char* b_label;  // "delta" or "tuned"
 };
 
@@ -122,9 +121,8 @@ Plan plan(const TensorSource& a, const TensorSource& b, const Rules& r) {
     plan.jobs.push_back(std::move(job));
   }
   if (!problems.empty()) {
-    std::string msg = "cannot combine '" + a.path() + "' with '" + b.path() + "': " +
-                      std::to_string(problems.size()) + (problems.size() == 1 ? " problem" : " problems") +
-                      " (nothing was written)";
+    std::string msg = "cannot combine '" + a.path() + "' with '" + b.path() + "': " + std::to_string(problems.size()) +
+                      (problems.size() == 1 ? " problem" : " problems") + " (nothing was written)";
     for (std::size_t i = 0; i < problems.size() && i < 20; ++i) msg += "\n  " + problems[i];
     if (problems.size() > 20) msg += "\n  ... and " + std::to_string(problems.size() - 20) + " more";
     throw Error(ErrorCode::kIncompatible, msg);
@@ -159,10 +157,14 @@ std::int64_t count_bit_differences(const at::Tensor& x, const at::Tensor& y) {
   // The usual answer, an exact round trip, costs one memcmp.
   if (std::memcmp(x.data_ptr(), y.data_ptr(), static_cast<std::size_t>(n) * size) == 0) return 0;
   switch (size) {
-    case 1: return count_word_differences<std::uint8_t>(x.data_ptr(), y.data_ptr(), n);
-    case 2: return count_word_differences<std::uint16_t>(x.data_ptr(), y.data_ptr(), n);
-    case 4: return count_word_differences<std::uint32_t>(x.data_ptr(), y.data_ptr(), n);
-    case 8: return count_word_differences<std::uint64_t>(x.data_ptr(), y.data_ptr(), n);
+    case 1:
+      return count_word_differences<std::uint8_t>(x.data_ptr(), y.data_ptr(), n);
+    case 2:
+      return count_word_differences<std::uint16_t>(x.data_ptr(), y.data_ptr(), n);
+    case 4:
+      return count_word_differences<std::uint32_t>(x.data_ptr(), y.data_ptr(), n);
+    case 8:
+      return count_word_differences<std::uint64_t>(x.data_ptr(), y.data_ptr(), n);
   }
   // plan() admits no other element size (complex and bool are refused).
   throw Error(ErrorCode::kNotSupported, "cannot compare " + std::to_string(size) + "-byte elements");

@@ -14,7 +14,8 @@ at::Tensor piece_view(const TensorSource& source, const std::string& name, c10::
                       std::int64_t count, HostStaging* scratch) {
   const std::uint64_t size = c10::elementSize(type);
   at::Tensor piece = scratch->view(type, {count});
-  source.read(name, static_cast<std::uint64_t>(begin) * size, piece.data_ptr(), static_cast<std::uint64_t>(count) * size);
+  source.read(name, static_cast<std::uint64_t>(begin) * size, piece.data_ptr(),
+              static_cast<std::uint64_t>(count) * size);
   return piece;
 }
 

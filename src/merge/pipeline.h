@@ -14,8 +14,8 @@
 
 #include "lorakeep/merge.h"
 #include "lorakeep/tensor_source.h"
-#include "tensors/safetensors_writer.h"
 #include "tensors/pieces.h"
+#include "tensors/safetensors_writer.h"
 #include "tensors/sharded_writer.h"
 
 namespace lorakeep::detail {
@@ -58,9 +58,9 @@ class PiecePipeline {
  public:
   static constexpr int kSlots = 3;
   struct Slot {
-    Scratch scratch;     // temporaries of the arithmetic
+    Scratch scratch;      // temporaries of the arithmetic
     HostStaging read[2];  // piece_view buffers of up to two inputs
-    at::Tensor piece;    // the producer's result
+    at::Tensor piece;     // the producer's result
   };
 
   // Starts `produce` on a new thread (gradient mode off). For every piece, in

@@ -6,8 +6,8 @@
 #include <torch/csrc/jit/serialization/pickle.h>
 
 #include "lorakeep/error.h"
-#include "io/read_file.h"
 #include "io/atomic_file.h"
+#include "io/read_file.h"
 
 namespace lorakeep::detail {
 
@@ -17,8 +17,9 @@ c10::IValue load_torch_archive(const std::string& path) {
   if (head != std::string("PK\x03\x04", 4)) {
     if (!head.empty() && static_cast<unsigned char>(head[0]) == 0x80) {
       throw Error(ErrorCode::kNotSupported,
-                  "'" + path + "' is in the legacy torch.save format (PyTorch < 1.6 or "
-                  "_use_new_zipfile_serialization=False) (hint: load and save it again with a current torch.save)");
+                  "'" + path +
+                      "' is in the legacy torch.save format (PyTorch < 1.6 or "
+                      "_use_new_zipfile_serialization=False) (hint: load and save it again with a current torch.save)");
     }
     throw Error(ErrorCode::kCorruption, "'" + path + "' is not a torch.save archive (no zip signature)");
   }

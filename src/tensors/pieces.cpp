@@ -14,7 +14,8 @@ void for_each_piece(const at::Tensor& t, std::int64_t max_elements,
     if (n == 0) return;
     if (dst.is_contiguous()) {
       const at::Tensor flat = dst.view({-1});
-      for (std::int64_t e = 0; e < n; e += max_elements) fn(flat.narrow(0, e, std::min(max_elements, n - e)), offset + e);
+      for (std::int64_t e = 0; e < n; e += max_elements)
+        fn(flat.narrow(0, e, std::min(max_elements, n - e)), offset + e);
       return;
     }
     if (n <= max_elements) {

@@ -40,15 +40,14 @@ std::vector<std::pair<at::Generator, const at::Tensor*>> match(const NamedTensor
     if (it == all.end()) {
       // A CUDA state saved on a machine with more devices (or any CUDA state
       // on a CPU-only one): the generators that exist still resume exactly.
-      logger()->warn("'{}' holds the state of generator '{}', which this process does not have: ignored", origin,
-                     name);
+      logger()->warn("'{}' holds the state of generator '{}', which this process does not have: ignored", origin, name);
       continue;
     }
     const at::Tensor current = state_of(it->second);
     if (!state.defined() || state.scalar_type() != at::kByte || state.dim() != 1 || state.numel() != current.numel()) {
-      throw Error(ErrorCode::kCorruption,
-                  "'" + origin + "' holds a state for generator '" + name + "' that is not " +
-                      std::to_string(current.numel()) + " bytes of uint8 (hint: written by another LibTorch version?)");
+      throw Error(ErrorCode::kCorruption, "'" + origin + "' holds a state for generator '" + name + "' that is not " +
+                                              std::to_string(current.numel()) +
+                                              " bytes of uint8 (hint: written by another LibTorch version?)");
     }
     out.emplace_back(it->second, &state);
   }

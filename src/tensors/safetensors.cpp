@@ -10,78 +10,113 @@
 #include <c10/core/GradMode.h>
 
 #include "lorakeep/error.h"
+#include "base/logging.h"
 #include "format/header.h"
 #include "io/mapped_file.h"
-#include "base/logging.h"
 #include "tensors/torch_compat.h"
 #include "tensors/torch_error.h"
 
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors data is little-endian; so is every host we build for");
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "safetensors data is little-endian; so is every host we build for");
 
 namespace lorakeep {
 namespace {
 
 [[noreturn]] void unsupported_dtype(Dtype dtype, const std::string& what) {
-  throw Error(ErrorCode::kNotSupported,
-              "tensor '" + what + "' has dtype " + std::string(dtype_name(dtype)) +
-                  ", which LibTorch " + detail::torch_version_string() + " cannot hold");
+  throw Error(ErrorCode::kNotSupported, "tensor '" + what + "' has dtype " + std::string(dtype_name(dtype)) +
+                                            ", which LibTorch " + detail::torch_version_string() + " cannot hold");
 }
 
 }  // namespace
 
 c10::ScalarType to_scalar_type(Dtype dtype, const std::string& what) {
   switch (dtype) {
-    case Dtype::kBool: return c10::kBool;
-    case Dtype::kU8: return c10::kByte;
-    case Dtype::kI8: return c10::kChar;
-    case Dtype::kI16: return c10::kShort;
-    case Dtype::kF16: return c10::kHalf;
-    case Dtype::kBF16: return c10::kBFloat16;
-    case Dtype::kI32: return c10::kInt;
-    case Dtype::kF32: return c10::kFloat;
-    case Dtype::kC64: return c10::kComplexFloat;
-    case Dtype::kF64: return c10::kDouble;
-    case Dtype::kI64: return c10::kLong;
+    case Dtype::kBool:
+      return c10::kBool;
+    case Dtype::kU8:
+      return c10::kByte;
+    case Dtype::kI8:
+      return c10::kChar;
+    case Dtype::kI16:
+      return c10::kShort;
+    case Dtype::kF16:
+      return c10::kHalf;
+    case Dtype::kBF16:
+      return c10::kBFloat16;
+    case Dtype::kI32:
+      return c10::kInt;
+    case Dtype::kF32:
+      return c10::kFloat;
+    case Dtype::kC64:
+      return c10::kComplexFloat;
+    case Dtype::kF64:
+      return c10::kDouble;
+    case Dtype::kI64:
+      return c10::kLong;
 #if LORAKEEP_HAS_FLOAT8
-    case Dtype::kF8E5M2: return c10::ScalarType::Float8_e5m2;
-    case Dtype::kF8E4M3: return c10::ScalarType::Float8_e4m3fn;
+    case Dtype::kF8E5M2:
+      return c10::ScalarType::Float8_e5m2;
+    case Dtype::kF8E4M3:
+      return c10::ScalarType::Float8_e4m3fn;
 #endif
 #if LORAKEEP_HAS_UINT_WIDE
-    case Dtype::kU16: return c10::ScalarType::UInt16;
-    case Dtype::kU32: return c10::ScalarType::UInt32;
-    case Dtype::kU64: return c10::ScalarType::UInt64;
+    case Dtype::kU16:
+      return c10::ScalarType::UInt16;
+    case Dtype::kU32:
+      return c10::ScalarType::UInt32;
+    case Dtype::kU64:
+      return c10::ScalarType::UInt64;
 #endif
 #if LORAKEEP_HAS_FLOAT8_E8M0
-    case Dtype::kF8E8M0: return c10::ScalarType::Float8_e8m0fnu;
+    case Dtype::kF8E8M0:
+      return c10::ScalarType::Float8_e8m0fnu;
 #endif
-    default: unsupported_dtype(dtype, what);
+    default:
+      unsupported_dtype(dtype, what);
   }
 }
 
 Dtype from_scalar_type(c10::ScalarType type, const std::string& what) {
   switch (type) {
-    case c10::kBool: return Dtype::kBool;
-    case c10::kByte: return Dtype::kU8;
-    case c10::kChar: return Dtype::kI8;
-    case c10::kShort: return Dtype::kI16;
-    case c10::kHalf: return Dtype::kF16;
-    case c10::kBFloat16: return Dtype::kBF16;
-    case c10::kInt: return Dtype::kI32;
-    case c10::kFloat: return Dtype::kF32;
-    case c10::kComplexFloat: return Dtype::kC64;
-    case c10::kDouble: return Dtype::kF64;
-    case c10::kLong: return Dtype::kI64;
+    case c10::kBool:
+      return Dtype::kBool;
+    case c10::kByte:
+      return Dtype::kU8;
+    case c10::kChar:
+      return Dtype::kI8;
+    case c10::kShort:
+      return Dtype::kI16;
+    case c10::kHalf:
+      return Dtype::kF16;
+    case c10::kBFloat16:
+      return Dtype::kBF16;
+    case c10::kInt:
+      return Dtype::kI32;
+    case c10::kFloat:
+      return Dtype::kF32;
+    case c10::kComplexFloat:
+      return Dtype::kC64;
+    case c10::kDouble:
+      return Dtype::kF64;
+    case c10::kLong:
+      return Dtype::kI64;
 #if LORAKEEP_HAS_FLOAT8
-    case c10::ScalarType::Float8_e5m2: return Dtype::kF8E5M2;
-    case c10::ScalarType::Float8_e4m3fn: return Dtype::kF8E4M3;
+    case c10::ScalarType::Float8_e5m2:
+      return Dtype::kF8E5M2;
+    case c10::ScalarType::Float8_e4m3fn:
+      return Dtype::kF8E4M3;
 #endif
 #if LORAKEEP_HAS_UINT_WIDE
-    case c10::ScalarType::UInt16: return Dtype::kU16;
-    case c10::ScalarType::UInt32: return Dtype::kU32;
-    case c10::ScalarType::UInt64: return Dtype::kU64;
+    case c10::ScalarType::UInt16:
+      return Dtype::kU16;
+    case c10::ScalarType::UInt32:
+      return Dtype::kU32;
+    case c10::ScalarType::UInt64:
+      return Dtype::kU64;
 #endif
 #if LORAKEEP_HAS_FLOAT8_E8M0
-    case c10::ScalarType::Float8_e8m0fnu: return Dtype::kF8E8M0;
+    case c10::ScalarType::Float8_e8m0fnu:
+      return Dtype::kF8E8M0;
 #endif
     default:
       throw Error(ErrorCode::kNotSupported, "tensor '" + what + "' has type " + std::string(c10::toString(type)) +
@@ -116,8 +151,9 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
   impl->map = detail::MappedFile::open(path);
   static const char kLfs[] = "version https://git-lfs.github.com/spec/";
   if (impl->map->size() >= sizeof kLfs - 1 && std::memcmp(impl->map->data(), kLfs, sizeof kLfs - 1) == 0) {
-    throw Error(ErrorCode::kCorruption, "'" + path + "' is a Git LFS pointer, not the file's content "
-                                        "(hint: run 'git lfs pull' where it was cloned)");
+    throw Error(ErrorCode::kCorruption, "'" + path +
+                                            "' is a Git LFS pointer, not the file's content "
+                                            "(hint: run 'git lfs pull' where it was cloned)");
   }
   impl->header = detail::parse_safetensors_header(impl->map->data(), impl->map->size(), path);
   impl->names.reserve(impl->header.tensors.size());
@@ -155,7 +191,8 @@ at::Tensor SafetensorsFile::tensor(const std::string& name) const {
     return copy;
   }
   std::shared_ptr<const detail::SafetensorsImpl> keep = impl_;
-  return at::from_blob(data, t.shape, [keep](void*) {}, options);
+  return at::from_blob(
+      data, t.shape, [keep](void*) {}, options);
 }
 
 void SafetensorsFile::release(const std::string& name, std::uint64_t begin, std::uint64_t end) const {

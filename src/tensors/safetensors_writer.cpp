@@ -96,9 +96,8 @@ void SafetensorsWriter::write_pieces(const std::function<void(const PieceSink&)>
     });
   });
   if (written != spec.byte_size()) {
-    throw Error(ErrorCode::kInvalidArgument, "tensor '" + spec.name + "' was streamed with " +
-                                                 std::to_string(written) + " bytes, not " +
-                                                 std::to_string(spec.byte_size()));
+    throw Error(ErrorCode::kInvalidArgument, "tensor '" + spec.name + "' was streamed with " + std::to_string(written) +
+                                                 " bytes, not " + std::to_string(spec.byte_size()));
   }
   tensor_checksums_.push_back(tensor_hash.digest());
   ++next_;
@@ -106,11 +105,12 @@ void SafetensorsWriter::write_pieces(const std::function<void(const PieceSink&)>
 
 void SafetensorsWriter::write(const at::Tensor& tensor) {
   const TensorInfo& spec = expect_next();
-  if (from_scalar_type(tensor.scalar_type(), spec.name) != spec.dtype || tensor.sizes() != at::IntArrayRef(spec.shape)) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "tensor '" + spec.name + "' for '" + path_ + "' was announced as " + std::string(dtype_name(spec.dtype)) +
-                    " " + format_shape(spec.shape) + " but is " + std::string(c10::toString(tensor.scalar_type())) +
-                    " " + format_shape(tensor.sizes().vec()));
+  if (from_scalar_type(tensor.scalar_type(), spec.name) != spec.dtype ||
+      tensor.sizes() != at::IntArrayRef(spec.shape)) {
+    throw Error(ErrorCode::kInvalidArgument, "tensor '" + spec.name + "' for '" + path_ + "' was announced as " +
+                                                 std::string(dtype_name(spec.dtype)) + " " + format_shape(spec.shape) +
+                                                 " but is " + std::string(c10::toString(tensor.scalar_type())) + " " +
+                                                 format_shape(tensor.sizes().vec()));
   }
   write_pieces([&](const PieceSink& sink) { sink(tensor); });
 }

@@ -52,7 +52,8 @@ ShardedWriter::ShardedWriter(std::string dir, std::vector<TensorInfo> tensors,
   const std::size_t count = groups.size();
   for (std::size_t i = 0; i < count; ++i) {
     Shard shard;
-    shard.file = count == 1 ? single_shard_file_name(options_.base_name) : shard_file_name(options_.base_name, i + 1, count);
+    shard.file = count == 1 ? single_shard_file_name(options_.base_name)
+                            : shard_file_name(options_.base_name, i + 1, count);
     shard.tensors = layout_safetensors_header(std::move(groups[i]), metadata_).tensors;
     for (const TensorInfo& t : shard.tensors) order_.push_back(t);
     shards_.push_back(std::move(shard));

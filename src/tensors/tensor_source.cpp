@@ -9,10 +9,10 @@
 
 #include "lorakeep/error.h"
 #include "base/file_names.h"
-#include "base/text.h"
-#include "io/read_file.h"
-#include "format/shard_index.h"
 #include "base/logging.h"
+#include "base/text.h"
+#include "format/shard_index.h"
+#include "io/read_file.h"
 #include "tensors/pickle.h"
 
 namespace lorakeep {
@@ -67,8 +67,8 @@ class SafetensorsSource final : public TensorSource {
 class ShardedSource final : public TensorSource {
  public:
   explicit ShardedSource(const std::string& index_path) : path_(index_path) {
-    const detail::ShardIndex index =
-        detail::parse_shard_index(detail::read_small_file(index_path, 256ull << 20), index_path);
+    const detail::ShardIndex index = detail::parse_shard_index(detail::read_small_file(index_path, 256ull << 20),
+                                                               index_path);
     const fs::path dir = fs::path(index_path).parent_path();
     std::unordered_map<std::string, std::size_t> shard_of_file;
     for (const std::string& file : index.shard_files) {
@@ -97,8 +97,8 @@ class ShardedSource final : public TensorSource {
       auto it = where_.find(name);
       const std::size_t want = shard_of_file.at(file);
       if (it == where_.end()) {
-        throw Error(ErrorCode::kCorruption, "index '" + index_path + "' maps tensor '" + name + "' to '" + file +
-                                                "', which does not hold it");
+        throw Error(ErrorCode::kCorruption,
+                    "index '" + index_path + "' maps tensor '" + name + "' to '" + file + "', which does not hold it");
       }
       if (it->second.shard != want) {
         throw Error(ErrorCode::kCorruption, "index '" + index_path + "' maps tensor '" + name + "' to '" + file +
@@ -111,8 +111,7 @@ class ShardedSource final : public TensorSource {
       for (const TensorInfo& t : shard.infos()) {
         if (!listed.count(t.name)) {
           throw Error(ErrorCode::kCorruption, "tensor '" + t.name + "' in shard '" + shard.path() +
-                                                  "' is not listed in index '" + index_path +
-                                                  "' (hint: stale index?)");
+                                                  "' is not listed in index '" + index_path + "' (hint: stale index?)");
         }
         names_.push_back(t.name);
         total += t.byte_size();

@@ -89,7 +89,8 @@ void CheckpointCallback::on_evaluate(TrainingState& state, const Metrics& metric
   if (manager_.options().save_strategy != SaveStrategy::kBest) return;
   auto it = metrics.find(manager_.metric_key());
   if (it == metrics.end() || std::isnan(it->second)) return;
-  const bool better = !best_seen_ || (manager_.greater_is_better() ? it->second > *best_seen_ : it->second < *best_seen_);
+  const bool better = !best_seen_ ||
+                      (manager_.greater_is_better() ? it->second > *best_seen_ : it->second < *best_seen_);
   if (better) {
     best_seen_ = it->second;
     state.should_save = true;
@@ -138,8 +139,7 @@ void EarlyStopping::on_evaluate(TrainingState& state, const Metrics& metrics) {
 
 // ---------------------------------------------------------------------------
 
-LoadBestAtEnd::LoadBestAtEnd(CheckpointManager& manager, torch::nn::Module& model)
-    : manager_(manager), model_(model) {}
+LoadBestAtEnd::LoadBestAtEnd(CheckpointManager& manager, torch::nn::Module& model) : manager_(manager), model_(model) {}
 
 void LoadBestAtEnd::on_train_end(TrainingState& state) {
   if (!manager_.options().load_best_model_at_end) return;

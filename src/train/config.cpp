@@ -83,8 +83,8 @@ class Section {
   void integer(const std::string& key, int* out, long long lo, long long hi = std::numeric_limits<int>::max()) {
     long long v = *out;
     if (scalar(key, &v, "an integer") && (v < lo || v > hi)) {
-      fail_key(at(key), key, "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], not " +
-                                    std::to_string(v));
+      fail_key(at(key), key,
+               "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], not " + std::to_string(v));
     }
     *out = static_cast<int>(v);
   }
@@ -122,7 +122,8 @@ class Section {
     const YAML::Node v = take(key);
     if (!v || v.IsNull()) return;
     if (!v.IsScalar() || !detail::parse_byte_size(v.Scalar(), out)) {
-      fail_key(v, key, "must be a byte size such as 67108864, 64MiB or 1GB, not '" + (v.IsScalar() ? v.Scalar() : "") + "'");
+      fail_key(v, key,
+               "must be a byte size such as 67108864, 64MiB or 1GB, not '" + (v.IsScalar() ? v.Scalar() : "") + "'");
     }
   }
   template <class E>
@@ -152,9 +153,8 @@ class Section {
         const std::size_t d = edit_distance(key, k);
         if (d < best) best = d, hint = k;
       }
-      throw Error(ErrorCode::kInvalidArgument,
-                  where(file_, kv.first.Mark()) + "unknown key '" + path(key) + "'" +
-                      (hint.empty() ? "" : " (hint: did you mean '" + path(hint) + "'?)"));
+      throw Error(ErrorCode::kInvalidArgument, where(file_, kv.first.Mark()) + "unknown key '" + path(key) + "'" +
+                                                   (hint.empty() ? "" : " (hint: did you mean '" + path(hint) + "'?)"));
     }
   }
 
@@ -174,8 +174,10 @@ class Section {
 void read_checkpoint(Section s, CheckpointOptions* c) {
   s.text("output_dir", &c->output_dir);
   s.choice("save_strategy", &c->save_strategy,
-           std::map<std::string, SaveStrategy>{{"no", SaveStrategy::kNo}, {"steps", SaveStrategy::kSteps},
-                                               {"epoch", SaveStrategy::kEpoch}, {"best", SaveStrategy::kBest}});
+           std::map<std::string, SaveStrategy>{{"no", SaveStrategy::kNo},
+                                               {"steps", SaveStrategy::kSteps},
+                                               {"epoch", SaveStrategy::kEpoch},
+                                               {"best", SaveStrategy::kBest}});
   s.integer64("save_steps", &c->save_steps, 1);
   s.choice("eval_strategy", &c->eval_strategy,
            std::map<std::string, EvalStrategy>{
@@ -249,7 +251,8 @@ void read_lora(Section s, LoraConfig* c) {
   std::string init;
   if (s.scalar("init_lora_weights", &init, "true, false or gaussian")) {
     if (init == "true" || init == "false" || init == "gaussian") c->init_lora_weights = init;
-    else s.fail_key(s.at("init_lora_weights"), "init_lora_weights", "must be true, false or gaussian, not '" + init + "'");
+    else
+      s.fail_key(s.at("init_lora_weights"), "init_lora_weights", "must be true, false or gaussian, not '" + init + "'");
   }
   std::string task;
   if (s.scalar("task_type", &task, "a string")) c->task_type = task;
@@ -315,7 +318,8 @@ RunConfig parse_run_config(const std::string& text, const std::string& name) {
   run.path = name;
   try {
     Section top(root, "", name);
-    if (!root.IsMap()) top.fail(root, "must be a mapping with sections checkpoint, lora, transfer, training, model, data");
+    if (!root.IsMap())
+      top.fail(root, "must be a mapping with sections checkpoint, lora, transfer, training, model, data");
     using Reader = std::function<void(Section)>;
     const std::vector<std::pair<std::string, Reader>> sections = {
         {"checkpoint", [&](Section s) { read_checkpoint(std::move(s), &run.checkpoint); }},

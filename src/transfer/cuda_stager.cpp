@@ -69,15 +69,15 @@ class CudaStager final : public DeviceStager {
     // Copies go over in the parameter's dtype; adds in the wider of the two,
     // rounded once on the device.
     const c10::ScalarType type = op == TransferOp::kCopy ? dst.scalar_type()
-                                                          : c10::promoteTypes(src.scalar_type(), dst.scalar_type());
+                                                         : c10::promoteTypes(src.scalar_type(), dst.scalar_type());
     at::Tensor host = pinned_[slot].view(type, dst.sizes());
     host.copy_(src);  // dtype conversion (or a plain copy) on the host, into pinned memory
     c10::cuda::CUDAStreamGuard on_side(stream_);
     if (op == TransferOp::kCopy) {
       dst.copy_(host, /*non_blocking=*/true);
     } else {
-      at::Tensor staged =
-          at::from_blob(device_buffer_.data_ptr(), dst.sizes(), at::TensorOptions().dtype(type).device(device_));
+      at::Tensor staged = at::from_blob(device_buffer_.data_ptr(), dst.sizes(),
+                                        at::TensorOptions().dtype(type).device(device_));
       staged.copy_(host, /*non_blocking=*/true);
       if (type == dst.scalar_type()) {
         dst.add_(staged, scale);

@@ -22,7 +22,7 @@ class GenericStager final : public DeviceStager {
     // Copies convert to the parameter's dtype on the host; adds happen on
     // the device in the wider of the two dtypes, rounded once.
     const c10::ScalarType type = op == TransferOp::kCopy ? dst.scalar_type()
-                                                          : c10::promoteTypes(src.scalar_type(), dst.scalar_type());
+                                                         : c10::promoteTypes(src.scalar_type(), dst.scalar_type());
     at::Tensor host = src;
     if (src.scalar_type() != type) {
       host = host_.view(type, dst.sizes());
@@ -32,8 +32,8 @@ class GenericStager final : public DeviceStager {
       dst.copy_(host);  // straight into the live storage
       return;
     }
-    at::Tensor on_device =
-        at::from_blob(device_.data_ptr(), dst.sizes(), at::TensorOptions().dtype(type).device(dst.device()));
+    at::Tensor on_device = at::from_blob(device_.data_ptr(), dst.sizes(),
+                                         at::TensorOptions().dtype(type).device(dst.device()));
     on_device.copy_(host);
     if (type == dst.scalar_type()) {
       dst.add_(on_device, scale);

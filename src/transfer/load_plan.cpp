@@ -12,15 +12,15 @@
 #include <c10/core/GradMode.h>
 
 #include "lorakeep/error.h"
-#include "base/clock.h"
 #include "lorakeep/memory.h"
-#include "base/text.h"
-#include "io/checksum.h"
+#include "base/clock.h"
 #include "base/logging.h"
 #include "base/openmp_threads.h"
 #include "base/parallel.h"
-#include "tensors/torch_error.h"
+#include "base/text.h"
+#include "io/checksum.h"
 #include "tensors/pieces.h"
+#include "tensors/torch_error.h"
 #include "transfer/device_stager.h"
 #include "transfer/plan.h"
 
@@ -116,8 +116,8 @@ Staging allocate_staging(const std::vector<Planned>& planned, const LoadOptions&
   s.threads = detail::io_threads(host_bytes);
   if (staged_on_host) {
     // Every thread's staging together stays within chunk_bytes.
-    s.threads = static_cast<unsigned>(std::max<std::uint64_t>(
-        1, std::min<std::uint64_t>(s.threads, o.chunk_bytes / kHostPieceBytes)));
+    s.threads = static_cast<unsigned>(
+        std::max<std::uint64_t>(1, std::min<std::uint64_t>(s.threads, o.chunk_bytes / kHostPieceBytes)));
     s.workers.resize(s.threads);
   }
   s.serial.budget = o.chunk_bytes;
@@ -167,8 +167,7 @@ Staging allocate_staging(const std::vector<Planned>& planned, const LoadOptions&
 // (and, for device tensors, the stagers).
 class Applier {
  public:
-  Applier(const TensorSource& source, const LoadOptions& o, HostBuffers& buffers, Staging& staging,
-          RssSampler& rss)
+  Applier(const TensorSource& source, const LoadOptions& o, HostBuffers& buffers, Staging& staging, RssSampler& rss)
       : source_(source), o_(o), buffers_(buffers), staging_(staging), rss_(rss) {}
 
   // REQUIRES: p.target is not empty.
@@ -238,14 +237,14 @@ class Applier {
 
 std::string TransferReport::summary() const {
   char buf[512];
-  std::snprintf(buf, sizeof buf,
-                "loaded %zu tensors (%s) from '%s' in %.3f s (%.2f GB/s, checksums %.3f s); extra %s allocator peak "
-                "%s (a full temporary copy: %s); extra RSS peak %s",
-                tensors, detail::format_bytes(bytes).c_str(), source.c_str(), seconds, gb_per_s, verify_seconds,
-                device.c_str(),
-                peak_device_bytes < 0 ? "n/a" : detail::format_bytes(static_cast<std::uint64_t>(peak_device_bytes)).c_str(),
-                detail::format_bytes(naive_device_bytes).c_str(),
-                peak_rss_bytes < 0 ? "n/a" : detail::format_bytes(static_cast<std::uint64_t>(peak_rss_bytes)).c_str());
+  std::snprintf(
+      buf, sizeof buf,
+      "loaded %zu tensors (%s) from '%s' in %.3f s (%.2f GB/s, checksums %.3f s); extra %s allocator peak "
+      "%s (a full temporary copy: %s); extra RSS peak %s",
+      tensors, detail::format_bytes(bytes).c_str(), source.c_str(), seconds, gb_per_s, verify_seconds, device.c_str(),
+      peak_device_bytes < 0 ? "n/a" : detail::format_bytes(static_cast<std::uint64_t>(peak_device_bytes)).c_str(),
+      detail::format_bytes(naive_device_bytes).c_str(),
+      peak_rss_bytes < 0 ? "n/a" : detail::format_bytes(static_cast<std::uint64_t>(peak_rss_bytes)).c_str());
   return buf;
 }
 
@@ -262,8 +261,8 @@ struct LoadPlan::State {
 LoadPlan::LoadPlan(const NamedTensors& targets, const TensorSource& source, const LoadOptions& options)
     : s_(std::make_unique<State>()) {
   if (options.chunk_bytes < 64) {
-    throw Error(ErrorCode::kInvalidArgument, "chunk_bytes must be at least 64, not " +
-                                                 std::to_string(options.chunk_bytes));
+    throw Error(ErrorCode::kInvalidArgument,
+                "chunk_bytes must be at least 64, not " + std::to_string(options.chunk_bytes));
   }
   s_->start = now_seconds();
   s_->source = &source;

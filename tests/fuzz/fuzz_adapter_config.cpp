@@ -3,8 +3,8 @@
 #include <cstdint>
 #include <string>
 
-#include "fuzz_util.h"
 #include "lorakeep/lora_config.h"
+#include "fuzz_util.h"
 
 using namespace lorakeep;
 

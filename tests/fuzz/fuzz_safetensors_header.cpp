@@ -21,10 +21,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   for (const TensorInfo& t : h.tensors) {
     fuzz::require(t.data_begin == at, "tensor '" + t.name + "' does not start where the previous ended");
     std::uint64_t bytes = 0;
-    fuzz::require(detail::checked_byte_size(t.dtype, std::vector<std::uint64_t>(t.shape.begin(), t.shape.end()),
-                                            &bytes) &&
-                      bytes == t.byte_size(),
-                  "tensor '" + t.name + "' has a byte length other than its shape's");
+    fuzz::require(
+        detail::checked_byte_size(t.dtype, std::vector<std::uint64_t>(t.shape.begin(), t.shape.end()), &bytes) &&
+            bytes == t.byte_size(),
+        "tensor '" + t.name + "' has a byte length other than its shape's");
     at = t.data_end;
   }
   fuzz::require(at == h.data_size, "the tensors do not cover the data");
@@ -37,8 +37,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::memcpy(file.data(), &n, 8);  // little-endian, as x86 and the format are
   file += layout.header;
   file.append(layout.data_size, '\0');
-  const detail::SafetensorsHeader again =
-      detail::parse_safetensors_header(reinterpret_cast<const std::uint8_t*>(file.data()), file.size(), "rewritten");
+  const detail::SafetensorsHeader again = detail::parse_safetensors_header(
+      reinterpret_cast<const std::uint8_t*>(file.data()), file.size(), "rewritten");
   fuzz::require(again.metadata == h.metadata, "metadata changed in a round trip");
   fuzz::require(again.tensors.size() == layout.tensors.size(), "tensor count changed in a round trip");
   for (std::size_t i = 0; i < again.tensors.size(); ++i) {
