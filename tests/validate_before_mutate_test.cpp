@@ -142,18 +142,10 @@ void rewrite(const std::string& path, Edit edit) {
   std::string& first = tensors.front().first;
   at::Tensor& t = tensors.front().second;
   switch (edit) {
-    case Edit::kWrongShape:
-      t = at::zeros({t.size(0) + 1, t.numel() / t.size(0)}, t.options());
-      break;
-    case Edit::kMissingKey:
-      tensors.erase(tensors.begin());
-      break;
-    case Edit::kExtraKey:
-      tensors.emplace_back(first.substr(0, first.rfind('.')) + ".extra", at::zeros({2}));
-      break;
-    case Edit::kWrongDtype:
-      t = at::zeros(t.sizes(), at::kLong);
-      break;
+    case Edit::kWrongShape: t = at::zeros({t.size(0) + 1, t.numel() / t.size(0)}, t.options()); break;
+    case Edit::kMissingKey: tensors.erase(tensors.begin()); break;
+    case Edit::kExtraKey: tensors.emplace_back(first.substr(0, first.rfind('.')) + ".extra", at::zeros({2})); break;
+    case Edit::kWrongDtype: t = at::zeros(t.sizes(), at::kLong); break;
   }
   fs::remove(path);
   save_safetensors(path, tensors, file.metadata());

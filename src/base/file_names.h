@@ -24,9 +24,6 @@
 
 namespace lorakeep::detail {
 
-// PEFT prefixes every key of an adapter file with this.
-inline constexpr const char* kPeftPrefix = "base_model.model.";
-
 inline constexpr const char* kAdapterWeightsFile = "adapter_model.safetensors";
 inline constexpr const char* kAdapterPickleFile = "adapter_model.bin";
 inline constexpr const char* kAdapterConfigFile = "adapter_config.json";
@@ -38,11 +35,11 @@ inline constexpr const char* kLockFile = ".lock";
 inline constexpr const char* kMetricsLogFile = "metrics.jsonl";
 inline constexpr const char* kReportFile = "report.html";
 
-// Hugging Face's single-file and sharded model names.
-inline constexpr const char* kModelBaseName = "model";
-
 // "model" => "model.safetensors" (a set of one shard).
 std::string single_shard_file_name(const std::string& base);
+
+// The base name of Hugging Face's single-file and sharded model files.
+inline constexpr const char* kModelBaseName = "model";
 
 // "model", 2, 5 => "model-00002-of-00005.safetensors" (HF's shard names).
 std::string shard_file_name(const std::string& base, std::size_t index, std::size_t count);
@@ -53,6 +50,9 @@ std::string shard_index_file_name(const std::string& base);
 // Whether `path` names a sharded set's index ("*.safetensors.index.json" or
 // any "*.index.json").
 bool is_shard_index_path(const std::string& path);
+
+// PEFT prefixes every key of an adapter file with this.
+inline constexpr const char* kPeftPrefix = "base_model.model.";
 
 // The files open_tensor_source looks for in a directory, in order:
 // adapter_model.safetensors, adapter_model.bin, model.safetensors.index.json,

@@ -56,24 +56,19 @@ class HeaderSax {
   bool binary(json::binary_t&) { return scalar("binary"); }
   bool number_unsigned(json::number_unsigned_t v) {
     switch (state_) {
-      case State::kShape:
-        tensors.back().shape.push_back(v);
-        return true;
+      case State::kShape: tensors.back().shape.push_back(v); return true;
       case State::kOffsets: {
         RawTensor& t = tensors.back();
         if (t.offsets_seen >= 2) return set_error("tensor '" + t.name + "': data_offsets must have exactly 2 entries");
         t.offsets[t.offsets_seen++] = v;
         return true;
       }
-      default:
-        return scalar("an integer");
+      default: return scalar("an integer");
     }
   }
   bool string(json::string_t& v) {
     switch (state_) {
-      case State::kMetadata:
-        metadata[key_] = v;
-        return true;
+      case State::kMetadata: metadata[key_] = v; return true;
       case State::kTensor:
         if (field_ == Field::kDtype) {
           auto d = parse_dtype(v);
@@ -82,15 +77,12 @@ class HeaderSax {
           return true;
         }
         return scalar("a string");
-      default:
-        return scalar("a string");
+      default: return scalar("a string");
     }
   }
   bool start_object(std::size_t) {
     switch (state_) {
-      case State::kTop:
-        state_ = State::kRoot;
-        return true;
+      case State::kTop: state_ = State::kRoot; return true;
       case State::kRoot:
         if (pending_metadata_) {
           state_ = State::kMetadata;
@@ -101,11 +93,8 @@ class HeaderSax {
       case State::kTensor:
         if (field_ == Field::kOther) return begin_skip();
         return scalar("an object");
-      case State::kSkip:
-        ++skip_depth_;
-        return true;
-      default:
-        return scalar("an object");
+      case State::kSkip: ++skip_depth_; return true;
+      default: return scalar("an object");
     }
   }
   bool start_array(std::size_t) {
@@ -122,37 +111,27 @@ class HeaderSax {
         }
         if (field_ == Field::kOther) return begin_skip();
         return scalar("an array");
-      case State::kSkip:
-        ++skip_depth_;
-        return true;
-      case State::kTop:
-        return set_error("the header must be a JSON object, not an array");
-      default:
-        return scalar("an array");
+      case State::kSkip: ++skip_depth_; return true;
+      case State::kTop: return set_error("the header must be a JSON object, not an array");
+      default: return scalar("an array");
     }
   }
   bool end_array() {
     switch (state_) {
-      case State::kShape:
-        state_ = State::kTensor;
-        return true;
+      case State::kShape: state_ = State::kTensor; return true;
       case State::kOffsets:
         if (tensors.back().offsets_seen != 2) {
           return set_error("tensor '" + tensors.back().name + "': data_offsets must have exactly 2 entries");
         }
         state_ = State::kTensor;
         return true;
-      case State::kSkip:
-        return end_skip();
-      default:
-        return true;
+      case State::kSkip: return end_skip();
+      default: return true;
     }
   }
   bool end_object() {
     switch (state_) {
-      case State::kMetadata:
-        state_ = State::kRoot;
-        return true;
+      case State::kMetadata: state_ = State::kRoot; return true;
       case State::kTensor: {
         const RawTensor& t = tensors.back();
         const char* missing = !t.dtype             ? "dtype"
@@ -163,13 +142,9 @@ class HeaderSax {
         state_ = State::kRoot;
         return true;
       }
-      case State::kSkip:
-        return end_skip();
-      case State::kRoot:
-        state_ = State::kDone;
-        return true;
-      default:
-        return true;
+      case State::kSkip: return end_skip();
+      case State::kRoot: state_ = State::kDone; return true;
+      default: return true;
     }
   }
   bool key(json::string_t& k) {
@@ -212,8 +187,7 @@ class HeaderSax {
         if (dup) return set_error("tensor '" + t.name + "' has field '" + k + "' twice");
         return true;
       }
-      default:
-        return true;
+      default: return true;
     }
   }
   bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& ex) {
@@ -241,16 +215,14 @@ class HeaderSax {
   // A scalar value where the state says what is legal.
   bool scalar(const char* what) {
     switch (state_) {
-      case State::kTop:
-        return set_error(std::string("the header must be a JSON object, not ") + what);
+      case State::kTop: return set_error(std::string("the header must be a JSON object, not ") + what);
       case State::kRoot:
         if (pending_metadata_) {
           if (std::strcmp(what, "null") == 0) return true;  // "__metadata__": null is accepted
           return set_error(std::string("'__metadata__' must be an object of strings, not ") + what);
         }
         return set_error("tensor '" + tensors.back().name + "' must be an object, not " + what);
-      case State::kMetadata:
-        return set_error("metadata value of key '" + key_ + "' must be a string, not " + what);
+      case State::kMetadata: return set_error("metadata value of key '" + key_ + "' must be a string, not " + what);
       case State::kTensor:
         if (field_ == Field::kOther) return true;
         return set_error("tensor '" + tensors.back().name + "' field '" +
@@ -264,10 +236,8 @@ class HeaderSax {
       case State::kOffsets:
         return set_error("tensor '" + tensors.back().name + "' data_offsets must be non-negative integers, not " +
                          what);
-      case State::kSkip:
-        return true;
-      case State::kDone:
-        return true;
+      case State::kSkip: return true;
+      case State::kDone: return true;
     }
     return true;
   }
@@ -388,27 +358,13 @@ void append_json_string(std::string& out, const std::string& s) {
   out += '"';
   for (unsigned char c : s) {
     switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\b':
-        out += "\\b";
-        break;
-      case '\f':
-        out += "\\f";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
       default:
         if (c < 0x20) {
           out += "\\u00";

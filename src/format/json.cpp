@@ -24,19 +24,14 @@ OrderedJson parse_json_strict(std::string_view text, const std::string& path) {
   std::string duplicate;
   auto callback = [&](int, OrderedJson::parse_event_t event, OrderedJson& parsed) {
     switch (event) {
-      case OrderedJson::parse_event_t::object_start:
-        keys.emplace_back();
-        break;
-      case OrderedJson::parse_event_t::object_end:
-        keys.pop_back();
-        break;
+      case OrderedJson::parse_event_t::object_start: keys.emplace_back(); break;
+      case OrderedJson::parse_event_t::object_end: keys.pop_back(); break;
       case OrderedJson::parse_event_t::key:
         if (!keys.back().insert(parsed.get<std::string>()).second && duplicate.empty()) {
           duplicate = parsed.get<std::string>();
         }
         break;
-      default:
-        break;
+      default: break;
     }
     return true;
   };

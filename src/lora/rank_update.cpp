@@ -111,13 +111,10 @@ template <class T>
 Kernel<T> kernel_for(RankUpdateIsa isa) {
   switch (isa) {
 #if defined(__x86_64__)
-    case RankUpdateIsa::kAvx512:
-      return update_avx512<T>;
-    case RankUpdateIsa::kAvx2:
-      return update_avx2<T>;
+    case RankUpdateIsa::kAvx512: return update_avx512<T>;
+    case RankUpdateIsa::kAvx2: return update_avx2<T>;
 #endif
-    default:
-      return update_generic<T>;
+    default: return update_generic<T>;
   }
 }
 

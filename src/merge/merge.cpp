@@ -157,14 +157,10 @@ std::int64_t count_bit_differences(const at::Tensor& x, const at::Tensor& y) {
   // The usual answer, an exact round trip, costs one memcmp.
   if (std::memcmp(x.data_ptr(), y.data_ptr(), static_cast<std::size_t>(n) * size) == 0) return 0;
   switch (size) {
-    case 1:
-      return count_word_differences<std::uint8_t>(x.data_ptr(), y.data_ptr(), n);
-    case 2:
-      return count_word_differences<std::uint16_t>(x.data_ptr(), y.data_ptr(), n);
-    case 4:
-      return count_word_differences<std::uint32_t>(x.data_ptr(), y.data_ptr(), n);
-    case 8:
-      return count_word_differences<std::uint64_t>(x.data_ptr(), y.data_ptr(), n);
+    case 1: return count_word_differences<std::uint8_t>(x.data_ptr(), y.data_ptr(), n);
+    case 2: return count_word_differences<std::uint16_t>(x.data_ptr(), y.data_ptr(), n);
+    case 4: return count_word_differences<std::uint32_t>(x.data_ptr(), y.data_ptr(), n);
+    case 8: return count_word_differences<std::uint64_t>(x.data_ptr(), y.data_ptr(), n);
   }
   // plan() admits no other element size (complex and bool are refused).
   throw Error(ErrorCode::kNotSupported, "cannot compare " + std::to_string(size) + "-byte elements");

@@ -31,92 +31,57 @@ namespace {
 
 c10::ScalarType to_scalar_type(Dtype dtype, const std::string& what) {
   switch (dtype) {
-    case Dtype::kBool:
-      return c10::kBool;
-    case Dtype::kU8:
-      return c10::kByte;
-    case Dtype::kI8:
-      return c10::kChar;
-    case Dtype::kI16:
-      return c10::kShort;
-    case Dtype::kF16:
-      return c10::kHalf;
-    case Dtype::kBF16:
-      return c10::kBFloat16;
-    case Dtype::kI32:
-      return c10::kInt;
-    case Dtype::kF32:
-      return c10::kFloat;
-    case Dtype::kC64:
-      return c10::kComplexFloat;
-    case Dtype::kF64:
-      return c10::kDouble;
-    case Dtype::kI64:
-      return c10::kLong;
+    case Dtype::kBool: return c10::kBool;
+    case Dtype::kU8: return c10::kByte;
+    case Dtype::kI8: return c10::kChar;
+    case Dtype::kI16: return c10::kShort;
+    case Dtype::kF16: return c10::kHalf;
+    case Dtype::kBF16: return c10::kBFloat16;
+    case Dtype::kI32: return c10::kInt;
+    case Dtype::kF32: return c10::kFloat;
+    case Dtype::kC64: return c10::kComplexFloat;
+    case Dtype::kF64: return c10::kDouble;
+    case Dtype::kI64: return c10::kLong;
 #if LORAKEEP_HAS_FLOAT8
-    case Dtype::kF8E5M2:
-      return c10::ScalarType::Float8_e5m2;
-    case Dtype::kF8E4M3:
-      return c10::ScalarType::Float8_e4m3fn;
+    case Dtype::kF8E5M2: return c10::ScalarType::Float8_e5m2;
+    case Dtype::kF8E4M3: return c10::ScalarType::Float8_e4m3fn;
 #endif
 #if LORAKEEP_HAS_UINT_WIDE
-    case Dtype::kU16:
-      return c10::ScalarType::UInt16;
-    case Dtype::kU32:
-      return c10::ScalarType::UInt32;
-    case Dtype::kU64:
-      return c10::ScalarType::UInt64;
+    case Dtype::kU16: return c10::ScalarType::UInt16;
+    case Dtype::kU32: return c10::ScalarType::UInt32;
+    case Dtype::kU64: return c10::ScalarType::UInt64;
 #endif
 #if LORAKEEP_HAS_FLOAT8_E8M0
-    case Dtype::kF8E8M0:
-      return c10::ScalarType::Float8_e8m0fnu;
+    case Dtype::kF8E8M0: return c10::ScalarType::Float8_e8m0fnu;
 #endif
-    default:
-      unsupported_dtype(dtype, what);
+    default: unsupported_dtype(dtype, what);
   }
 }
 
 Dtype from_scalar_type(c10::ScalarType type, const std::string& what) {
   switch (type) {
-    case c10::kBool:
-      return Dtype::kBool;
-    case c10::kByte:
-      return Dtype::kU8;
-    case c10::kChar:
-      return Dtype::kI8;
-    case c10::kShort:
-      return Dtype::kI16;
-    case c10::kHalf:
-      return Dtype::kF16;
-    case c10::kBFloat16:
-      return Dtype::kBF16;
-    case c10::kInt:
-      return Dtype::kI32;
-    case c10::kFloat:
-      return Dtype::kF32;
-    case c10::kComplexFloat:
-      return Dtype::kC64;
-    case c10::kDouble:
-      return Dtype::kF64;
-    case c10::kLong:
-      return Dtype::kI64;
+    case c10::kBool: return Dtype::kBool;
+    case c10::kByte: return Dtype::kU8;
+    case c10::kChar: return Dtype::kI8;
+    case c10::kShort: return Dtype::kI16;
+    case c10::kHalf: return Dtype::kF16;
+    case c10::kBFloat16: return Dtype::kBF16;
+    case c10::kInt: return Dtype::kI32;
+    case c10::kFloat: return Dtype::kF32;
+    case c10::kComplexFloat: return Dtype::kC64;
+    case c10::kDouble: return Dtype::kF64;
+    case c10::kLong: return Dtype::kI64;
 #if LORAKEEP_HAS_FLOAT8
-    case c10::ScalarType::Float8_e5m2:
-      return Dtype::kF8E5M2;
-    case c10::ScalarType::Float8_e4m3fn:
-      return Dtype::kF8E4M3;
+    case c10::ScalarType::Float8_e5m2: return Dtype::kF8E5M2;
+    case c10::ScalarType::Float8_e4m3fn: return Dtype::kF8E4M3;
 #endif
 #if LORAKEEP_HAS_UINT_WIDE
-    case c10::ScalarType::UInt16:
-      return Dtype::kU16;
-    case c10::ScalarType::UInt32:
-      return Dtype::kU32;
-    case c10::ScalarType::UInt64:
-      return Dtype::kU64;
+    case c10::ScalarType::UInt16: return Dtype::kU16;
+    case c10::ScalarType::UInt32: return Dtype::kU32;
+    case c10::ScalarType::UInt64: return Dtype::kU64;
 #endif
 #if LORAKEEP_HAS_FLOAT8_E8M0
-    case c10::ScalarType::Float8_e8m0fnu:
-      return Dtype::kF8E8M0;
+    case c10::ScalarType::Float8_e8m0fnu: return Dtype::kF8E8M0;
 #endif
     default:
       throw Error(ErrorCode::kNotSupported, "tensor '" + what + "' has type " + std::string(c10::toString(type)) +
