@@ -13,8 +13,9 @@ void fine_tune(Model& model, const std::string& yaml, TrainStep train_step, Eval
   const lorakeep::RunConfig run = lorakeep::load_run_config(yaml);
   lorakeep::inject_lora(*model, run.lora);  // arms q_proj, v_proj, ...; freezes the rest
   std::vector<torch::Tensor> trainable;
-  for (auto& p : model->parameters())
+  for (auto& p : model->parameters()) {
     if (p.requires_grad()) trainable.push_back(p);
+  }
   torch::optim::AdamW optimizer(trainable, torch::optim::AdamWOptions(1e-3));
 
   lorakeep::CheckpointManager ckpt(run.checkpoint);  // atomic, checksummed checkpoint-<step>/
