@@ -431,3 +431,33 @@ TEST_CASE("resume holds at most one extra copy of the optimizer state while it r
 }
 
 }  // namespace lorakeep
+
+namespace lorakeep {
+
+TEST_CASE("resume into an optimizer of other parameter groups changes nothing", "[validate][checkpoint]") {
+  test::TempDir dir;
+  torch::manual_seed(8);
+  Live live;
+  const Run run = write_run(dir / "run", live);
+  // Another optimizer setup on the same model: the adapter factors in one
+  // group, the head in a second one.
+  std::vector<torch::Tensor> factors, head;
+  for (const auto& p : live.net->named_parameters()) {
+    if (!p.value().requires_grad()) continue;
+    (p.key().rfind("head.", 0) == 0 ? head : factors).push_back(p.value());
+  }
+  torch::optim::Adam two_groups(factors, torch::optim::AdamOptions(1e-2));
+  two_groups.add_param_group(torch::optim::OptimizerParamGroup(head));
+  CheckpointOptions o;
+  o.output_dir = run.dir;
+  CheckpointManager ckpt(o);
+  const Snapshot before = snapshot(*live.net, &two_groups);
+  TrainingState state;
+  const Error e = test::capture_error([&] { ckpt.resume(*live.net, &two_groups, &state); });
+  CHECK(e.code() == ErrorCode::kIncompatible);
+  CHECK_THAT(e.what(), Contains("parameter groups") && Contains("checkpoint-2"));
+  CHECK(snapshot(*live.net, &two_groups) == before);
+  CHECK(state.global_step == 0);
+}
+
+}  // namespace lorakeep

@@ -371,6 +371,43 @@ void move_state_to_parameters(torch::optim::Optimizer& optimizer) {
   }
 }
 
+// LibTorch's Optimizer::load checks the number of parameter groups, then
+// each group's size just before it replaces that group's state: a saved
+// state that fits the first group but not a later one would leave the
+// optimizer half restored. So every count is checked here first, on the
+// archive as LibTorch writes it ("param_groups/size", "param_groups/<i>" ->
+// "params/size"). Throws Error(kIncompatible) naming `path`.
+void check_optimizer_groups(torch::serialize::InputArchive& archive, torch::optim::Optimizer& optimizer,
+                            const std::string& path) {
+  torch::serialize::InputArchive groups;
+  if (!archive.try_read("param_groups", groups)) return;  // another layout: Optimizer::load checks it
+  auto count = [&](torch::serialize::InputArchive& a, const std::string& key) {
+    at::Tensor n;
+    if (!a.try_read(key, n) || n.numel() != 1) {
+      throw Error(ErrorCode::kCorruption, "the optimizer state '" + path + "' has no '" + key + "'");
+    }
+    return n.item<std::int64_t>();
+  };
+  const auto& live = optimizer.param_groups();
+  const std::int64_t saved = count(groups, "param_groups/size");
+  if (saved != static_cast<std::int64_t>(live.size())) {
+    throw Error(ErrorCode::kIncompatible, "the optimizer state '" + path + "' has " + std::to_string(saved) +
+                                              " parameter groups; the optimizer has " + std::to_string(live.size()) +
+                                              " (hint: another optimizer setup?)");
+  }
+  for (std::size_t i = 0; i < live.size(); ++i) {
+    torch::serialize::InputArchive group;
+    groups.read("param_groups/" + std::to_string(i), group);
+    const std::int64_t params = count(group, "params/size");
+    if (params != static_cast<std::int64_t>(live[i].params().size())) {
+      throw Error(ErrorCode::kIncompatible, "the optimizer state '" + path + "' has " + std::to_string(params) +
+                                                " parameters in group " + std::to_string(i) + "; the optimizer has " +
+                                                std::to_string(live[i].params().size()) +
+                                                " (hint: other trainable parameters?)");
+    }
+  }
+}
+
 }  // namespace
 
 std::optional<CheckpointInfo> CheckpointManager::resume(torch::nn::Module& module, torch::optim::Optimizer* optimizer,
@@ -402,8 +439,10 @@ std::optional<CheckpointInfo> CheckpointManager::resume(torch::nn::Module& modul
       if (optimizer != nullptr && manifest.files.count(detail::kOptimizerFile)) {
         const std::string path = listed(detail::kOptimizerFile);
         archive.emplace();
-        detail::with_torch_errors(ErrorCode::kCorruption, "cannot read the optimizer state '" + path + "'",
-                                  [&] { archive->load_from(path, c10::Device(c10::kCPU)); });
+        detail::with_torch_errors(ErrorCode::kCorruption, "cannot read the optimizer state '" + path + "'", [&] {
+          archive->load_from(path, c10::Device(c10::kCPU));
+          check_optimizer_groups(*archive, *optimizer, path);
+        });
       }
       if (manifest.files.count(detail::kRngFile)) rng = read_rng_states(listed(detail::kRngFile));
     } catch (const Error& e) {
@@ -411,8 +450,8 @@ std::optional<CheckpointInfo> CheckpointManager::resume(torch::nn::Module& modul
       detail::logger()->error("cannot resume from '{}' ({}); trying an older checkpoint", c.path, e.what());
       continue;
     }
-    // The optimizer first: LibTorch's Optimizer::load checks the archive
-    // against the parameter groups before it replaces any state.
+    // The optimizer first: its groups were checked against the archive above,
+    // which is all Optimizer::load checks.
     if (archive) {
       detail::with_torch_errors(ErrorCode::kIncompatible,
                                 "cannot restore the optimizer from '" + c.path +
