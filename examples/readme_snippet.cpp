@@ -10,7 +10,10 @@
 // Model: any torch::nn::Module whose adaptable layers are lorakeep::LoraLinear.
 template <class Model, class TrainStep, class Evaluate>
 void fine_tune(Model& model, const std::string& yaml, TrainStep train_step, Evaluate evaluate) {
-  const lorakeep::RunConfig run = lorakeep::load_run_config(yaml);
+  std::int64_t max_steps = 1000;
+  lorakeep::ConfigSchema app;  // the application's own sections of the file, every key checked as lorakeep's
+  app.section("training").integer("max_steps", &max_steps, 1);
+  const lorakeep::RunConfig run = lorakeep::load_run_config(yaml, app);
   lorakeep::inject_lora(*model, run.lora);  // arms q_proj, v_proj, ...; freezes the rest
   std::vector<torch::Tensor> trainable;
   for (auto& p : model->parameters()) {
@@ -24,7 +27,7 @@ void fine_tune(Model& model, const std::string& yaml, TrainStep train_step, Eval
   callbacks.add(std::make_shared<lorakeep::EarlyStopping>(ckpt, /*patience=*/3));
   callbacks.add(std::make_shared<lorakeep::LoadBestAtEnd>(ckpt, *model));
   lorakeep::TrainingState state;
-  state.max_steps = run.training.max_steps;
+  state.max_steps = max_steps;
   callbacks.on_train_begin(state);
   while (state.global_step < state.max_steps) {
     const double loss = train_step(model, optimizer);  // forward, backward, optimizer.step()

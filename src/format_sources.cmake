@@ -22,4 +22,5 @@ set(LORAKEEP_FORMAT_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/io/read_file.cpp
   ${CMAKE_CURRENT_LIST_DIR}/lora/adapter_config.cpp
   ${CMAKE_CURRENT_LIST_DIR}/train/config.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/train/config_schema.cpp
 )

@@ -24,7 +24,8 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   try {
     lorakeep::set_log_level(lorakeep::LogLevel::kWarn);
-    const lorakeep::RunConfig run = lorakeep::load_run_config(config_path);
+    const char_lm::Config config = char_lm::load_config(config_path);
+    const lorakeep::RunConfig& run = config.run;
     if (run_dir.empty()) run_dir = run.checkpoint.output_dir;
     const std::string base = run_dir + "/base_model.safetensors";
     const std::string adapter = run_dir + "/final_adapter";
@@ -43,7 +44,7 @@ int main(int argc, char** argv) {
                 delta.c_str(), made.tensors, static_cast<double>(made.bytes_written) / (1 << 20),
                 static_cast<unsigned long long>(made.inexact_elements), static_cast<unsigned long long>(made.elements));
 
-    char_lm::CharLM model(run.model);
+    char_lm::CharLM model(config.settings.model);
     lorakeep::load_into(*model, *lorakeep::open_tensor_source(base));
     lorakeep::LoadOptions add;
     add.chunk_bytes = run.transfer.chunk_bytes;

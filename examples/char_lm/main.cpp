@@ -104,10 +104,12 @@ int main(int argc, char** argv) {
 
   try {
     lorakeep::set_log_level(verbose ? lorakeep::LogLevel::kInfo : lorakeep::LogLevel::kWarn);
-    lorakeep::RunConfig run = lorakeep::load_run_config(config_path);
+    char_lm::Config config = char_lm::load_config(config_path);
+    lorakeep::RunConfig& run = config.run;
+    const char_lm::Settings& settings = config.settings;
     if (!output_dir.empty()) run.checkpoint.output_dir = output_dir;
     const std::string out = run.checkpoint.output_dir;
-    const auto& t = run.training;
+    const auto& t = settings.training;
     torch::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
     torch::manual_seed(t.seed);
     if (!resume && fs::exists(out)) {
@@ -116,10 +118,11 @@ int main(int argc, char** argv) {
     }
     fs::create_directories(out);
 
-    const char_lm::Corpus base_text = char_lm::load_corpus(run.data.base_texts, run.data.validation_fraction);
-    const char_lm::Corpus tune_text = char_lm::load_corpus(run.data.finetune_texts, run.data.validation_fraction);
-    char_lm::CharLM model(run.model);
-    const int block = run.model.block_size;
+    const char_lm::Corpus base_text = char_lm::load_corpus(settings.data.base_texts, settings.data.validation_fraction);
+    const char_lm::Corpus tune_text = char_lm::load_corpus(settings.data.finetune_texts,
+                                                           settings.data.validation_fraction);
+    char_lm::CharLM model(settings.model);
+    const int block = settings.model.block_size;
     auto eval_on = [&](const torch::Tensor& data) {
       return char_lm::evaluate(model, data, t.eval_batches, t.batch_size, block);
     };
@@ -128,7 +131,7 @@ int main(int argc, char** argv) {
     std::int64_t n_params = 0;
     for (const auto& p : model->parameters()) n_params += p.numel();
     std::printf("== base model: %lld parameters, %d steps on %zu text(s), %s\n", static_cast<long long>(n_params),
-                t.base_steps, run.data.base_texts.size(), mib(static_cast<double>(base_text.bytes)).c_str());
+                t.base_steps, settings.data.base_texts.size(), mib(static_cast<double>(base_text.bytes)).c_str());
     const std::string base_file = out + "/base_model.safetensors";
     const auto t0 = Clock::now();
     if (resume && fs::exists(base_file)) {
@@ -171,7 +174,7 @@ int main(int argc, char** argv) {
     }
     std::printf("== LoRA r=%d alpha=%g on %zu tensors (%lld trainable parameters), %d steps on %zu text(s), %s\n",
                 run.lora.r, run.lora.lora_alpha, trainable_names.size(), static_cast<long long>(n_trainable),
-                t.max_steps, run.data.finetune_texts.size(), mib(static_cast<double>(tune_text.bytes)).c_str());
+                t.max_steps, settings.data.finetune_texts.size(), mib(static_cast<double>(tune_text.bytes)).c_str());
     torch::optim::AdamW opt(trainable, torch::optim::AdamWOptions(t.learning_rate).weight_decay(t.weight_decay));
     lorakeep::CheckpointManager ckpt(run.checkpoint);
     lorakeep::CallbackList callbacks;

@@ -41,7 +41,7 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x) {
   return h + drop(proj(torch::gelu(fc(ln2(h)))));
 }
 
-CharLMImpl::CharLMImpl(const lorakeep::ModelSettings& s) : settings(s) {
+CharLMImpl::CharLMImpl(const ModelSettings& s) : settings(s) {
   tok_emb = register_module("tok_emb", torch::nn::Embedding(kVocab, s.n_embd));
   pos_emb = register_module("pos_emb", torch::nn::Embedding(s.block_size, s.n_embd));
   blocks = register_module("blocks", torch::nn::ModuleList());

@@ -10,8 +10,8 @@
 
 #include <torch/torch.h>
 
-#include "lorakeep/config.h"
 #include "lorakeep/lora.h"
+#include "settings.h"
 
 namespace char_lm {
 
@@ -40,13 +40,13 @@ TORCH_MODULE(Block);
 
 // Parameter names: tok_emb.weight, pos_emb.weight, blocks.<i>.attn.q_proj.weight, ..., ln_f.weight, lm_head.weight.
 struct CharLMImpl : torch::nn::Module {
-  explicit CharLMImpl(const lorakeep::ModelSettings& settings);
+  explicit CharLMImpl(const ModelSettings& settings);
   // [B, T] bytes => [B, T, kVocab] logits.
   torch::Tensor forward(const torch::Tensor& idx);
   // Samples `count` bytes after `prompt`.
   std::string generate(const std::string& prompt, int count, double temperature);
 
-  lorakeep::ModelSettings settings;
+  ModelSettings settings;
   torch::nn::Embedding tok_emb{nullptr}, pos_emb{nullptr};
   torch::nn::ModuleList blocks{nullptr};
   torch::nn::LayerNorm ln_f{nullptr};

@@ -1,22 +1,24 @@
-// lorakeep/config.h: a training run configured in YAML. Sections map onto
-// the option structs of the library (checkpoint, lora, transfer) and onto the
-// example trainer's settings (training, model, data). Does not include
-// LibTorch.
+// lorakeep/config.h: a training run configured in YAML. lorakeep's sections
+// (checkpoint, lora, transfer) map onto its option structs; an application
+// declares its own sections of the same file on a ConfigSchema
+// (config_schema.h). Includes neither LibTorch nor a YAML library.
 //
-//   lorakeep::RunConfig run = lorakeep::load_run_config("configs/char_lm_lora.yaml");
+//   lorakeep::ConfigSchema app;
+//   app.section("training").integer("max_steps", &max_steps, 1);
+//   lorakeep::RunConfig run = lorakeep::load_run_config("configs/char_lm_lora.yaml", app);
 //   lorakeep::CheckpointManager ckpt(run.checkpoint);
 //
-// Every key is checked: an unknown key, a value of the wrong type or out of
-// range is an Error(kInvalidArgument) whose message starts with
-// "<file>:<line>:<column>:" and names the key ("lora.r"), with a
-// did-you-mean hint for misspelled keys.
+// Every key is checked: a section or key declared by neither, a value of the
+// wrong type or out of range is an Error(kInvalidArgument) whose message
+// starts with "<file>:<line>:<column>:" and names the key ("lora.r"), with a
+// did-you-mean hint for misspelt names.
 #pragma once
 
 #include <cstdint>
 #include <string>
-#include <vector>
 
 #include "lorakeep/checkpoint_options.h"
+#include "lorakeep/config_schema.h"
 #include "lorakeep/lora_config.h"
 
 namespace lorakeep {
@@ -28,56 +30,22 @@ struct TransferSettings {
   bool verify_checksums = true;             // reloads check every byte they read against the manifest first
 };
 
-// The model of examples/char_lm: a small character-level transformer.
-struct ModelSettings {
-  int n_layer = 2;       // transformer blocks
-  int n_head = 4;        // attention heads
-  int n_embd = 128;      // embedding width (a multiple of n_head)
-  int block_size = 64;   // context length in characters
-  double dropout = 0.1;  // in attention and MLP outputs
-};
-
-// The texts of examples/char_lm: real text from files installed by Debian
-// packages (scripts/install-deps.sh), nothing generated or downloaded.
-struct DataSettings {
-  std::vector<std::string> base_texts;      // the base model learns these
-  std::vector<std::string> finetune_texts;  // LoRA adapts the model to these
-  double validation_fraction = 0.1;         // the tail of each text kept for evaluation
-};
-
-// How examples/char_lm trains.
-struct TrainingSettings {
-  std::uint64_t seed = 1234;
-  int batch_size = 32;
-  int base_steps = 300;  // training the base model from scratch
-  double base_learning_rate = 3e-3;
-  int max_steps = 400;  // LoRA fine-tuning steps
-  double learning_rate = 2e-3;
-  double weight_decay = 0.0;
-  double max_grad_norm = 1.0;       // 0: no clipping
-  int eval_batches = 8;             // batches per evaluation
-  int early_stopping_patience = 0;  // 0: no early stopping
-  double early_stopping_threshold = 0.0;
-  int sample_chars = 240;  // characters generated at the end
-  double sample_temperature = 0.8;
-};
-
+// lorakeep's sections of the file; the application's land in its own fields.
 struct RunConfig {
   std::string path;  // the file it came from
   CheckpointOptions checkpoint;
   LoraConfig lora;
   TransferSettings transfer;
-  TrainingSettings training;
-  ModelSettings model;
-  DataSettings data;
 };
 
-// Reads and checks a YAML run configuration. Relative paths in it
-// (checkpoint.output_dir, data texts) are kept as written. Throws
-// Error(kNotFound) if the file is missing, Error(kInvalidArgument) as above.
-RunConfig load_run_config(const std::string& path);
+// Reads and checks a YAML run configuration: lorakeep's sections into the
+// result, the sections `app` declares into the application's fields.
+// Relative paths in it (checkpoint.output_dir) are kept as written. Throws
+// Error(kNotFound) if the file is missing, Error(kInvalidArgument) as above,
+// and for an `app` that declares one of lorakeep's sections.
+RunConfig load_run_config(const std::string& path, const ConfigSchema& app = ConfigSchema());
 
 // The same from text; `name` stands in for the file in messages.
-RunConfig parse_run_config(const std::string& text, const std::string& name);
+RunConfig parse_run_config(const std::string& text, const std::string& name, const ConfigSchema& app = ConfigSchema());
 
 }  // namespace lorakeep

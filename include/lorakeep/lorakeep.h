@@ -5,6 +5,7 @@
 #include "lorakeep/checkpoint.h"
 #include "lorakeep/checkpoint_options.h"
 #include "lorakeep/config.h"
+#include "lorakeep/config_schema.h"
 #include "lorakeep/dtype.h"
 #include "lorakeep/error.h"
 #include "lorakeep/logging.h"
