@@ -360,12 +360,13 @@ TransferReport LoadPlan::apply() {
     const std::string what = dynamic_cast<const c10::Error*>(&e)
                                  ? static_cast<const c10::Error&>(e).what_without_backtrace()
                                  : e.what();
-    throw Error(error ? error->code() : ErrorCode::kIOError,
-                "loading '" + source.path() + "' failed after writing began: THE TARGETS ARE PARTLY WRITTEN (" +
-                    std::to_string(written.size()) + " of " + std::to_string(planned.size()) +
-                    " tensors reached: " + quoted_list(written) + "): " + what +
-                    "\n  hint: the file changed or became unreadable during the load; load a consistent "
-                    "checkpoint again before training on");
+    const ErrorCode code = error ? error->code() : ErrorCode::kIOError;
+    if (written.empty()) throw Error(code, "cannot load '" + source.path() + "': " + what + " (nothing was changed)");
+    throw Error(code, "loading '" + source.path() + "' failed after writing began: THE TARGETS ARE PARTLY WRITTEN (" +
+                          std::to_string(written.size()) + " of " + std::to_string(planned.size()) +
+                          " tensors reached: " + quoted_list(written) + "): " + what +
+                          "\n  hint: the file changed or became unreadable during the load; load a consistent "
+                          "checkpoint again before training on");
   }
   rss.sample();
   report.tensors = planned.size();
