@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
 # Installs everything lorakeep needs on Debian 12 (bookworm), idempotently:
 # Debian packages that are missing (one `apt-get update`, only if something
-# is missing), then the test-time Python peer (the reference `safetensors`
-# package from PyPI) in a venv inside the build tree.
+# is missing), then the test-time Python peers (safetensors, PEFT,
+# transformers) in a venv inside the build tree.
 #
-#   scripts/install-deps.sh [BUILD_DIR]     (default: ./build)
+#   scripts/install-deps.sh [BUILD_DIR]                (default: ./build)
+#   scripts/install-deps.sh --torch=2.15 [BUILD_DIR]   also LibTorch 2.15, from the
+#       PyPI wheel torch==2.15.0 (CUDA 13; about 5 GB with its nvidia-* wheels),
+#       in BUILD_DIR/torch-2.15, a venv of its own: only its LibTorch is used
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-build_dir=${1:-$root/build}
+build_dir=$root/build
+torch=""
+for arg in "$@"; do
+  case $arg in
+    --torch=2.15) torch=2.15.0 ;;
+    --torch=*) echo "install-deps: LibTorch ${arg#--torch=} is not one this script installs (2.15)" >&2; exit 2 ;;
+    -*) echo "usage: scripts/install-deps.sh [--torch=2.15] [BUILD_DIR]" >&2; exit 2 ;;
+    *) build_dir=$arg ;;
+  esac
+done
 
 packages=(
   # toolchain
@@ -36,10 +48,9 @@ if ((${#missing[@]})); then
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-
 # The reference safetensors implementation, for tests and benchmarks only.
 # --system-site-packages lets it see Debian's torch and numpy (python3-torch is
-# built against that numpy).
+# built against that numpy). Every build's tests use this one venv.
 venv=$build_dir/venv
 if [[ ! -x $venv/bin/python ]]; then
   mkdir -p "$build_dir"
@@ -58,4 +69,18 @@ if ! "$venv/bin/python" -c "import peft, transformers" 2>/dev/null; then
     "tqdm==4.66.2" "regex==2023.12.25" "filelock==3.13.1" "pyyaml==6.0.1" "requests==2.31.0" "packaging==23.2" \
     "psutil==5.9.8" "fsspec==2024.2.0" "typing_extensions==4.9.0" "charset_normalizer==3.3.2" "idna==3.6" \
     "urllib3==2.2.1" "certifi==2024.2.2"
+fi
+
+# LibTorch 2.15 from its PyPI wheel, in a venv of its own (it must not replace
+# the peers' torch 1.13). Nothing imports it: the build uses its headers,
+# libraries and share/cmake/Torch, and its nvidia-* wheels.
+if [[ -n $torch ]]; then
+  tvenv=$build_dir/torch-${torch%.*}
+  if [[ ! -x $tvenv/bin/python ]]; then
+    /usr/bin/python3 -m venv "$tvenv"
+  fi
+  if [[ $("$tvenv/bin/python" -c "import importlib.metadata as m; print(m.version('torch'))" 2>/dev/null) != "$torch" ]]; then
+    echo "install-deps: installing torch==$torch into $tvenv (about 5 GB)"
+    "$tvenv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir "torch==$torch"
+  fi
 fi

@@ -8,7 +8,7 @@ if(rc)
   message(FATAL_ERROR "install failed: ${rc}")
 endif()
 execute_process(COMMAND ${CMAKE_COMMAND} -S "${SOURCE_DIR}/tests/consumer" -B "${WORK_DIR}/build" -G Ninja
-                        "-DCMAKE_PREFIX_PATH=${prefix}" "-DCMAKE_CXX_COMPILER_LAUNCHER=${LAUNCHER}"
+                        "-DCMAKE_PREFIX_PATH=${prefix};${TORCH_PREFIX_PATH}" "-DCMAKE_CXX_COMPILER_LAUNCHER=${LAUNCHER}"
                 RESULT_VARIABLE rc)
 if(rc)
   message(FATAL_ERROR "configuring the consumer failed: ${rc}")

@@ -12,6 +12,12 @@ bool is_int64_value(double v) {
   return std::isfinite(v) && v == std::floor(v) && v >= -9223372036854775808.0 && v < 9223372036854775808.0;
 }
 
+std::string fixed(double value, int decimals) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", decimals, value);
+  return buf;
+}
+
 bool parse_byte_size(std::string_view text, std::uint64_t* bytes) {
   std::size_t i = 0;
   std::uint64_t value = 0;

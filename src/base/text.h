@@ -15,6 +15,9 @@ bool is_int64_value(double v);
 // Hugging Face's convert_file_size_to_int. False for anything else.
 bool parse_byte_size(std::string_view text, std::uint64_t* bytes);
 
+// fixed(2.345, 1) => "2.3": printf's %.*f.
+std::string fixed(double value, int decimals);
+
 // 1536 => "1.5 KiB"; for humans.
 std::string format_bytes(std::uint64_t bytes);
 

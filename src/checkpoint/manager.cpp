@@ -181,11 +181,11 @@ struct CheckpointManager::Impl {
       // a temp directory that the next start removes, never half a checkpoint.
       const std::string doomed = join(options.output_dir, detail::temp_checkpoint_dir_name(step, ::getpid()) + "-old");
       if (::rename(path.c_str(), doomed.c_str()) != 0) {
-        detail::logger()->error("rotation: cannot retire '{}': {}", path, std::strerror(errno));
+        detail::log_error("rotation: cannot retire '{}': {}", path, std::strerror(errno));
         continue;
       }
       committed.erase(step);
-      if (detail::remove_all_logged(doomed)) detail::logger()->info("rotation: deleted '{}'", path);
+      if (detail::remove_all_logged(doomed)) detail::log_info("rotation: deleted '{}'", path);
     }
   }
 };
@@ -201,19 +201,19 @@ CheckpointManager::CheckpointManager(CheckpointOptions options) {
   impl_ = std::make_unique<Impl>(std::move(options), std::move(lock));
   const detail::RunDirScan scan = detail::scan_run_dir(impl_->options.output_dir);
   for (const std::string& tmp : scan.temp_dirs) {
-    detail::logger()->warn("removing '{}', left over by an interrupted save", tmp);
+    detail::log_warn("removing '{}', left over by an interrupted save", tmp);
     detail::remove_all_logged(tmp);
   }
   for (const detail::ScannedCheckpoint& c : scan.checkpoints) {
     if (!c.manifest) {
-      detail::logger()->warn("ignoring '{}': {}", c.path, c.problem);
+      detail::log_warn("ignoring '{}': {}", c.path, c.problem);
       continue;
     }
     impl_->committed[c.step] = info_of(*c.manifest, c.path, impl_->key);
   }
   if (!impl_->committed.empty()) {
     const auto order = impl_->ranked();
-    detail::logger()->info("run directory '{}': {} checkpoints, newest {}, best {}", impl_->options.output_dir,
+    detail::log_info("run directory '{}': {} checkpoints, newest {}, best {}", impl_->options.output_dir,
                            impl_->committed.size(), impl_->committed.rbegin()->first,
                            order.empty() ? std::string("none") : std::to_string(order.front()));
   }
@@ -268,7 +268,7 @@ CheckpointInfo CheckpointManager::save(torch::nn::Module& module, const LoraConf
     undo();
     throw;
   }
-  detail::logger()->info("saved '{}'{}", final_dir,
+  detail::log_info("saved '{}'{}", final_dir,
                          info.metric ? " (" + m.key + " " + std::to_string(*info.metric) + ")" : std::string());
   m.rotate();
   m.set_best(state);
@@ -320,13 +320,13 @@ TransferReport CheckpointManager::load_best_into(torch::nn::Module& module) {
     try {
       detail::AdapterLoad load = impl_->prepare_adapter(candidate.path, detail::read_manifest(candidate.path), module);
       TransferReport report = load.apply();
-      detail::logger()->info("loaded the best checkpoint '{}' ({} {}): {}", candidate.path, impl_->key,
+      detail::log_info("loaded the best checkpoint '{}' ({} {}): {}", candidate.path, impl_->key,
                              candidate.metric ? *candidate.metric : 0.0, report.summary());
       return report;
     } catch (const Error& e) {
       const bool damaged = e.code() == ErrorCode::kCorruption || e.code() == ErrorCode::kNotFound;
       if (!impl_->options.fallback_to_next_best || !damaged || i + 1 == order.size()) throw;
-      detail::logger()->error("THE BEST CHECKPOINT '{}' IS DAMAGED ({}); falling back to the next best, '{}'",
+      detail::log_error("THE BEST CHECKPOINT '{}' IS DAMAGED ({}); falling back to the next best, '{}'",
                               candidate.path, e.what(), impl_->committed.at(order[i + 1]).path);
     }
   }
@@ -447,7 +447,7 @@ std::optional<CheckpointInfo> CheckpointManager::resume(torch::nn::Module& modul
       if (manifest.files.count(detail::kRngFile)) rng = read_rng_states(listed(detail::kRngFile));
     } catch (const Error& e) {
       if (e.code() != ErrorCode::kCorruption && e.code() != ErrorCode::kNotFound) throw;
-      detail::logger()->error("cannot resume from '{}' ({}); trying an older checkpoint", c.path, e.what());
+      detail::log_error("cannot resume from '{}' ({}); trying an older checkpoint", c.path, e.what());
       continue;
     }
     // The optimizer first: its groups were checked against the archive above,
@@ -470,7 +470,7 @@ std::optional<CheckpointInfo> CheckpointManager::resume(torch::nn::Module& modul
     restored.last_metrics_step = manifest.metrics.empty() ? -1 : manifest.step;
     impl_->set_best(restored);
     *state = restored;
-    detail::logger()->info("resumed from '{}' at step {}", c.path, c.step);
+    detail::log_info("resumed from '{}' at step {}", c.path, c.step);
     return c;
   }
   return std::nullopt;

@@ -52,7 +52,7 @@ WritableFile::WritableFile(WritableFile&& other) noexcept
 }
 
 WritableFile::~WritableFile() {
-  if (fd_ >= 0 && ::close(fd_) != 0) logger()->warn("cannot close '{}': {}", path_, std::strerror(errno));
+  if (fd_ >= 0 && ::close(fd_) != 0) log_warn("cannot close '{}': {}", path_, std::strerror(errno));
 }
 
 void WritableFile::append(const void* data, std::uint64_t size) {
@@ -192,7 +192,7 @@ bool remove_all_logged(const std::string& path) {
   boost::system::error_code ec;
   boost::filesystem::remove_all(path, ec);
   if (ec) {
-    logger()->error("cannot remove '{}': {}", path, ec.message());
+    log_error("cannot remove '{}': {}", path, ec.message());
     return false;
   }
   return true;

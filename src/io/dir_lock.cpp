@@ -34,7 +34,7 @@ DirLock DirLock::acquire(const std::string& dir) {
   }
   const std::string pid = std::to_string(::getpid()) + "\n";
   if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size())) {
-    logger()->warn("cannot record the pid in '{}': {}", path, std::strerror(errno));
+    log_warn("cannot record the pid in '{}': {}", path, std::strerror(errno));
   }
   return DirLock(path, fd);
 }

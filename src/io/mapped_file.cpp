@@ -41,7 +41,7 @@ std::shared_ptr<const MappedFile> MappedFile::open(const std::string& path) {
 
 MappedFile::~MappedFile() {
   if (data_ != nullptr && ::munmap(data_, size_) != 0) {
-    logger()->warn("cannot unmap '{}': {}", path_, std::strerror(errno));
+    log_warn("cannot unmap '{}': {}", path_, std::strerror(errno));
   }
   ::close(fd_);
 }

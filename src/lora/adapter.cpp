@@ -121,7 +121,7 @@ std::vector<std::string> arm(torch::nn::Module& module, const LoraConfig& config
   for (const PlannedLayer& t : layers) {
     if (t.layer->options().fan_in_fan_out() != config.fan_in_fan_out) {
       // PEFT corrects the flag to the layer's layout with a warning; so do we.
-      logger()->warn("'{}' stores its weight as [{}], but fan_in_fan_out is {}: following the layer", t.path,
+      log_warn("'{}' stores its weight as [{}], but fan_in_fan_out is {}: following the layer", t.path,
                      t.layer->options().fan_in_fan_out() ? "in, out" : "out, in",
                      config.fan_in_fan_out ? "true" : "false");
     }
@@ -144,7 +144,7 @@ std::vector<std::string> arm(torch::nn::Module& module, const LoraConfig& config
       if (opened.insert(item.key() + "." + p.key()).second) trainable.push_back(item.key() + "." + p.key());
     }
   }
-  logger()->info("LoRA r={} alpha={} on {} layers; {} trainable tensors", config.r, config.lora_alpha, layers.size(),
+  log_info("LoRA r={} alpha={} on {} layers; {} trainable tensors", config.r, config.lora_alpha, layers.size(),
                  trainable.size());
   return trainable;
 }

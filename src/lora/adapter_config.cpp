@@ -190,7 +190,7 @@ LoraConfig parse_adapter_config(const std::string& text, const std::string& path
     } else if (key == "revision") {
       c.revision = optional_string(v, path, key);
     } else if (!kIgnored.count(key)) {
-      detail::logger()->debug("'{}': ignoring field '{}'", path, key);
+      detail::log_debug("'{}': ignoring field '{}'", path, key);
     }
   }
   if (auto lp = j.find("layers_pattern"); lp != j.end()) {

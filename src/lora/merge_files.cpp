@@ -8,6 +8,7 @@
 #include "lorakeep/lora.h"
 #include "base/clock.h"
 #include "base/logging.h"
+#include "base/text.h"
 #include "lora/adapter.h"
 #include "lora/rank_update.h"
 #include "merge/pipeline.h"
@@ -104,7 +105,7 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
     t.name = name;
     if (options.dtype) t.dtype = *options.dtype;
     specs.push_back(std::move(t));
-    detail::logger()->info("'{}' is not in the base: added from the adapter", name);
+    detail::log_info("'{}' is not in the base: added from the adapter", name);
   }
   detail::ShardedWriter writer(out_dir, std::move(specs), options.metadata, options.shards);
   // Pieces are read and folded on the pipeline's thread while the ones
@@ -163,8 +164,8 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
   };
   MergeReport report = detail::write_merged(writer, produce, bytes_read, options.progress);
   report.seconds = detail::now_seconds() - start;
-  detail::logger()->info("merged adapter '{}' ({} layers) into '{}': {} tensors in {:.1f} s", adapter_dir,
-                         layout.layers.size(), out_dir, report.tensors, report.seconds);
+  detail::log_info("merged adapter '{}' ({} layers) into '{}': {} tensors in {} s", adapter_dir,
+                         layout.layers.size(), out_dir, report.tensors, detail::fixed(report.seconds, 1));
   return report;
 }
 

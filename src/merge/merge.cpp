@@ -12,6 +12,7 @@
 #include "lorakeep/tensor_source.h"
 #include "base/clock.h"
 #include "base/logging.h"
+#include "base/text.h"
 #include "base/openmp_threads.h"
 #include "merge/pipeline.h"
 #include "tensors/sharded_writer.h"
@@ -249,8 +250,8 @@ MergeReport merge_delta_files(const std::string& base, const std::string& delta,
                              }
                              return s.as(sum, out, 3);
                            });
-  detail::logger()->info("merged '{}' + {} * '{}' into '{}': {} tensors in {:.1f} s", base, scale, delta, out_dir,
-                         report.tensors, report.seconds);
+  detail::log_info("merged '{}' + {} * '{}' into '{}': {} tensors in {} s", base, scale, delta, out_dir,
+                         report.tensors, detail::fixed(report.seconds, 1));
   return report;
 }
 
@@ -284,12 +285,12 @@ MergeReport make_delta_files(const std::string& base, const std::string& tuned, 
         return d;
       });
   if (report.inexact_elements > 0) {
-    detail::logger()->warn("{} of {} elements of the delta '{}' will not reproduce the tuned model exactly "
+    detail::log_warn("{} of {} elements of the delta '{}' will not reproduce the tuned model exactly "
                            "(a narrower --dtype, or extreme value ratios)",
                            report.inexact_elements, report.elements, out_dir);
   }
-  detail::logger()->info("wrote the delta '{}' = '{}' - '{}': {} tensors in {:.1f} s", out_dir, tuned, base,
-                         report.tensors, report.seconds);
+  detail::log_info("wrote the delta '{}' = '{}' - '{}': {} tensors in {} s", out_dir, tuned, base,
+                         report.tensors, detail::fixed(report.seconds, 1));
   return report;
 }
 

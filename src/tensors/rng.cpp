@@ -20,7 +20,8 @@ std::vector<std::pair<std::string, at::Generator>> generators() {
   const auto& cuda = at::detail::getCUDAHooks();
   if (cuda.hasCUDA()) {
     for (int i = 0; i < cuda.getNumGPUs(); ++i) {
-      out.emplace_back("cuda:" + std::to_string(i), cuda.getDefaultCUDAGenerator(static_cast<c10::DeviceIndex>(i)));
+      out.emplace_back("cuda:" + std::to_string(i),
+                       at::globalContext().defaultGenerator(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(i))));
     }
   }
   return out;
@@ -40,7 +41,7 @@ std::vector<std::pair<at::Generator, const at::Tensor*>> match(const NamedTensor
     if (it == all.end()) {
       // A CUDA state saved on a machine with more devices (or any CUDA state
       // on a CPU-only one): the generators that exist still resume exactly.
-      logger()->warn("'{}' holds the state of generator '{}', which this process does not have: ignored", origin, name);
+      log_warn("'{}' holds the state of generator '{}', which this process does not have: ignored", origin, name);
       continue;
     }
     const at::Tensor current = state_of(it->second);
@@ -75,7 +76,7 @@ RngGuard::~RngGuard() {
   try {
     restore_rng_states(states_, "the generators' saved state");
   } catch (const std::exception& e) {
-    logger()->error("cannot restore the random generators: {}", e.what());
+    log_error("cannot restore the random generators: {}", e.what());
   }
 }
 

@@ -59,7 +59,7 @@ SafetensorsWriter::SafetensorsWriter(std::string path, std::vector<TensorInfo> t
 SafetensorsWriter::~SafetensorsWriter() {
   if (finished_) return;
   file_.reset();
-  if (::unlink(write_path_.c_str()) != 0) logger()->warn("cannot remove unfinished '{}'", write_path_);
+  if (::unlink(write_path_.c_str()) != 0) log_warn("cannot remove unfinished '{}'", write_path_);
 }
 
 const std::string& SafetensorsWriter::next_name() const {

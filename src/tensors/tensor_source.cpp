@@ -118,7 +118,7 @@ class ShardedSource final : public TensorSource {
       }
     }
     if (index.total_size && *index.total_size != total) {
-      detail::logger()->warn("index '{}' says total_size {} but its shards hold {} bytes of tensors", index_path,
+      detail::log_warn("index '{}' says total_size {} but its shards hold {} bytes of tensors", index_path,
                              *index.total_size, total);
     }
   }

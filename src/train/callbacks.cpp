@@ -120,7 +120,7 @@ void EarlyStopping::on_train_begin(TrainingState& state) {
 void EarlyStopping::on_evaluate(TrainingState& state, const Metrics& metrics) {
   auto it = metrics.find(key_);
   if (it == metrics.end()) {
-    detail::logger()->warn("early stopping: the evaluation has no '{}'; not counting it", key_);
+    detail::log_warn("early stopping: the evaluation has no '{}'; not counting it", key_);
     return;
   }
   const double v = it->second;
@@ -131,7 +131,7 @@ void EarlyStopping::on_evaluate(TrainingState& state, const Metrics& metrics) {
     best_ = v;
     es.counter = 0;
   } else if (++es.counter >= patience_) {
-    detail::logger()->info("early stopping at step {}: no improvement of {} for {} evaluations", state.global_step,
+    detail::log_info("early stopping at step {}: no improvement of {} for {} evaluations", state.global_step,
                            key_, es.counter);
     state.should_stop = true;
   }
@@ -157,7 +157,7 @@ MetricsLogger::MetricsLogger(std::string path) : path_(std::move(path)), file_(s
 }
 
 MetricsLogger::~MetricsLogger() {
-  if (file_ != nullptr && std::fclose(file_) != 0) detail::logger()->warn("cannot close '{}'", path_);
+  if (file_ != nullptr && std::fclose(file_) != 0) detail::log_warn("cannot close '{}'", path_);
 }
 
 void MetricsLogger::flush_new(const TrainingState& state) {

@@ -59,7 +59,7 @@ class CudaStager final : public DeviceStager {
     try {
       stream_.synchronize();
     } catch (const std::exception& e) {
-      logger()->error("waiting for the CUDA copy stream failed: {}", e.what());
+      log_error("waiting for the CUDA copy stream failed: {}", e.what());
     }
   }
 

@@ -374,7 +374,7 @@ TransferReport LoadPlan::apply() {
   report.gb_per_s = report.seconds > 0 ? static_cast<double>(report.bytes) / report.seconds / 1e9 : 0;
   report.peak_device_bytes = probe.peak_bytes();
   report.peak_rss_bytes = rss.peak_extra();
-  logger()->info("{}", report.summary());
+  log_info("{}", report.summary());
   return report;
 }
 

@@ -173,10 +173,10 @@ std::vector<Planned> plan(const NamedTensors& targets, const TensorSource& sourc
   const bool soft = !missing.empty() || !unexpected.empty();
   if (!hard && (!soft || !o.strict)) {
     if (soft) {
-      logger()->info("loading '{}' non-strictly: {} model tensors not in the file, {} file tensors not in the "
+      log_info("loading '{}' non-strictly: {} model tensors not in the file, {} file tensors not in the "
                      "model",
                      source.path(), missing.size(), unexpected.size());
-      if (!unexpected.empty()) logger()->debug("not in the model: {}", quoted_list(unexpected, 100));
+      if (!unexpected.empty()) log_debug("not in the model: {}", quoted_list(unexpected, 100));
     }
     return planned;
   }
