@@ -1,4 +1,11 @@
-"""Turns bench/results.json into BENCHMARKS.md and bench/scaling.svg."""
+"""Turns the sections of bench/results.json into the text of BENCHMARKS.md
+and bench/scaling.svg. Pure: bench/results.py reads and writes the files.
+
+Each section renders on its own, so any subset of them renders: "reloads",
+"saves" and "merges" (bench/run.py) with their own tables and targets, "gpu"
+(scripts/gpu-check.sh) with a line saying it has not run when absent, and any
+other section ("async_saves", "scale", ...) as a generic table of its rows.
+"""
 import math
 
 MIB = 1 << 20
@@ -54,8 +61,7 @@ def verdict(ok):
     return "**met**" if ok else "**not met**"
 
 
-def targets(results):
-    rows = results["reload"]
+def reload_targets(rows):
     lines = []
     f32 = [r for r in rows if r["layout"].startswith("adapter:")]
     lk = [r for r in f32 if r["method"].startswith("lorakeep")]
@@ -87,12 +93,20 @@ def targets(results):
             tl = one(rows, layout=least[1], method="torch-load", file_dtype="F32")
             line += f"; memcpy of the same bytes on every core is {tl['seconds'] / ceiling['seconds']:.1f}x there"
         lines.append(line + ")")
-    save = results["save"]
+    return lines
+
+
+def save_targets(save):
+    lines = []
     for r in index(save, method="lorakeep"):
         dd = one(save, layout=r["layout"], method="dd-fsync")
         ratio = r["seconds"] / dd["seconds"]
         lines.append(f"- Save {r['layout']}, <= 1.25x `dd conv=fsync`: {verdict(ratio <= 1.25)} ({ratio:.2f}x)")
-    merge = results["merge"]
+    return lines
+
+
+def merge_targets(merge):
+    lines = []
     for r in merge:
         if not r["method"].startswith("lorakeep"):
             continue
@@ -104,11 +118,24 @@ def targets(results):
         ratio = r["seconds"] / floor["seconds"]
         lines.append(f"- {name}, time <= 1.5x reading the inputs and writing the output once: "
                      f"{verdict(ratio <= 1.5)} ({ratio:.2f}x; medians of {len(r['seconds_all'])})")
+    return lines
+
+
+# The sections whose rows have targets, in the order the targets are listed.
+TARGETS = (("reloads", reload_targets), ("saves", save_targets), ("merges", merge_targets))
+
+
+def targets(sections):
+    lines = []
+    for name, of_rows in TARGETS:
+        if name in sections:
+            lines += of_rows(sections[name]["rows"])
     return "\n".join(lines)
 
 
-def svg(results, path):
-    rows = [r for r in results["reload"] if r["layout"].startswith("adapter:") and r["file_dtype"] == "F32"]
+def svg(reload_rows):
+    """The scaling figure of the F32 reloads, as SVG text."""
+    rows = [r for r in reload_rows if r["layout"].startswith("adapter:") and r["file_dtype"] == "F32"]
     methods = sorted({r["method"] for r in rows})
     colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"]
     sizes = sorted({size_of(r["layout"]) for r in rows})
@@ -155,36 +182,46 @@ def svg(results, path):
     body = panel(0, "Reload time (F32)", "seconds", "seconds (log)") + panel(
         W, "Peak extra RSS (F32)", "peak_rss_bytes", "MiB (log)")
     height = H + 20 + 16 * len(methods)
-    with open(path, "w") as f:
-        f.write(f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W}" height="{height}" '
-                f'font-family="sans-serif">\n<rect width="100%" height="100%" fill="white"/>\n{body}\n'
-                + "\n".join(legend) + "\n</svg>\n")
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W}" height="{height}" '
+            f'font-family="sans-serif">\n<rect width="100%" height="100%" fill="white"/>\n{body}\n'
+            + "\n".join(legend) + "\n</svg>\n")
 
 
-def write(results, md_path, svg_path):
-    m = results["machine"]
-    rows = results["reload"]
+def libtorch_line(libtorch):
+    if isinstance(libtorch, dict):
+        build = f" ({libtorch['build']})" if libtorch.get("build") else ""
+        return f"- LibTorch {libtorch.get('version') or 'unknown'}{build}"
+    return f"- LibTorch {libtorch}"
+
+
+def provenance(sec, peers=None):
+    """Where a section's figures come from: every section carries its own,
+    since each is measured by its own command, maybe on another machine."""
+    lines = [f"- command: `{sec['command']}`, {sec['date']}"]
+    m = sec.get("machine")
+    if m:
+        lines.append(f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_bytes'] / (1 << 30):.0f} GiB, "
+                     f"Linux {m['kernel']}")
+    if sec.get("libtorch"):
+        lines.append(libtorch_line(sec["libtorch"]) + (f"; Python peers: {peers}" if peers else ""))
+    if m and "page_reporting_min_free_ms" in m:
+        lines.append(page_reporting_line(m["page_reporting_min_free_ms"]))
+    return lines
+
+
+# What bench/run.py compares lorakeep with, in its three sections.
+RUN_PY_PEERS = "Debian's python3-torch, safetensors from PyPI"
+
+
+def reloads_md(sec):
+    rows = sec["rows"]
     sizes = sorted({size_of(r["layout"]) for r in rows if r["layout"].startswith("adapter:")})
     tiny = [r for r in rows if r["layout"].startswith("tiny:")]
     lines = [
-        "# Benchmarks",
-        "",
-        "Every number below comes from one command, `bench/run.sh` (a Release build, then `bench/run.py`), "
-        "which measures lorakeep side by side with what users would pick instead, in the same run, each "
-        "method in its own process. Raw figures: `bench/results.json`. Nothing here is asserted in CI; CI "
-        "runs `bench/run.py --smoke` with tiny sizes so the code keeps working.",
-        "",
-        f"- command: `{results['command']}`, {results['date']}",
-        f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_bytes'] / (1 << 30):.0f} GiB, Linux {m['kernel']}",
-        f"- LibTorch {m['libtorch']} (Debian); Python peers: Debian's python3-torch, safetensors from PyPI",
-        "- files are read warm (in the page cache), as at the end of a training run that just wrote them",
-        page_reporting_line(m.get("page_reporting_min_free_ms")),
-        "",
-        "## Targets",
-        "",
-        targets(results),
-        "",
         "## Reload into live parameters",
+        "",
+        *provenance(sec, RUN_PY_PEERS),
+        "- files are read warm (in the page cache), as at the end of a training run that just wrote them",
         "",
         "An adapter of N MiB: F32 LoRA factors, alternately [64, 4096] and [4096, 64] (1 MiB each), "
         "reloaded into live F32 parameters that already exist. Methods: `memcpy` of the same bytes already "
@@ -222,36 +259,159 @@ def write(results, md_path, svg_path):
         n = size_of(r["layout"])
         lines.append(f"| {n} x [8, 16] | {r['method']} | {secs(r['seconds'])} | {r['seconds'] / n * 1e6:.1f} us | "
                      f"{mib(r['peak_rss_bytes'])} |")
-    lines += ["", "## Save a checkpoint", "",
-              "An adapter of N MiB written to disk and made durable. `lorakeep` is `save_safetensors` (temp file, "
-              "fsync, rename, fsync of the directory); `torch-save` is LibTorch's `pickle_save` through the same "
-              "atomic write; `python-torch-save` is `torch.save` plus `fsync`; `dd-fsync` writes the same number "
-              "of bytes with `dd conv=fsync` (the device limit).", "",
-              "| size | method | time | vs dd | peak extra RSS |", "|---|---|---|---|---|"]
-    save = results["save"]
+    return lines
+
+
+def saves_md(sec):
+    lines = ["## Save a checkpoint", "", *provenance(sec, RUN_PY_PEERS), "",
+             "An adapter of N MiB written to disk and made durable. `lorakeep` is `save_safetensors` (temp file, "
+             "fsync, rename, fsync of the directory); `torch-save` is LibTorch's `pickle_save` through the same "
+             "atomic write; `python-torch-save` is `torch.save` plus `fsync`; `dd-fsync` writes the same number "
+             "of bytes with `dd conv=fsync` (the device limit).", "",
+             "| size | method | time | vs dd | peak extra RSS |", "|---|---|---|---|---|"]
+    save = sec["rows"]
     for r in save:
         dd = one(save, layout=r["layout"], method="dd-fsync")
         lines.append(f"| {size_of(r['layout'])} MiB | {r['method']} | {secs(r['seconds'])} | "
                      f"{r['seconds'] / dd['seconds']:.2f}x | {mib(r['peak_rss_bytes'])} |")
-    merge = results["merge"]
-    if merge:
-        lines += ["", "## Offline merges", "",
-                  f"A base of {size_of(merge[0]['layout'])} MiB in 64 MiB F32 tensors, sharded (500 MB shards); a "
-                  "delta of the same shape, also sharded; a rank-16 PEFT adapter on every weight. Outputs are "
-                  "sharded and fsynced (the Python recipes write one file and fsync it). Each method ran several "
-                  "times, in turn with the floor (reading the inputs once and writing the output once with `dd "
-                  "conv=fsync`), after one untimed round of everything: this machine's write speed varies from "
-                  "run to run (the first writes through never-used memory are the slowest), so the medians are "
-                  "compared. "
-                  "Peak RSS is the whole process's, from `/usr/bin/time -v`, and includes LibTorch's own ~160 MiB. "
-                  "lorakeep reads and computes each 256 KiB piece on one thread while the calling thread writes "
-                  "and hashes the piece before. "
-                  "The Python recipes load everything whole (FastChat's `apply_delta`; W += s * B @ A for LoRA).",
-                  "", "| method | time (median) | runs | peak RSS |", "|---|---|---|---|"]
-        for r in merge:
-            runs = ", ".join(secs(t) for t in r["seconds_all"])
-            lines.append(f"| {r['method']} | {secs(r['seconds'])} | {runs} | {mib(r['peak_rss_bytes'])} |")
-    lines += ["", "## How to rerun", "", "```sh", "bench/run.sh          # about 18 minutes on 2 cores", "```", ""]
-    with open(md_path, "w") as f:
-        f.write("\n".join(lines))
-    svg(results, svg_path)
+    return lines
+
+
+def merges_md(sec):
+    merge = sec["rows"]
+    if not merge:
+        return []
+    lines = ["## Offline merges", "", *provenance(sec, RUN_PY_PEERS), "",
+             f"A base of {size_of(merge[0]['layout'])} MiB in 64 MiB F32 tensors, sharded (500 MB shards); a "
+             "delta of the same shape, also sharded; a rank-16 PEFT adapter on every weight. Outputs are "
+             "sharded and fsynced (the Python recipes write one file and fsync it). Each method ran several "
+             "times, in turn with the floor (reading the inputs once and writing the output once with `dd "
+             "conv=fsync`), after one untimed round of everything: this machine's write speed varies from "
+             "run to run (the first writes through never-used memory are the slowest), so the medians are "
+             "compared. "
+             "Peak RSS is the whole process's, from `/usr/bin/time -v`, and includes LibTorch's own ~160 MiB. "
+             "lorakeep reads and computes each 256 KiB piece on one thread while the calling thread writes "
+             "and hashes the piece before. "
+             "The Python recipes load everything whole (FastChat's `apply_delta`; W += s * B @ A for LoRA).",
+             "", "| method | time (median) | runs | peak RSS |", "|---|---|---|---|"]
+    for r in merge:
+        runs = ", ".join(secs(t) for t in r["seconds_all"])
+        lines.append(f"| {r['method']} | {secs(r['seconds'])} | {runs} | {mib(r['peak_rss_bytes'])} |")
+    return lines
+
+
+def cell(key, value):
+    """One value of a generic table. Units follow the key's name, as in
+    bench/run.py's rows: *_bytes in MiB, seconds and *_seconds in ms or s."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(cell(key, v) for v in value)
+    if isinstance(value, (int, float)):
+        if key.endswith("_bytes"):
+            return mib(value)
+        if key == "seconds" or key.startswith("seconds_") or key.endswith("_seconds"):
+            return secs(value)
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {cell(k, v)}" for k, v in value.items()).replace("|", "\\|")
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def generic_table(rows):
+    """A table of a list of dicts: one column per key, in the order the keys
+    first appear, so a command chooses its columns by what it writes."""
+    if not rows:
+        return ["(no rows)"]
+    keys = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        lines.append("| " + " | ".join(cell(k, r.get(k)) for k in keys) + " |")
+    return lines
+
+
+# Keys every section may carry that generic_md renders in its own way.
+COMMON_KEYS = {"command", "date", "machine", "libtorch", "title", "note", "rows"}
+
+
+def generic_md(name, sec, title=None):
+    """Any section written by another command: its provenance, its other
+    top-level values, its note and a table of its rows."""
+    lines = [f"## {sec.get('title') or title or name}", "", *provenance(sec)]
+    lines += [f"- {k}: {cell(k, v)}" for k, v in sec.items() if k not in COMMON_KEYS]
+    if sec.get("note"):
+        lines += ["", sec["note"]]
+    return lines + [""] + generic_table(sec.get("rows", []))
+
+
+GPU_COMMAND = "scripts/gpu-check.sh"
+
+
+def gpu_md(sec):
+    if sec:
+        return generic_md("gpu", sec, "GPU check")
+    return ["## GPU check", "",
+            f"The GPU check has not been run on a GPU yet. `{GPU_COMMAND}`, run on a machine with a CUDA GPU, "
+            "writes it into the `gpu` section of `bench/results.json` and this section; no other figure here "
+            "changes."]
+
+
+# The order of the sections in BENCHMARKS.md; sections of other names follow,
+# by name. "gpu" renders even when absent, to say it has not been run.
+ORDER = ("reloads", "saves", "merges", "async_saves", "scale", "gpu")
+TITLES = {"async_saves": "Asynchronous saves", "scale": "Scale"}
+
+
+def section_md(name, sections):
+    sec = sections.get(name)
+    if name == "gpu":
+        return gpu_md(sec)
+    if sec is None:
+        return []
+    known = {"reloads": reloads_md, "saves": saves_md, "merges": merges_md}
+    if name in known:
+        return known[name](sec)
+    return generic_md(name, sec, TITLES.get(name))
+
+
+def rerun_lines(sections):
+    """The commands that produced the sections present, once each."""
+    commands = ["bench/run.sh          # reloads, saves and merges: about 18 minutes on 2 cores",
+                "bench/run.sh --sections merges   # one of them alone; every other section stays"]
+    seen = {"bench/run.sh"}
+    for sec in sections.values():
+        cmd = sec["command"]
+        if cmd not in seen and not cmd.startswith("bench/run.sh"):
+            seen.add(cmd)
+            commands.append(cmd)
+    if "gpu" not in sections:
+        commands.append(f"{GPU_COMMAND}  # the GPU check, on a machine with a GPU")
+    commands.append("python3 bench/results.py --render-only   # this file again from bench/results.json")
+    return ["## How to rerun", "", "```sh", *commands, "```", ""]
+
+
+def markdown(sections):
+    """BENCHMARKS.md from every section present."""
+    lines = [
+        "# Benchmarks",
+        "",
+        "Each section below comes from one command, named at its head, which measures lorakeep side by side "
+        "with what users would pick instead, in the same run, each method in its own process. Raw figures: "
+        "`bench/results.json`, one section per command; a command replaces only its own section "
+        "(`bench/results.py`), so rerunning one never erases another's figures. Nothing here is asserted in "
+        "CI; CI runs `bench/run.py --smoke` with tiny sizes so the code keeps working.",
+    ]
+    goals = targets(sections)
+    if goals:
+        lines += ["", "## Targets", "", goals]
+    names = [n for n in ORDER] + sorted(n for n in sections if n not in ORDER)
+    for name in names:
+        body = section_md(name, sections)
+        if body:
+            lines += [""] + body
+    lines += [""] + rerun_lines(sections)
+    return "\n".join(lines)

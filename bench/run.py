@@ -1,15 +1,17 @@
-"""Runs every benchmark side by side with its peers and writes
-bench/results.json, the tables of BENCHMARKS.md and bench/scaling.svg.
+"""Runs every benchmark side by side with its peers and writes its sections
+of bench/results.json ("reloads", "saves", "merges"; any other section stays
+as it was), then BENCHMARKS.md and bench/scaling.svg from all sections.
 
   python3 bench/run.py --build build-release            # the full matrix (bench/run.sh)
-  python3 bench/run.py --build build --smoke --out DIR  # tiny sizes, to keep the code alive (CI)
+  python3 bench/run.py --build build-release --sections merges   # one section alone
+  python3 bench/run.py --build build --smoke --out DIR  # tiny sizes, to keep the code alive (CI);
+                                                        # writes only under DIR
 
 Each measurement is a separate process (bench/bench_main.cpp or
 bench/peers.py) printing one JSON object, so peak RSS is per method.
 """
 import argparse
 import contextlib
-import datetime
 import json
 import os
 import platform
@@ -21,6 +23,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MIB = 1 << 20
+sys.path.insert(0, HERE)
+import results as results_json  # noqa: E402
 
 FULL = {
     "reload_sizes": [16, 64, 256, 512, 1024, 2048],
@@ -287,10 +291,19 @@ def machine():
         for line in f:
             if line.startswith("MemTotal"):
                 mem = int(line.split()[1]) * 1024
-    torch_version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libtorch-dev"], capture_output=True,
-                                   text=True).stdout
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": mem, "kernel": platform.release(),
-            "libtorch": torch_version}
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": mem, "kernel": platform.release()}
+
+
+# The sections of bench/results.json this script measures, in order.
+MATRICES = {"reloads": reload_matrix, "saves": save_matrix, "merges": merge_matrix}
+
+
+def sections_arg(text):
+    names = [n for n in text.split(",") if n]
+    unknown = [n for n in names if n not in MATRICES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"sections are {', '.join(MATRICES)}; not {', '.join(unknown) or text!r}")
+    return [n for n in MATRICES if n in names]
 
 
 def main():
@@ -298,8 +311,10 @@ def main():
     p.add_argument("--build", default=os.path.join(ROOT, "build-release"))
     p.add_argument("--python", default=None)
     p.add_argument("--smoke", action="store_true")
-    p.add_argument("--out", default=HERE, help="where results.json (and, unless --smoke, the report) go")
+    p.add_argument("--out", default=HERE, help="where results.json (and, with --smoke, the report) go")
     p.add_argument("--work", default=None)
+    p.add_argument("--sections", type=sections_arg, default=list(MATRICES),
+                   help="which of reloads,saves,merges to measure (default all); the others stay as they were")
     args = p.parse_args()
     cfg = SMOKE if args.smoke else FULL
     python = args.python or os.path.join(ROOT, "build", "venv", "bin", "python")
@@ -310,27 +325,24 @@ def main():
     def log(res):
         print(json.dumps(res), file=sys.stderr, flush=True)
 
+    command = "bench/run.sh" + (" --smoke" if args.smoke else "")
+    if args.sections != list(MATRICES):
+        command += " --sections " + ",".join(args.sections)
+    libtorch = results_json.libtorch_of(args.build)
+    sections = {}
     # The smoke run (CI) leaves the machine's settings alone.
     with delayed_page_reporting(60000) if not args.smoke else contextlib.nullcontext() as reporting:
-        results = {
-            "command": "bench/run.sh" + (" --smoke" if args.smoke else ""),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": dict(machine(), page_reporting_min_free_ms=reporting),
-            "reload": reload_matrix(r, cfg, log),
-            "save": save_matrix(r, cfg, log),
-            "merge": merge_matrix(r, cfg, log),
-        }
+        for name in args.sections:
+            sections[name] = {"command": command, "date": results_json.now(), "libtorch": libtorch,
+                              "machine": dict(machine(), page_reporting_min_free_ms=reporting),
+                              "rows": MATRICES[name](r, cfg, log)}
     shutil.rmtree(work, ignore_errors=True)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    sys.path.insert(0, HERE)
-    import report
-
-    if not args.smoke:
-        report.write(results, os.path.join(ROOT, "BENCHMARKS.md"), os.path.join(HERE, "scaling.svg"))
-    else:
-        report.write(results, os.path.join(args.out, "BENCHMARKS.md"), os.path.join(args.out, "scaling.svg"))
-    print("wrote", os.path.join(args.out, "results.json"))
+    path = os.path.join(args.out, "results.json")
+    # Smoke runs write only under --out, wherever that is.
+    md, svg = (os.path.join(args.out, "BENCHMARKS.md"), os.path.join(args.out, "scaling.svg")) if args.smoke \
+        else (None, None)
+    results_json.update_sections(path, sections, md, svg)
+    print("wrote", path)
 
 
 if __name__ == "__main__":

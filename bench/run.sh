@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds lorakeep in Release and runs every benchmark side by side with its
-# peers: writes bench/results.json, BENCHMARKS.md and bench/scaling.svg.
+# peers: writes its sections of bench/results.json (reloads, saves, merges;
+# the others stay), then BENCHMARKS.md and bench/scaling.svg from all of them.
 #
-#   bench/run.sh            the full matrix (about 18 minutes on 2 cores)
-#   bench/run.sh --smoke    tiny sizes, results under build-release/bench-smoke
+#   bench/run.sh                    the full matrix (about 18 minutes on 2 cores)
+#   bench/run.sh --sections merges  one section (or a comma list) alone
+#   bench/run.sh --smoke            tiny sizes, results under build-release/bench-smoke
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -16,4 +18,4 @@ if [[ ${1:-} == --smoke ]]; then
   mkdir -p "$root/build-release/bench-smoke"
   exec python3 "$root/bench/run.py" --build "$root/build-release" --smoke --out "$root/build-release/bench-smoke"
 fi
-exec python3 "$root/bench/run.py" --build "$root/build-release"
+exec python3 "$root/bench/run.py" --build "$root/build-release" "$@"
