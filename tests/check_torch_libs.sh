@@ -16,7 +16,7 @@ want=$(readlink -f "$2")
 programs=()
 while IFS= read -r path; do
   [[ $(head -c 4 "$path" | od -An -c | tr -d ' ') == 177ELF ]] && programs+=("$path")
-done < <(find "$build" -type f -perm -u+x -not -path '*/CMakeFiles/*' -not -name '*.so*' | sort)
+done < <(find "$build" -type f -perm -u+x -not -path '*/CMakeFiles/*' -not -path '*/site-packages/*' -not -name '*.so*' | sort)
 if ((${#programs[@]} == 0)); then
   echo "no program found under '$build'"
   exit 1

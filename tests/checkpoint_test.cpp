@@ -20,6 +20,7 @@
 #include "checkpoint/run_dir.h"
 #include "checkpoint/trainer_state.h"
 #include "tensor_util.h"
+#include "tensors/torch_compat.h"
 #include "test_util.h"
 
 namespace lorakeep {
@@ -385,14 +386,8 @@ TEST_CASE("load_best_into restores the best adapter and resume restores the opti
   const auto& restored_params = adam2.param_groups()[0].params();
   int compared = 0;
   for (std::size_t k = 0; k < saved_params.size(); ++k) {
-    // LibTorch keys optimizer state by the parameter's TensorImpl address, printed.
-    auto key = [](const torch::Tensor& t) {
-      std::ostringstream ss;
-      ss << t.unsafeGetTensorImpl();
-      return ss.str();
-    };
-    auto a = adam.state().find(key(saved_params[k]));
-    auto b = adam2.state().find(key(restored_params[k]));
+    auto a = adam.state().find(detail::optimizer_state_key(adam, saved_params[k]));
+    auto b = adam2.state().find(detail::optimizer_state_key(adam2, restored_params[k]));
     if (a == adam.state().end()) continue;
     REQUIRE(b != adam2.state().end());
     const auto& sa = static_cast<const torch::optim::AdamParamState&>(*a->second);

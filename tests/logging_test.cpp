@@ -8,9 +8,9 @@
 
 #include <ATen/ATen.h>
 
-#include "base/logging.h"
 #include "lorakeep/logging.h"
 #include "lorakeep/transfer.h"
+#include "base/logging.h"
 #include "spdlog_capture.h"
 #include "test_util.h"
 

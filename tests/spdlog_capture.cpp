@@ -15,7 +15,8 @@ struct SpdlogCapture::Impl {
 };
 
 SpdlogCapture::SpdlogCapture() : impl_(std::make_unique<Impl>()) {
-  auto mine = std::make_shared<spdlog::logger>(kLoggerName, std::make_shared<spdlog::sinks::ostream_sink_mt>(impl_->out));
+  auto mine = std::make_shared<spdlog::logger>(kLoggerName,
+                                               std::make_shared<spdlog::sinks::ostream_sink_mt>(impl_->out));
   mine->set_level(spdlog::level::info);
   spdlog::drop(kLoggerName);
   spdlog::register_logger(mine);

@@ -11,7 +11,7 @@ namespace lorakeep::test {
 
 class SpdlogCapture {
  public:
-  SpdlogCapture();  // replaces any logger registered as "lorakeep"
+  SpdlogCapture();   // replaces any logger registered as "lorakeep"
   ~SpdlogCapture();  // drops it again
   SpdlogCapture(const SpdlogCapture&) = delete;
   SpdlogCapture& operator=(const SpdlogCapture&) = delete;

@@ -61,7 +61,9 @@ std::string optimizer_state(torch::optim::Optimizer& optimizer) {
     state->serialize(archive);
     std::ostringstream bytes;
     archive.save_to(bytes);
-    states[key] = bytes.str();
+    std::ostringstream name;  // a std::string in LibTorch 1.x, a void* in 2.x (tensors/torch_compat.h)
+    name << key;
+    states[name.str()] = bytes.str();
   }
   std::string out;
   for (const auto& [key, bytes] : states) out += key + ":" + std::to_string(bytes.size()) + ":" + bytes;

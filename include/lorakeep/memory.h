@@ -44,7 +44,6 @@ class AllocationProbe {
   c10::Device device_;
   int slot_ = -1;          // CPU: index into the probe table
   std::int64_t base_ = 0;  // CUDA: allocated bytes at creation
-  std::int64_t cuda_peak_at_start_ = 0;
 };
 
 // For tests of the seed's bug: while it lives, a CPU allocation that would

@@ -12,9 +12,8 @@
 namespace lorakeep {
 namespace {
 
-constexpr spdlog::level::level_enum kSpdlogLevels[] = {spdlog::level::trace, spdlog::level::debug,
-                                                       spdlog::level::info,  spdlog::level::warn,
-                                                       spdlog::level::err,   spdlog::level::off};
+constexpr spdlog::level::level_enum kSpdlogLevels[] = {spdlog::level::trace, spdlog::level::debug, spdlog::level::info,
+                                                       spdlog::level::warn,  spdlog::level::err,   spdlog::level::off};
 
 spdlog::level::level_enum to_spdlog(LogLevel level) { return kSpdlogLevels[static_cast<int>(level)]; }
 

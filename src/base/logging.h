@@ -27,7 +27,7 @@ std::string format_message(std::string_view pattern, const Args&... args) {
                 "log arguments are numbers or strings");
   std::ostringstream out;
   out << std::boolalpha;
-  const auto next = [&](const auto& arg) {
+  [[maybe_unused]] const auto next = [&](const auto& arg) {
     const std::size_t at = pattern.find("{}");
     out << pattern.substr(0, at) << arg;
     pattern = at == std::string_view::npos ? std::string_view() : pattern.substr(at + 2);

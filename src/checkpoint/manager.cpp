@@ -31,6 +31,7 @@
 #include "lora/adapter.h"
 #include "tensors/rng.h"
 #include "tensors/safetensors_writer.h"
+#include "tensors/torch_compat.h"
 #include "tensors/torch_error.h"
 
 namespace lorakeep {
@@ -214,8 +215,8 @@ CheckpointManager::CheckpointManager(CheckpointOptions options) {
   if (!impl_->committed.empty()) {
     const auto order = impl_->ranked();
     detail::log_info("run directory '{}': {} checkpoints, newest {}, best {}", impl_->options.output_dir,
-                           impl_->committed.size(), impl_->committed.rbegin()->first,
-                           order.empty() ? std::string("none") : std::to_string(order.front()));
+                     impl_->committed.size(), impl_->committed.rbegin()->first,
+                     order.empty() ? std::string("none") : std::to_string(order.front()));
   }
 }
 
@@ -269,7 +270,7 @@ CheckpointInfo CheckpointManager::save(torch::nn::Module& module, const LoraConf
     throw;
   }
   detail::log_info("saved '{}'{}", final_dir,
-                         info.metric ? " (" + m.key + " " + std::to_string(*info.metric) + ")" : std::string());
+                   info.metric ? " (" + m.key + " " + std::to_string(*info.metric) + ")" : std::string());
   m.rotate();
   m.set_best(state);
   return info;
@@ -321,33 +322,19 @@ TransferReport CheckpointManager::load_best_into(torch::nn::Module& module) {
       detail::AdapterLoad load = impl_->prepare_adapter(candidate.path, detail::read_manifest(candidate.path), module);
       TransferReport report = load.apply();
       detail::log_info("loaded the best checkpoint '{}' ({} {}): {}", candidate.path, impl_->key,
-                             candidate.metric ? *candidate.metric : 0.0, report.summary());
+                       candidate.metric ? *candidate.metric : 0.0, report.summary());
       return report;
     } catch (const Error& e) {
       const bool damaged = e.code() == ErrorCode::kCorruption || e.code() == ErrorCode::kNotFound;
       if (!impl_->options.fallback_to_next_best || !damaged || i + 1 == order.size()) throw;
-      detail::log_error("THE BEST CHECKPOINT '{}' IS DAMAGED ({}); falling back to the next best, '{}'",
-                              candidate.path, e.what(), impl_->committed.at(order[i + 1]).path);
+      detail::log_error("THE BEST CHECKPOINT '{}' IS DAMAGED ({}); falling back to the next best, '{}'", candidate.path,
+                        e.what(), impl_->committed.at(order[i + 1]).path);
     }
   }
   throw Error(ErrorCode::kNotFound, "no loadable checkpoint");  // unreachable
 }
 
 namespace {
-
-// The key of a parameter's state in Optimizer::state(): its TensorImpl's
-// address, printed (LibTorch 1.x) or as the pointer itself (later versions).
-template <class Optimizer>
-auto state_key(Optimizer& optimizer, const at::Tensor& param) {
-  using Key = typename std::decay_t<decltype(optimizer.state())>::key_type;
-  if constexpr (std::is_same_v<Key, std::string>) {
-    std::ostringstream key;
-    key << param.unsafeGetTensorImpl();
-    return key.str();
-  } else {
-    return static_cast<Key>(param.unsafeGetTensorImpl());
-  }
-}
 
 // Moves each parameter's optimizer state to the parameter's device, one
 // parameter at a time, through the state's own serialization (the only
@@ -357,7 +344,7 @@ void move_state_to_parameters(torch::optim::Optimizer& optimizer) {
   for (auto& group : optimizer.param_groups()) {
     for (const at::Tensor& param : group.params()) {
       if (param.device().is_cpu()) continue;
-      auto it = optimizer.state().find(state_key(optimizer, param));
+      auto it = optimizer.state().find(detail::optimizer_state_key(optimizer, param));
       if (it == optimizer.state().end()) continue;
       torch::serialize::OutputArchive out;
       it->second->serialize(out);

@@ -151,9 +151,10 @@ AllocationProbe::AllocationProbe(c10::Device device) : device_(device) {
   }
 #ifdef LORAKEEP_WITH_CUDA
   if (device_.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index());
-    base_ = stats.allocated_bytes[0].current;
-    cuda_peak_at_start_ = stats.allocated_bytes[0].peak;
+    // The allocator's peak is per device: reset it so that it is this
+    // probe's (as documented, concurrent CUDA probes share it).
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device_.index());
+    base_ = c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index()).allocated_bytes[0].current;
   }
 #endif
 }
@@ -169,14 +170,8 @@ std::int64_t AllocationProbe::peak_bytes() const {
   if (slot_ >= 0) return g_slots[slot_].peak.load();
 #ifdef LORAKEEP_WITH_CUDA
   if (device_.is_cuda()) {
-    // The allocator's peak is process-wide and not reset here (that would
-    // disturb the application's own statistics). If it rose during the probe,
-    // it is the probe's peak; otherwise the probe never went above the
-    // earlier peak, and the current level is the best lower bound we have.
     const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index());
-    const std::int64_t peak = stats.allocated_bytes[0].peak;
-    const std::int64_t current = stats.allocated_bytes[0].current;
-    return std::max<std::int64_t>(0, (peak > cuda_peak_at_start_ ? peak : current) - base_);
+    return std::max<std::int64_t>(0, stats.allocated_bytes[0].peak - base_);
   }
 #endif
   return -1;

@@ -3,6 +3,11 @@
 // the tree stays on the API the two share.
 #pragma once
 
+#include <sstream>
+#include <string>
+#include <type_traits>
+
+#include <ATen/core/Tensor.h>
 #include <c10/core/ScalarType.h>
 #include <torch/version.h>
 
@@ -19,6 +24,21 @@ namespace lorakeep::detail {
 
 // The LibTorch version this translation unit was compiled against: "1.13.0".
 inline const char* torch_version_string() { return TORCH_VERSION; }
+
+// The key of `param`'s entry in optimizer.state(): LibTorch keys the state by
+// the parameter's TensorImpl, as its address printed into a std::string in
+// 1.x and as the pointer itself (void*) in 2.x.
+template <class Optimizer>
+auto optimizer_state_key(Optimizer& optimizer, const at::Tensor& param) {
+  using Key = typename std::decay_t<decltype(optimizer.state())>::key_type;
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream key;
+    key << param.unsafeGetTensorImpl();
+    return key.str();
+  } else {
+    return static_cast<Key>(param.unsafeGetTensorImpl());
+  }
+}
 
 }  // namespace lorakeep::detail
 
