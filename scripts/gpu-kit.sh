@@ -64,7 +64,7 @@ fi
   echo "# lorakeep gpu-kit: Debian 12 amd64 packages for scripts/gpu-check.sh"
   echo "# made $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(. /etc/os-release && echo "$PRETTY_NAME")"
   echo "# $count files, $total bytes"
-  for f in "$out"/*.deb; do echo "# $(dpkg-deb -f "$f" Package Version | paste -sd' ')"; done
+  for f in "$out"/*.deb; do echo "# $(dpkg-deb -f "$f" Package) $(dpkg-deb -f "$f" Version)"; done
 } >"$out/README.txt"
 echo "gpu-kit: $count packages, $total bytes ($(awk -v b="$total" 'BEGIN { printf "%.1f", b / 1e6 }') MB;" \
   "limit $((LIMIT_BYTES / 1000000)) MB) in $out"
@@ -72,6 +72,6 @@ if ((total > LIMIT_BYTES)); then
   echo "gpu-kit: the kit is larger than the limit of $LIMIT_BYTES bytes" >&2
   exit 1
 fi
-echo "gpu-kit: copy it to the GPU machine with the source tree, e.g."
-echo "  tar czf lorakeep-gpu.tgz --exclude=./build --exclude=./.git . build/gpu-kit"
-echo "then there: scripts/gpu-check.sh --kit build/gpu-kit --json gpu.json"
+echo "gpu-kit: carry it to the GPU machine with the source tree, e.g."
+echo "  git archive --prefix=lorakeep/ -o lorakeep-gpu.tar HEAD && tar rf lorakeep-gpu.tar --transform 's,^,lorakeep/,' build/gpu-kit"
+echo "then there: tar xf lorakeep-gpu.tar && lorakeep/scripts/gpu-check.sh --json gpu.json"
