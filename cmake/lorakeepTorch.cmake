@@ -22,6 +22,7 @@ macro(lorakeep_find_torch)
             NO_DEFAULT_PATH)
   if(LORAKEEP_TORCH_CONFIG_DIR)
     get_filename_component(_lorakeep_torch_prefix "${LORAKEEP_TORCH_CONFIG_DIR}/../../.." ABSOLUTE)
+    set(LORAKEEP_TORCH_LIB_DIR "${_lorakeep_torch_prefix}/lib")  # not a system directory
     foreach(_lib c10 c10_cuda torch torch_cpu torch_cuda caffe2_nvrtc shm)
       string(TOUPPER "${_lib}" _upper)
       set(_file "${_lorakeep_torch_prefix}/lib/lib${_lib}.so")

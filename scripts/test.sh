@@ -50,6 +50,8 @@ if ((sanitize)); then
 fi
 
 "$root/scripts/install-deps.sh" "${install_args[@]}"
+# The GPU check's Debian packages, for its --no-gpu build (ctest gpu_check_no_gpu).
+if [[ $torch == 2.15 && ! -f $root/build/gpu-kit/MANIFEST.sha256 ]]; then "$root/scripts/gpu-kit.sh"; fi
 
 configure_log=$(mktemp)
 if ! cmake -S "$root" -B "$build" -G Ninja "${cmake_args[@]}" > "$configure_log" 2>&1; then

@@ -1,6 +1,9 @@
 // Reading real files written by other tools, and writing files the reference
 // writer would write byte for byte.
+#include <cmath>
+#include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include <ATen/ATen.h>
 #include <boost/filesystem.hpp>
@@ -122,8 +125,28 @@ TEST_CASE("the sharded set reads as one source equal to the non-sharded file", "
 TEST_CASE("F8 tensors read where LibTorch has float8 and are refused by name otherwise", "[safetensors]") {
   const SafetensorsFile file = SafetensorsFile::open(test::fixture("safetensors_jl/non_sharded/model.safetensors"));
   if (LORAKEEP_HAS_FLOAT8) {
-    const at::Tensor t = file.tensor("float8_e4m3fn_35").to(at::kFloat).flatten();
-    for (int i = 0; i < 15; ++i) CHECK(t[i].item<float>() == static_cast<float>(i));
+    // Each stored byte decoded by hand: sign, exponent (bias 7 for E4M3FN,
+    // 15 for E5M2), mantissa; subnormals at exponent 0. The fixture holds
+    // finite values only.
+    const auto decode = [](std::uint8_t byte, int mantissa_bits, int bias) {
+      const int exponent_bits = 7 - mantissa_bits;
+      const int e = (byte >> mantissa_bits) & ((1 << exponent_bits) - 1);
+      const int m = byte & ((1 << mantissa_bits) - 1);
+      const double fraction = static_cast<double>(m) / (1 << mantissa_bits);
+      const double magnitude = e == 0 ? std::ldexp(fraction, 1 - bias) : std::ldexp(1 + fraction, e - bias);
+      return static_cast<float>((byte & 0x80) ? -magnitude : magnitude);
+    };
+    const std::pair<const char*, std::pair<int, int>> kinds[] = {{"float8_e4m3fn_35", {3, 7}},
+                                                                 {"float8_e5m2_35", {2, 15}}};
+    for (const auto& [name, format] : kinds) {
+      INFO(name);
+      const at::Tensor t = file.tensor(name).to(at::kFloat).flatten();
+      const auto raw = file.bytes(name);
+      REQUIRE(static_cast<std::size_t>(t.numel()) == raw.size);
+      for (std::size_t i = 0; i < raw.size; ++i) {
+        CHECK(t[static_cast<std::int64_t>(i)].item<float>() == decode(raw.data[i], format.first, format.second));
+      }
+    }
   } else {
     const Error e = test::capture_error([&] { file.tensor("float8_e4m3fn_35"); });
     CHECK(e.code() == ErrorCode::kNotSupported);

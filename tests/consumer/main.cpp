@@ -77,9 +77,12 @@ int main(int argc, char** argv) {
   }
   const auto file = lorakeep::SafetensorsFile::open(best->path + "/adapter_model.safetensors");
   int compared = 0;
-  for (const auto& [name, p] : model->named_parameters()) {
+  for (const auto& item : model->named_parameters()) {
+    const std::string& name = item.key();
     if (name.find("lora_") == std::string::npos) continue;
-    if (!torch::equal(p, file.tensor("base_model.model." + name))) return fail(("differs: " + name).c_str());
+    if (!torch::equal(item.value(), file.tensor("base_model.model." + name))) {
+      return fail(("differs: " + name).c_str());
+    }
     ++compared;
   }
   if (compared != 4) return fail("expected 4 LoRA tensors");
