@@ -17,7 +17,8 @@ namespace fs = boost::filesystem;
 
 }  // namespace
 
-TEST_CASE("the example run reloads a best whose recorded metric equals the live model and reports it", "[example][expensive]") {
+TEST_CASE("the example run reloads a best whose recorded metric equals the live model and reports it",
+          "[example][expensive]") {
   test::TempDir dir;
   const std::string config = std::string(LORAKEEP_SOURCE_DIR) + "/configs/char_lm_tiny.yaml";
   const std::string out = dir / "run";

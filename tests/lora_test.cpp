@@ -152,7 +152,8 @@ TEST_CASE("the GPT-2 PEFT adapter loads into the GPT-2 module tree and merges as
   CHECK(torch::allclose(model->transformer->h->ptr<Gpt2BlockImpl>(5)->attn->c_attn->weight, base[5], 0, 1e-6));
 }
 
-TEST_CASE("inject then train then save then load into a fresh model gives identical outputs", "[lora][python][expensive]") {
+TEST_CASE("inject then train then save then load into a fresh model gives identical outputs",
+          "[lora][python][expensive]") {
   test::TempDir dir;
   LoraConfig config;
   config.r = 4;

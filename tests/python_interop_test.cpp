@@ -37,7 +37,8 @@ const std::map<std::string, std::string> kMetadata = {{"format", "pt"}};
 
 }  // namespace
 
-TEST_CASE("our files read in the reference reader and its files read here with equal bytes", "[safetensors][python][expensive]") {
+TEST_CASE("our files read in the reference reader and its files read here with equal bytes",
+          "[safetensors][python][expensive]") {
   test::TempDir dir;
   save_safetensors(dir / "ours.safetensors", expected(), kMetadata);
 

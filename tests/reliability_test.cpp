@@ -171,7 +171,8 @@ int run_kill_trials(int trials, std::uint32_t seed) {
 
 // Default run: 25 kills (about 25 s); scripts/test.sh --slow adds the 200-kill
 // run below. RELIABILITY.md records both.
-TEST_CASE("saves killed at random moments never leave a partial checkpoint or lose a committed one", "[reliability][expensive]") {
+TEST_CASE("saves killed at random moments never leave a partial checkpoint or lose a committed one",
+          "[reliability][expensive]") {
   const int mid_save = run_kill_trials(25, 20261122);
   INFO("kills during a save: " << mid_save);
   CHECK(mid_save >= 1);

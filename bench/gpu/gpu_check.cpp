@@ -36,9 +36,9 @@
 #include <string>
 #include <vector>
 
+#include <cuda_runtime_api.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
-#include <cuda_runtime_api.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -67,7 +67,9 @@ constexpr std::int64_t kLayerAdapterBytes = 2LL * kRank * kD * 4;
 
 struct BlockImpl : torch::nn::Module {
   lorakeep::LoraLinear q_proj{nullptr};
-  BlockImpl() { q_proj = register_module("q_proj", lorakeep::LoraLinear(lorakeep::LoraLinearOptions(kD, kD).bias(false))); }
+  BlockImpl() {
+    q_proj = register_module("q_proj", lorakeep::LoraLinear(lorakeep::LoraLinearOptions(kD, kD).bias(false)));
+  }
 };
 TORCH_MODULE(Block);
 
@@ -83,9 +85,9 @@ TORCH_MODULE(Net);
 struct Row {
   std::string key;
   std::string what;
-  std::string value;     // human-readable
-  std::string target;    // human-readable
-  std::string json;      // the JSON value of the measurement
+  std::string value;   // human-readable
+  std::string target;  // human-readable
+  std::string json;    // the JSON value of the measurement
   bool pass = false;
 };
 
@@ -185,8 +187,10 @@ double median(std::vector<double> v) {
 }
 
 int usage(const char* msg) {
-  std::fprintf(stderr, "gpu_check: %s\nusage: gpu_check --work DIR [--json FILE] [--adapter-mib N] [--free-mib N] "
-                       "[--device I] [--repeat N] [--dry-run]\n", msg);
+  std::fprintf(stderr,
+               "gpu_check: %s\nusage: gpu_check --work DIR [--json FILE] [--adapter-mib N] [--free-mib N] "
+               "[--device I] [--repeat N] [--dry-run]\n",
+               msg);
   return 2;
 }
 
@@ -334,8 +338,8 @@ int main(int argc, char** argv) {
     c10::cuda::CUDACachingAllocator::emptyCache();
     rows.push_back({"naive_reload", "naive reload (state dict to CUDA, then copy_), " + mib(free_during) + " free",
                     outcome + " after " + mib(reached), "CUDA out of memory",
-                    "{\"outcome\": " + json_string(outcome) + ", \"bytes_on_device_before_failure\": " +
-                        std::to_string(reached) + "}",
+                    "{\"outcome\": " + json_string(outcome) +
+                        ", \"bytes_on_device_before_failure\": " + std::to_string(reached) + "}",
                     oom});
   }
 
@@ -365,8 +369,8 @@ int main(int argc, char** argv) {
                     "{\"ok\": " + std::string(ok ? "true" : "false") + ", \"seconds\": " + fmt("%.4f", r.seconds) +
                         ", \"verify_seconds\": " + fmt("%.4f", r.verify_seconds) + ", \"bytes\": " +
                         std::to_string(r.bytes) + ", \"bitwise_equal\": " + (equal ? "true" : "false") +
-                        ", \"extra_device_bytes\": " + std::to_string(extra) + ", \"report_peak_device_bytes\": " +
-                        std::to_string(r.peak_device_bytes) + "}",
+                        ", \"extra_device_bytes\": " + std::to_string(extra) +
+                        ", \"report_peak_device_bytes\": " + std::to_string(r.peak_device_bytes) + "}",
                     ok && equal && extra == 0});
   }
 
@@ -419,8 +423,8 @@ int main(int argc, char** argv) {
                   fmt("%.2f GB/s", reload_gbs) + " vs " + fmt("%.2f GB/s", memcpy_gbs) + fmt(" = %.2fx", ratio),
                   ">= 0.80x",
                   "{\"bytes\": " + std::to_string(bytes) + ", \"reload_gb_per_s\": " + fmt("%.3f", reload_gbs) +
-                      ", \"memcpy_pinned_gb_per_s\": " + fmt("%.3f", memcpy_gbs) + ", \"ratio\": " +
-                      fmt("%.3f", ratio) + ", \"repeat\": " + std::to_string(a.repeat) + "}",
+                      ", \"memcpy_pinned_gb_per_s\": " + fmt("%.3f", memcpy_gbs) +
+                      ", \"ratio\": " + fmt("%.3f", ratio) + ", \"repeat\": " + std::to_string(a.repeat) + "}",
                   ratio >= 0.8});
   rows.push_back({"bitwise_equal", "parameters bitwise equal to the file after load_into",
                   equal_f32 ? "yes" : "no: " + diff, "yes",
@@ -467,14 +471,15 @@ int main(int argc, char** argv) {
         max_diff = std::max(max_diff, (g - cpu[i].second).abs().max().item<double>());
       }
     }
-    rows.push_back({"apply_delta", "apply_delta into live CUDA parameters vs the CPU result",
-                    std::string(equal ? "bitwise equal" : "DIFFERS, max |diff| " + fmt("%.3g", max_diff)) +
-                        ", extra device " + std::to_string(extra) + " B" + fmt(", %.2f s", r.seconds),
-                    "equal, <= " + mib(chunk),
-                    "{\"equal\": " + std::string(equal ? "true" : "false") + ", \"max_abs_diff\": " +
-                        fmt("%.6g", max_diff) + ", \"extra_device_bytes\": " + std::to_string(extra) +
-                        ", \"chunk_bytes\": " + std::to_string(chunk) + ", \"seconds\": " + fmt("%.4f", r.seconds) + "}",
-                    equal && extra >= 0 && extra <= chunk});
+    rows.push_back(
+        {"apply_delta", "apply_delta into live CUDA parameters vs the CPU result",
+         std::string(equal ? "bitwise equal" : "DIFFERS, max |diff| " + fmt("%.3g", max_diff)) + ", extra device " +
+             std::to_string(extra) + " B" + fmt(", %.2f s", r.seconds),
+         "equal, <= " + mib(chunk),
+         "{\"equal\": " + std::string(equal ? "true" : "false") + ", \"max_abs_diff\": " + fmt("%.6g", max_diff) +
+             ", \"extra_device_bytes\": " + std::to_string(extra) + ", \"chunk_bytes\": " + std::to_string(chunk) +
+             ", \"seconds\": " + fmt("%.4f", r.seconds) + "}",
+         equal && extra >= 0 && extra <= chunk});
   }
   balloon.clear();
 

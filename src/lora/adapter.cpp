@@ -122,8 +122,7 @@ std::vector<std::string> arm(torch::nn::Module& module, const LoraConfig& config
     if (t.layer->options().fan_in_fan_out() != config.fan_in_fan_out) {
       // PEFT corrects the flag to the layer's layout with a warning; so do we.
       log_warn("'{}' stores its weight as [{}], but fan_in_fan_out is {}: following the layer", t.path,
-                     t.layer->options().fan_in_fan_out() ? "in, out" : "out, in",
-                     config.fan_in_fan_out ? "true" : "false");
+               t.layer->options().fan_in_fan_out() ? "in, out" : "out, in", config.fan_in_fan_out ? "true" : "false");
     }
     t.layer->add_adapter(t.options);
   }
@@ -145,7 +144,7 @@ std::vector<std::string> arm(torch::nn::Module& module, const LoraConfig& config
     }
   }
   log_info("LoRA r={} alpha={} on {} layers; {} trainable tensors", config.r, config.lora_alpha, layers.size(),
-                 trainable.size());
+           trainable.size());
   return trainable;
 }
 

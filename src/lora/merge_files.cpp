@@ -164,8 +164,8 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
   };
   MergeReport report = detail::write_merged(writer, produce, bytes_read, options.progress);
   report.seconds = detail::now_seconds() - start;
-  detail::log_info("merged adapter '{}' ({} layers) into '{}': {} tensors in {} s", adapter_dir,
-                         layout.layers.size(), out_dir, report.tensors, detail::fixed(report.seconds, 1));
+  detail::log_info("merged adapter '{}' ({} layers) into '{}': {} tensors in {} s", adapter_dir, layout.layers.size(),
+                   out_dir, report.tensors, detail::fixed(report.seconds, 1));
   return report;
 }
 

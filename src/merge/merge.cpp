@@ -12,8 +12,8 @@
 #include "lorakeep/tensor_source.h"
 #include "base/clock.h"
 #include "base/logging.h"
-#include "base/text.h"
 #include "base/openmp_threads.h"
+#include "base/text.h"
 #include "merge/pipeline.h"
 #include "tensors/sharded_writer.h"
 
@@ -250,8 +250,8 @@ MergeReport merge_delta_files(const std::string& base, const std::string& delta,
                              }
                              return s.as(sum, out, 3);
                            });
-  detail::log_info("merged '{}' + {} * '{}' into '{}': {} tensors in {} s", base, scale, delta, out_dir,
-                         report.tensors, detail::fixed(report.seconds, 1));
+  detail::log_info("merged '{}' + {} * '{}' into '{}': {} tensors in {} s", base, scale, delta, out_dir, report.tensors,
+                   detail::fixed(report.seconds, 1));
   return report;
 }
 
@@ -286,11 +286,11 @@ MergeReport make_delta_files(const std::string& base, const std::string& tuned, 
       });
   if (report.inexact_elements > 0) {
     detail::log_warn("{} of {} elements of the delta '{}' will not reproduce the tuned model exactly "
-                           "(a narrower --dtype, or extreme value ratios)",
-                           report.inexact_elements, report.elements, out_dir);
+                     "(a narrower --dtype, or extreme value ratios)",
+                     report.inexact_elements, report.elements, out_dir);
   }
-  detail::log_info("wrote the delta '{}' = '{}' - '{}': {} tensors in {} s", out_dir, tuned, base,
-                         report.tensors, detail::fixed(report.seconds, 1));
+  detail::log_info("wrote the delta '{}' = '{}' - '{}': {} tensors in {} s", out_dir, tuned, base, report.tensors,
+                   detail::fixed(report.seconds, 1));
   return report;
 }
 

@@ -119,7 +119,7 @@ class ShardedSource final : public TensorSource {
     }
     if (index.total_size && *index.total_size != total) {
       detail::log_warn("index '{}' says total_size {} but its shards hold {} bytes of tensors", index_path,
-                             *index.total_size, total);
+                       *index.total_size, total);
     }
   }
 

@@ -131,8 +131,8 @@ void EarlyStopping::on_evaluate(TrainingState& state, const Metrics& metrics) {
     best_ = v;
     es.counter = 0;
   } else if (++es.counter >= patience_) {
-    detail::log_info("early stopping at step {}: no improvement of {} for {} evaluations", state.global_step,
-                           key_, es.counter);
+    detail::log_info("early stopping at step {}: no improvement of {} for {} evaluations", state.global_step, key_,
+                     es.counter);
     state.should_stop = true;
   }
 }

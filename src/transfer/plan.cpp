@@ -174,8 +174,8 @@ std::vector<Planned> plan(const NamedTensors& targets, const TensorSource& sourc
   if (!hard && (!soft || !o.strict)) {
     if (soft) {
       log_info("loading '{}' non-strictly: {} model tensors not in the file, {} file tensors not in the "
-                     "model",
-                     source.path(), missing.size(), unexpected.size());
+               "model",
+               source.path(), missing.size(), unexpected.size());
       if (!unexpected.empty()) log_debug("not in the model: {}", quoted_list(unexpected, 100));
     }
     return planned;
