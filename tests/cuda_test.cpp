@@ -37,70 +37,59 @@ NamedTensors cuda_targets(at::ScalarType type) {
           {"b", at::zeros({3, 1000, 700}, at::TensorOptions(type).device(at::kCUDA))}};  // 8.4 MB
 }
 
+// Saves `file`, loads it into `live` in pieces of kChunk (copies, or adds
+// scale * file) and returns the extra bytes the load allocated at its peak on
+// the targets' device.
+std::int64_t reload_peak(const NamedTensors& file, const NamedTensors& live, TransferOp op = TransferOp::kCopy,
+                         double scale = 1.0) {
+  test::TempDir dir;
+  save_safetensors(dir / "w.safetensors", file);
+  LoadOptions options;
+  options.op = op;
+  options.scale = scale;
+  options.chunk_bytes = kChunk;
+  AllocationProbe probe(live[0].second.device());
+  load_into(live, *open_tensor_source(dir / "w.safetensors"), options);
+  return probe.peak_bytes();
+}
+
 }  // namespace
 
 TEST_CASE("a reload into CUDA parameters of the same dtype allocates nothing on the device", "[cuda]") {
   if (!have_cuda()) return;
-  test::TempDir dir;
   const NamedTensors file = {{"a", at::randn({512, 1024})}, {"b", at::randn({3, 1000, 700})}};
-  save_safetensors(dir / "w.safetensors", file);
   const NamedTensors live = cuda_targets(at::kFloat);
-  LoadOptions options;
-  options.chunk_bytes = kChunk;
-  AllocationProbe probe(live[0].second.device());
-  load_into(live, *open_tensor_source(dir / "w.safetensors"), options);
-  CHECK(probe.peak_bytes() == 0);
+  CHECK(reload_peak(file, live) == 0);
   for (std::size_t i = 0; i < file.size(); ++i) CHECK(at::equal(live[i].second.cpu(), file[i].second));
 }
 
 TEST_CASE("a BF16 file reloads into F32 CUDA parameters within one chunk of device memory", "[cuda]") {
   if (!have_cuda()) return;
-  test::TempDir dir;
   const NamedTensors file = {{"a", at::randn({512, 1024}).to(at::kBFloat16)},
                              {"b", at::randn({3, 1000, 700}).to(at::kBFloat16)}};
-  save_safetensors(dir / "w.safetensors", file);
   const NamedTensors live = cuda_targets(at::kFloat);
-  LoadOptions options;
-  options.chunk_bytes = kChunk;
-  AllocationProbe probe(live[0].second.device());
-  load_into(live, *open_tensor_source(dir / "w.safetensors"), options);
-  CHECK(probe.peak_bytes() <= static_cast<std::int64_t>(kChunk));
+  CHECK(reload_peak(file, live) <= static_cast<std::int64_t>(kChunk));
   for (std::size_t i = 0; i < file.size(); ++i) CHECK(at::equal(live[i].second.cpu(), file[i].second.to(at::kFloat)));
 }
 
 TEST_CASE("a reload into a strided CUDA view writes through it within one chunk of device memory", "[cuda]") {
   if (!have_cuda()) return;
-  test::TempDir dir;
   const at::Tensor value = at::randn({1024, 512});
-  save_safetensors(dir / "t.safetensors", {{"t", value}});
   const at::Tensor storage = at::zeros({512, 1024}, at::TensorOptions().device(at::kCUDA));
-  const at::Tensor transposed = storage.t();  // [1024, 512], not contiguous
-  LoadOptions options;
-  options.chunk_bytes = kChunk;
-  AllocationProbe probe(storage.device());
-  load_into({{"t", transposed}}, *open_tensor_source(dir / "t.safetensors"), options);
   // copy_ into a strided CUDA destination goes through a contiguous
   // temporary of the piece's size: at most one chunk.
-  CHECK(probe.peak_bytes() <= static_cast<std::int64_t>(kChunk));
+  CHECK(reload_peak({{"t", value}}, {{"t", storage.t()}}) <= static_cast<std::int64_t>(kChunk));
   CHECK(at::equal(storage.t().cpu(), value));
 }
 
 TEST_CASE("apply_delta into live CUDA parameters equals the CPU result within one chunk", "[cuda]") {
   if (!have_cuda()) return;
-  test::TempDir dir;
   const NamedTensors delta = {{"a", at::randn({512, 1024})}, {"b", at::randn({3, 1000, 700})}};
-  save_safetensors(dir / "d.safetensors", delta);
   const NamedTensors cpu = {{"a", at::randn({512, 1024})}, {"b", at::randn({3, 1000, 700})}};
   NamedTensors cuda;
   for (const auto& [name, t] : cpu) cuda.emplace_back(name, t.to(at::kCUDA));
-  LoadOptions options;
-  options.op = TransferOp::kAdd;
-  options.scale = 0.5;
-  options.chunk_bytes = kChunk;
-  load_into(cpu, *open_tensor_source(dir / "d.safetensors"), options);
-  AllocationProbe probe(cuda[0].second.device());
-  load_into(cuda, *open_tensor_source(dir / "d.safetensors"), options);
-  CHECK(probe.peak_bytes() <= static_cast<std::int64_t>(kChunk));
+  reload_peak(delta, cpu, TransferOp::kAdd, 0.5);
+  CHECK(reload_peak(delta, cuda, TransferOp::kAdd, 0.5) <= static_cast<std::int64_t>(kChunk));
   for (std::size_t i = 0; i < cpu.size(); ++i) CHECK(at::allclose(cuda[i].second.cpu(), cpu[i].second, 1e-6, 1e-6));
 }
 
