@@ -2,7 +2,8 @@
 # Installs everything lorakeep needs on Debian 12 (bookworm), idempotently:
 # Debian packages that are missing (one `apt-get update`, only if something
 # is missing), then the test-time Python peers (safetensors, PEFT,
-# transformers) in a venv inside the build tree.
+# transformers) in a venv inside the build tree, and the example's pretrained
+# model in build/models.
 #
 #   scripts/install-deps.sh [BUILD_DIR]                (default: ./build)
 #   scripts/install-deps.sh --torch=2.15 [BUILD_DIR]   also LibTorch 2.15, from the
@@ -70,6 +71,10 @@ if ! "$venv/bin/python" -c "import peft, transformers" 2>/dev/null; then
     "psutil==5.9.8" "fsspec==2024.2.0" "typing_extensions==4.9.0" "charset_normalizer==3.3.2" "idna==3.6" \
     "urllib3==2.2.1" "certifi==2024.2.2"
 fi
+
+# The pretrained model of the BERT example (all-MiniLM-L6-v2, 83 MB), in
+# build/models/: its tokenizer is tested against Hugging Face's.
+"$root/scripts/fetch-minilm.sh" "$build_dir"
 
 # LibTorch 2.15 from its PyPI wheel, in a venv of its own (it must not replace
 # the peers' torch 1.13). Nothing imports it: the build uses its headers,
