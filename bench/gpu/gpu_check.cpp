@@ -11,8 +11,8 @@
 //      fails with CUDA out of memory;
 //   2. CheckpointManager::load_best_into succeeds, parameters bitwise equal
 //      to the file;
-//   3. extra device bytes (the caching allocator's allocated_bytes peak minus
-//      its level before, after resetPeakStats): load_into of an F32 file, of a
+//   3. extra device bytes (lorakeep::AllocationProbe: the caching allocator's
+//      allocated_bytes peak minus its level before, after resetPeakStats): load_into of an F32 file, of a
 //      BF16 file into the F32 parameters, apply_delta;
 //   4. load_into's throughput (page-cache read included) against cudaMemcpy
 //      of the same bytes into the same parameters from pinned memory;
@@ -128,20 +128,6 @@ std::int64_t device_free_bytes() {
   check_cuda(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
   return static_cast<std::int64_t>(free);
 }
-
-// The caching allocator's allocated bytes: peak since the reset minus the
-// level at the reset.
-struct DevicePeak {
-  int device;
-  std::int64_t before = 0;
-  explicit DevicePeak(int d) : device(d) {
-    c10::cuda::CUDACachingAllocator::resetPeakStats(d);
-    before = c10::cuda::CUDACachingAllocator::getDeviceStats(d).allocated_bytes[0].current;
-  }
-  std::int64_t extra() const {
-    return c10::cuda::CUDACachingAllocator::getDeviceStats(device).allocated_bytes[0].peak - before;
-  }
-};
 
 lorakeep::NamedTensors lora_params(Net& model) {
   lorakeep::NamedTensors out;
@@ -351,10 +337,10 @@ int main(int argc, char** argv) {
     lorakeep::TransferReport r;
     std::int64_t extra = -1;
     try {
-      DevicePeak peak(a.device);
+      lorakeep::AllocationProbe peak(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(a.device)));
       r = ckpt.load_best_into(*model);
       torch::cuda::synchronize();
-      extra = peak.extra();
+      extra = peak.peak_bytes();
     } catch (const std::exception& e) {
       ok = false;
       outcome = std::string("failed: ") + e.what();
@@ -386,12 +372,12 @@ int main(int argc, char** argv) {
   std::string diff;
   for (int i = 0; i < a.repeat; ++i) {
     zero_all(params);
-    DevicePeak peak(a.device);
+    lorakeep::AllocationProbe peak(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(a.device)));
     const auto t0 = Clock::now();
     const auto r = lorakeep::load_into(params, *source, lo);
     torch::cuda::synchronize();
     reload_s.push_back(seconds_since(t0));
-    extra_f32 = std::max(extra_f32, peak.extra());
+    extra_f32 = std::max(extra_f32, peak.peak_bytes());
     bytes = r.bytes;
     equal_f32 = equal_f32 && equal_to_file(params, adapter_file, prefix, &diff);
   }
@@ -434,10 +420,10 @@ int main(int argc, char** argv) {
   {
     zero_all(params);
     const auto bf16 = lorakeep::open_tensor_source(bf16_file);
-    DevicePeak peak(a.device);
+    lorakeep::AllocationProbe peak(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(a.device)));
     lorakeep::load_into(params, *bf16, {});
     torch::cuda::synchronize();
-    const std::int64_t extra = peak.extra();
+    const std::int64_t extra = peak.peak_bytes();
     const bool equal = equal_to_file(params, bf16_file, "", &diff);
     rows.push_back({"extra_device_bf16", "load_into, BF16 file into F32 parameters: extra device bytes",
                     std::to_string(extra) + " B" + (equal ? ", equal to the file" : ", DIFFERS: " + diff),
@@ -454,10 +440,10 @@ int main(int argc, char** argv) {
     lorakeep::NamedTensors cpu;
     for (const auto& [name, p] : params) cpu.emplace_back(name, p.to(torch::kCPU));
     const auto delta = lorakeep::open_tensor_source(delta_file);
-    DevicePeak peak(a.device);
+    lorakeep::AllocationProbe peak(c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(a.device)));
     const auto r = lorakeep::apply_delta(*model, *delta, delta_scale);
     torch::cuda::synchronize();
-    const std::int64_t extra = peak.extra();
+    const std::int64_t extra = peak.peak_bytes();
     lorakeep::LoadOptions add;
     add.op = lorakeep::TransferOp::kAdd;
     add.scale = delta_scale;

@@ -112,17 +112,20 @@ def main():
       f"{tokenizers.__version__}\n// (its BertNormalizer and BertPreTokenizer, probed "
       "per code point): do not edit.\n// Included by examples/bert/tokenizer.cpp alone.\n")
 
-    def write_ranges(name, rs):
-        w(f"\n// {len(rs)} ranges, {sum(b - a + 1 for a, b in rs)} code points.\n")
-        w(f"constexpr CodeRange {name}[] = {{\n")
+    def write_items(items):
+        """The items, as many to a line as fit in 100 columns, then the closing brace."""
         line = ""
-        for a, b in rs:
-            item = f"{{0x{a:X}, 0x{b:X}}}, "
+        for item in items:
             if len(line) + len(item) > 100:
                 w(line.rstrip() + "\n")
                 line = ""
             line += item
         w(line.rstrip() + "\n};\n")
+
+    def write_ranges(name, rs):
+        w(f"\n// {len(rs)} ranges, {sum(b - a + 1 for a, b in rs)} code points.\n")
+        w(f"constexpr CodeRange {name}[] = {{\n")
+        write_items(f"{{0x{a:X}, 0x{b:X}}}, " for a, b in rs)
 
     def write_map(name, m):
         pool, entries = [], []
@@ -131,23 +134,9 @@ def main():
             pool.extend(m[c])
         w(f"\n// {len(entries)} code points; their replacements in {name}Pool.\n")
         w(f"constexpr char32_t {name}Pool[] = {{\n")
-        line = ""
-        for p in pool:
-            item = f"0x{p:X}, "
-            if len(line) + len(item) > 100:
-                w(line.rstrip() + "\n")
-                line = ""
-            line += item
-        w(line.rstrip() + "\n};\n")
+        write_items(f"0x{p:X}, " for p in pool)
         w(f"constexpr CodeMapping {name}[] = {{\n")
-        line = ""
-        for c, off, n in entries:
-            item = f"{{0x{c:X}, {off}, {n}}}, "
-            if len(line) + len(item) > 100:
-                w(line.rstrip() + "\n")
-                line = ""
-            line += item
-        w(line.rstrip() + "\n};\n")
+        write_items(f"{{0x{c:X}, {off}, {n}}}, " for c, off, n in entries)
 
     write_ranges("kRemoved", ranges(removed))
     write_ranges("kWhitespace", ranges(whitespace))

@@ -551,7 +551,7 @@ void Tokenizer::wordpiece(const std::string& word, std::vector<std::int64_t>* id
   ids->insert(ids->end(), pieces.begin(), pieces.end());
 }
 
-std::vector<std::string> Tokenizer::tokenize(std::string_view text) const {
+std::vector<std::int64_t> Tokenizer::word_ids(std::string_view text) const {
   std::vector<std::int64_t> ids;
   for (const Word& w : words(text)) {
     if (w.added_id) {
@@ -560,6 +560,11 @@ std::vector<std::string> Tokenizer::tokenize(std::string_view text) const {
       wordpiece(w.text, &ids);
     }
   }
+  return ids;
+}
+
+std::vector<std::string> Tokenizer::tokenize(std::string_view text) const {
+  const std::vector<std::int64_t> ids = word_ids(text);
   std::vector<std::string> tokens;
   for (std::int64_t id : ids) tokens.push_back(id_string(id));
   return tokens;
@@ -574,14 +579,7 @@ std::string Tokenizer::id_string(std::int64_t id) const {
 }
 
 Encoding Tokenizer::encode_unpadded(std::string_view text) const {
-  std::vector<std::int64_t> ids;
-  for (const Word& w : words(text)) {
-    if (w.added_id) {
-      ids.push_back(*w.added_id);
-    } else {
-      wordpiece(w.text, &ids);
-    }
-  }
+  std::vector<std::int64_t> ids = word_ids(text);
   if (truncation_) {
     std::size_t specials = 0;
     for (const auto& p : single_) specials += p.ids.size();

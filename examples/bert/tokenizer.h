@@ -128,6 +128,8 @@ class Tokenizer {
   std::u32string normalize32(const std::u32string& text) const;
   std::string id_string(std::int64_t id) const;
   void wordpiece(const std::string& word, std::vector<std::int64_t>* ids) const;
+  // The ids of every word of `text`: added tokens whole, the rest by WordPiece.
+  std::vector<std::int64_t> word_ids(std::string_view text) const;
   Encoding encode_unpadded(std::string_view text) const;
   void pad(Encoding* e, std::size_t length, const Padding& p) const;
 
