@@ -1,27 +1,28 @@
 #!/usr/bin/env bash
-# Sets up, builds and runs the main job: examples/char_lm with
-# configs/char_lm_lora.yaml (a base model trained on quotations, then
-# LoRA-fine-tuned on songs and poems with checkpoints, early stopping and
-# load-best-at-end), then examples/apply_delta on its outputs, then the
-# end-of-training hook a shell pipeline would call.
+# Sets up, builds and runs the main job: examples/bert (bert_lora) with
+# configs/bert_fortunes.yaml: all-MiniLM-L6-v2 LoRA-fine-tuned in LibTorch to
+# tell four of Debian's fortunes files apart, with checkpoints, rotation,
+# early stopping on eval_accuracy and load-best-at-end, the PEFT adapter
+# exported; then the end-of-training hook a shell pipeline would call, and
+# merge-lora of the adapter into the model's own weights file.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-"$root/scripts/install-deps.sh" "$root/build"
+"$root/scripts/install-deps.sh" --demo "$root/build"
 cmake -S "$root" -B "$root/build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
-cmake --build "$root/build" -j "$(nproc)" --target char_lm apply_delta lorakeep_cli
+cmake --build "$root/build" -j "$(nproc)" --target bert_lora lorakeep_cli
 
 cd "$root"
-echo "== examples/char_lm --config configs/char_lm_lora.yaml"
 start=$(date +%s)
-build/examples/char_lm --config configs/char_lm_lora.yaml
-echo "(the run took $(( $(date +%s) - start )) s)"
-echo
-echo "== examples/apply_delta: base + delta on the same model"
-build/examples/apply_delta --config configs/char_lm_lora.yaml
+echo "== examples/bert: bert_lora train --config configs/bert_fortunes.yaml"
+build/examples/bert_lora train --config configs/bert_fortunes.yaml
 echo
 echo "== the end-of-training hook for pipelines"
-echo "\$ lorakeep best runs/char_lm"
-build/src/lorakeep best runs/char_lm
-echo "\$ lorakeep finalize runs/char_lm --export runs/char_lm/deploy"
-build/src/lorakeep finalize runs/char_lm --export runs/char_lm/deploy
+echo "\$ lorakeep best runs/bert_fortunes"
+build/src/lorakeep best runs/bert_fortunes
+echo "\$ lorakeep merge-lora --base build/models/all-MiniLM-L6-v2/model.safetensors --adapter runs/bert_fortunes/final_adapter --base-prefix bert. --out runs/bert_fortunes/merged"
+rm -rf runs/bert_fortunes/merged
+build/src/lorakeep merge-lora --base build/models/all-MiniLM-L6-v2/model.safetensors \
+  --adapter runs/bert_fortunes/final_adapter --base-prefix bert. --out runs/bert_fortunes/merged
+echo
+echo "the demo ran for $(( $(date +%s) - start )) s after the build; the adapter: runs/bert_fortunes/final_adapter"

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs everything lorakeep needs on Debian 12 (bookworm), idempotently:
 # Debian packages that are missing (one `apt-get update`, only if something
-# is missing), then the test-time Python peers (safetensors, PEFT,
-# transformers) in a venv inside the build tree, and the example's pretrained
-# model in build/models.
+# is missing), the example's pretrained model in build/models, then the
+# test-time Python peers (safetensors, PEFT, transformers) in a venv inside
+# the build tree.
 #
 #   scripts/install-deps.sh [BUILD_DIR]                (default: ./build)
+#   scripts/install-deps.sh --demo [BUILD_DIR]         what scripts/demo.sh needs:
+#       the Debian packages and the model, not the Python peers
 #   scripts/install-deps.sh --torch=2.15 [BUILD_DIR]   also LibTorch 2.15, from the
 #       PyPI wheel torch==2.15.0 (CUDA 13; about 5 GB with its nvidia-* wheels),
 #       in BUILD_DIR/torch-2.15, a venv of its own: only its LibTorch is used
@@ -14,11 +16,13 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build_dir=$root/build
 torch=""
+demo=0
 for arg in "$@"; do
   case $arg in
+    --demo) demo=1 ;;
     --torch=2.15) torch=2.15.0 ;;
     --torch=*) echo "install-deps: LibTorch ${arg#--torch=} is not one this script installs (2.15)" >&2; exit 2 ;;
-    -*) echo "usage: scripts/install-deps.sh [--torch=2.15] [BUILD_DIR]" >&2; exit 2 ;;
+    -*) echo "usage: scripts/install-deps.sh [--demo | --torch=2.15] [BUILD_DIR]" >&2; exit 2 ;;
     *) build_dir=$arg ;;
   esac
 done
@@ -49,6 +53,11 @@ if ((${#missing[@]})); then
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# The pretrained model of the BERT example (all-MiniLM-L6-v2, 83 MB), in
+# build/models/: the demo fine-tunes it; the tests compare it with Hugging Face.
+"$root/scripts/fetch-minilm.sh" "$build_dir"
+if ((demo)); then exit 0; fi
+
 # The reference safetensors implementation, for tests and benchmarks only.
 # --system-site-packages lets it see Debian's torch and numpy (python3-torch is
 # built against that numpy). Every build's tests use this one venv.
@@ -71,10 +80,6 @@ if ! "$venv/bin/python" -c "import peft, transformers" 2>/dev/null; then
     "psutil==5.9.8" "fsspec==2024.2.0" "typing_extensions==4.9.0" "charset_normalizer==3.3.2" "idna==3.6" \
     "urllib3==2.2.1" "certifi==2024.2.2"
 fi
-
-# The pretrained model of the BERT example (all-MiniLM-L6-v2, 83 MB), in
-# build/models/: its tokenizer is tested against Hugging Face's.
-"$root/scripts/fetch-minilm.sh" "$build_dir"
 
 # LibTorch 2.15 from its PyPI wheel, in a venv of its own (it must not replace
 # the peers' torch 1.13). Nothing imports it: the build uses its headers,

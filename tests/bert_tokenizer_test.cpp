@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "data.h"
 #include "test_util.h"
 #include "tokenizer.h"
 
@@ -112,26 +113,10 @@ std::string minilm_tokenizer() {
   return path;
 }
 
-// The fortunes of /usr/share/games/fortunes/<name>: the texts between lines holding only "%".
+// The fortunes of /usr/share/games/fortunes/<name> as the example's data set
+// reads them (Debian's package fortunes, which scripts/install-deps.sh installs).
 std::vector<std::string> fortunes(const std::string& name) {
-  std::ifstream in("/usr/share/games/fortunes/" + name);
-  REQUIRE(in);  // Debian's package fortunes, which scripts/install-deps.sh installs
-  std::vector<std::string> out;
-  std::string line, current;
-  auto flush = [&] {
-    if (!current.empty()) current.pop_back();  // the last newline
-    if (!current.empty()) out.push_back(current);
-    current.clear();
-  };
-  while (std::getline(in, line)) {
-    if (line == "%") {
-      flush();
-    } else {
-      current += line + "\n";
-    }
-  }
-  flush();
-  return out;
+  return bert::read_fortunes("/usr/share/games/fortunes/" + name);
 }
 
 }  // namespace
