@@ -47,6 +47,13 @@ TEST_CASE("the example run reloads a best whose recorded metric equals the live 
   CHECK_THAT(report, Contains("<svg") && Contains("Best checkpoint: <b>checkpoint-" +
                                                   std::to_string(summary["best_step"].get<std::int64_t>())));
   CHECK_THAT(report, Contains("rotated away"));
+  // What main.cpp gives the shared report: the direction of the best, the
+  // reference figures, the summary and the sample.
+  CHECK_THAT(report, Contains(", the lowest eval_loss") && Contains("Reference figures") &&
+                         Contains("base model eval_loss on the fine-tuning text") &&
+                         Contains("base model eval_loss on its own text") && Contains("live model after the reload") &&
+                         Contains("<p id='summary'>The base model scored") &&
+                         Contains("A sample from the fine-tuned model"));
   // Self-contained: nothing to fetch.
   CHECK(report.find("src=") == std::string::npos);
   CHECK(report.find("<link") == std::string::npos);

@@ -257,7 +257,7 @@ int main(int argc, char** argv) {
     lorakeep::save_adapter(adapter_dir, *model, run.lora);
     std::printf("the best adapter, as a PEFT adapter directory: %s\n", adapter_dir.c_str());
 
-    char_lm::ReportData data;
+    examples::ReportData data;
     data.title = "char_lm: LoRA fine-tuning with lorakeep";
     data.config_path = config_path;
     data.log_history = state.log_history;
@@ -265,16 +265,23 @@ int main(int argc, char** argv) {
     for (const auto& c : ckpt.checkpoints()) data.kept_steps.insert(c.step);
     data.best_step = best->step;
     data.metric = ckpt.metric_key();
-    data.base_eval_loss = base_on_tune;
-    data.base_eval_loss_base_text = base_on_base;
-    data.live_eval_loss = live;
+    data.greater_is_better = ckpt.greater_is_better();
+    data.references = {{"base model eval_loss on the fine-tuning text", base_on_tune},
+                       {"base model eval_loss on its own text", base_on_base},
+                       {"live model after the reload", live}};
+    char summary_text[256];
+    std::snprintf(summary_text, sizeof summary_text,
+                  "The base model scored %.4g on the fine-tuning text (%.4g on its own); after the reload the live "
+                  "model scores %.6f (the checkpoint recorded %.6f).",
+                  base_on_tune, base_on_base, live, recorded);
+    data.summary = summary_text;
     data.reload_bytes = report->bytes;
     data.reload_seconds = report->seconds;
     data.reload_peak_device_bytes = report->peak_device_bytes;
     data.reload_peak_rss_bytes = report->peak_rss_bytes;
     data.naive_device_bytes = report->naive_device_bytes;
     data.sample = sample;
-    char_lm::write_report(out + "/report.html", data);
+    examples::write_report(out + "/report.html", data);
     std::printf("run report: %s/report.html\n", out.c_str());
 
     nlohmann::json summary = {{"best_step", best->step},
