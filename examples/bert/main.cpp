@@ -24,6 +24,7 @@
 #include "lorakeep/lorakeep.h"
 #include "data.h"
 #include "model.h"
+#include "report.h"
 #include "settings.h"
 #include "tokenizer.h"
 
@@ -34,6 +35,12 @@ using Clock = std::chrono::steady_clock;
 using json = nlohmann::json;
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::string fixed4(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.4f", v);
+  return buf;
+}
 
 std::string mib(double bytes) {
   char buf[32];
@@ -137,7 +144,7 @@ void write_text(const std::string& path, const std::string& text) {
 // One line per evaluation.
 class Progress : public lorakeep::Callback {
  public:
-  Progress(std::string key, bool greater) : key_(std::move(key)), greater_(greater) {}
+  Progress(std::string key, bool greater) : key_(std::move(key)), greater_(greater), start_(Clock::now()) {}
   void on_evaluate(lorakeep::TrainingState& s, const lorakeep::Metrics& m) override {
     if (auto it = m.find(key_); it != m.end() && (!best_ || (greater_ ? it->second > *best_ : it->second < *best_))) {
       best_ = it->second;
@@ -150,10 +157,10 @@ class Progress : public lorakeep::Callback {
         break;
       }
     }
-    std::printf("  step %3lld/%lld  train loss %.4f  eval_loss %.4f  %s %.4f  best %.4f @%lld\n",
+    std::printf("  step %3lld/%lld  train loss %.4f  eval_loss %.4f  %s %.4f  best %.4f @%lld  [%.0f s]\n",
                 static_cast<long long>(s.global_step), static_cast<long long>(s.max_steps), loss,
                 m.count("eval_loss") ? m.at("eval_loss") : NAN, key_.c_str(), m.count(key_) ? m.at(key_) : NAN,
-                best_.value_or(NAN), static_cast<long long>(best_step_));
+                best_.value_or(NAN), static_cast<long long>(best_step_), seconds_since(start_));
     std::fflush(stdout);
   }
 
@@ -162,6 +169,7 @@ class Progress : public lorakeep::Callback {
   bool greater_;
   std::optional<double> best_;  // the best evaluation so far
   std::int64_t best_step_ = 0;
+  Clock::time_point start_;
 };
 
 class SaveTracker : public lorakeep::Callback {
@@ -340,6 +348,30 @@ int train(const std::string& config_path, const std::string& model_dir_override,
   std::printf("== eval accuracy: majority class %.4f < base model %.4f < fine-tuned %.4f%s\n", majority_acc, base_acc,
               live, (majority_acc < base_acc && base_acc < live) ? "" : "  (NOT in this order)");
 
+  examples::ReportData page;
+  page.title = "bert_lora: LoRA fine-tuning of " + fs::path(model_dir).filename().string() + " with lorakeep";
+  page.config_path = config_path;
+  page.log_history = state.log_history;
+  page.saved_steps = tracker->saved;
+  for (const auto& c : ckpt.checkpoints()) page.kept_steps.insert(c.step);
+  page.best_step = best->step;
+  page.metric = ckpt.metric_key();
+  page.greater_is_better = ckpt.greater_is_better();
+  page.references = {{"majority class accuracy", majority_acc},
+                     {"base model accuracy (head trained alone)", base_acc},
+                     {"fine-tuned accuracy after the reload", live}};
+  page.summary = "Eval accuracy on " + std::to_string(data.eval.size()) + " texts of " + std::to_string(k) +
+                 " balanced classes: the majority class " + fixed4(majority_acc) +
+                 ", the base model with its classifier trained alone on the frozen pooled output " + fixed4(base_acc) +
+                 " (nearest class mean of its sentence embeddings: " + fixed4(ncm_acc) + "), fine-tuned with LoRA " +
+                 fixed4(live) + ".";
+  page.reload_bytes = report->bytes;
+  page.reload_seconds = report->seconds;
+  page.reload_peak_device_bytes = report->peak_device_bytes;
+  page.reload_peak_rss_bytes = report->peak_rss_bytes;
+  page.naive_device_bytes = report->naive_device_bytes;
+  examples::write_report(out + "/report.html", page);
+
   const std::string adapter_dir = out + "/final_adapter";
   lorakeep::save_adapter(adapter_dir, *model, run.lora);
   // The eval set and the live model's logits on it, for the PEFT comparison.
@@ -367,9 +399,11 @@ int train(const std::string& config_path, const std::string& model_dir_override,
                     {"peak_rss_bytes", report->peak_rss_bytes},
                     {"naive_device_bytes", report->naive_device_bytes}}},
                   {"adapter", adapter_dir},
+                  {"report", out + "/report.html"},
                   {"seconds", seconds_since(t_start)}};
   write_text(out + "/run_summary.json", summary.dump(2) + "\n");
   std::printf("the best adapter, as a PEFT adapter directory: %s\n", adapter_dir.c_str());
+  std::printf("run report: %s/report.html\n", out.c_str());
   std::printf("the whole run took %.0f s\n", seconds_since(t_start));
   return same ? 0 : 1;
 }
