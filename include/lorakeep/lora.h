@@ -171,6 +171,19 @@ struct MergeLoraOptions {
   // behaviour
   std::optional<Dtype> dtype;                                        // output dtype; default: each base tensor's
   std::map<std::string, std::string> metadata = {{"format", "pt"}};  // of every output shard
+  // The prefix the adapted model's names carry that the base file's names
+  // lack (Hugging Face's base_model_prefix, e.g. "bert." for a
+  // BertForSequenceClassification adapter over a BertModel file). The output
+  // uses the adapted model's names: every base tensor is written as
+  // base_prefix + its name, so the merged file is a checkpoint of the model
+  // with its head (e.g. BertForSequenceClassification: bert.* plus
+  // classifier.*), which Hugging Face's from_pretrained and a strict LibTorch
+  // load read in full. Every adapted layer path must then start with it (its
+  // weight is looked up as the path less the prefix + ".weight"); a whole
+  // tensor (modules_to_save) whose name starts with it replaces the base
+  // tensor of its name less the prefix, any other joins the output under its
+  // own name. Empty (the default): the adapter's paths are the base's names.
+  std::string base_prefix;
   // performance
   ShardOptions shards;
   MergeProgress progress;  // optional
@@ -183,8 +196,12 @@ struct MergeLoraOptions {
 // time; the adapter's whole tensors (modules_to_save, task heads) replace or
 // join the base's. Streams one tensor at a time into sharded safetensors, as
 // merge_delta_files. Validates first: every adapted layer's weight exists in
-// the base with the shape the factors imply, ranks agree with the config.
-// Throws Error(kIncompatible) listing every problem, and as merge_delta_files.
+// the base (under options.base_prefix, see there) with the shape the factors
+// imply, ranks agree with the config, whole tensors that replace a base
+// tensor have its shape.
+// Throws Error(kIncompatible) listing every problem (a missing weight that the
+// base has under another prefix with a hint at base_prefix), and as
+// merge_delta_files.
 MergeReport merge_lora_files(const std::string& base, const std::string& adapter_dir, const std::string& out_dir,
                              const MergeLoraOptions& options = {});
 

@@ -89,14 +89,20 @@ void add_merge_commands(CLI::App& app, std::vector<Command>& commands) {
     auto* sub = app.add_subcommand("merge-lora", "fold a PEFT LoRA adapter into base weights, streamed into sharded "
                                                  "safetensors");
     auto a = std::make_shared<CommonArgs>();
+    auto base_prefix = std::make_shared<std::string>();
     sub->add_option("--base", a->base, "base weights: file, sharded index or directory")->required();
     sub->add_option("--adapter", a->other, "PEFT adapter directory")->required();
     sub->add_option("--out", a->out, "output directory (must not exist, or be empty)")->required();
     sub->add_option("--max-shard-size", a->max_shard_size, "largest output shard, e.g. 5GB (default), 2GiB");
     sub->add_option("--dtype", a->dtype, "output dtype (default: each base tensor's)");
+    sub->add_option("--base-prefix", *base_prefix,
+                    "prefix the adapter's names carry and the base's lack, e.g. bert. for a "
+                    "BertForSequenceClassification adapter over a BertModel file; the output uses the adapter's "
+                    "names (every base tensor written as the prefix + its name)");
     commands.push_back({sub,
-                        [a] {
+                        [a, base_prefix] {
                           MergeLoraOptions o;
+                          o.base_prefix = *base_prefix;
                           if (!a->dtype.empty()) o.dtype = parse_dtype_option(a->dtype);
                           o.shards.max_shard_size = parse_size_option(a->max_shard_size);
                           o.progress = terminal_progress("merge-lora");

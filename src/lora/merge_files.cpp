@@ -45,15 +45,37 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
   const auto source = open_tensor_source(base);
   const std::string prefix = detail::kPeftPrefix;
 
+  // The adapted model's names carry base_prefix; the base file's lack it.
+  const std::string& base_prefix = options.base_prefix;
+  auto starts_with = [](const std::string& s, const std::string& p) { return s.compare(0, p.size(), p) == 0; };
+  // Why the base may lack a layer's weight, when it is a prefix: the base's
+  // names lack one more leading dotted component than base_prefix strips
+  // (the hint names the base_prefix that finds it), or they already carry
+  // base_prefix. "" otherwise.
+  auto prefix_hint = [&](const std::string& path) -> std::string {
+    if (!base_prefix.empty() && source->contains(path + ".weight")) {
+      return "; hint: the base's names already carry the prefix '" + base_prefix + "': leave base_prefix empty";
+    }
+    const std::string rest = path.substr(base_prefix.size());
+    const std::size_t dot = rest.find('.');
+    if (dot == std::string::npos || !source->contains(rest.substr(dot + 1) + ".weight")) return "";
+    const std::string want = base_prefix + rest.substr(0, dot + 1);
+    return "; hint: the base's names lack the prefix '" + want + "': set base_prefix (--base-prefix " + want + ")";
+  };
+
   // Validate everything first.
   std::vector<std::string> problems;
   std::map<std::string, std::string> layer_of;  // base weight name -> layer path
   for (const std::string& path : layout.layers) {
-    const std::string weight = path + ".weight";
+    if (!starts_with(path, base_prefix)) {
+      problems.push_back("adapted layer '" + path + "' does not start with base_prefix '" + base_prefix + "'");
+      continue;
+    }
+    const std::string weight = path.substr(base_prefix.size()) + ".weight";
     const TensorInfo& a = adapter->info(prefix + path + ".lora_A.weight");
     const TensorInfo& b = adapter->info(prefix + path + ".lora_B.weight");
     if (!source->contains(weight)) {
-      problems.push_back("the adapter adapts '" + path + "' but the base has no '" + weight + "'");
+      problems.push_back("the adapter adapts '" + path + "' but the base has no '" + weight + "'" + prefix_hint(path));
       continue;
     }
     const TensorInfo& w = source->info(weight);
@@ -76,11 +98,20 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
     }
     layer_of[weight] = path;
   }
+  // Whole tensors keep their own names in the output: under base_prefix they
+  // replace the base tensor of that name less the prefix (output as
+  // base_prefix + its name, the same name); otherwise, or when the base lacks
+  // it, they join the output (a head such as "classifier.weight"). A joiner
+  // cannot collide with a prefixed base name: that would start with the
+  // prefix and be a replacement.
   std::map<std::string, std::string> whole;  // output name -> adapter key
   for (const std::string& name : layout.whole) {
-    if (source->contains(name) && source->info(name).shape != adapter->info(prefix + name).shape) {
-      problems.push_back("'" + name + "' is " + format_shape(source->info(name).shape) + " in the base but " +
-                         format_shape(adapter->info(prefix + name).shape) + " in the adapter");
+    const std::string in_base = starts_with(name, base_prefix) ? name.substr(base_prefix.size()) : std::string();
+    if (!in_base.empty() && source->contains(in_base) &&
+        source->info(in_base).shape != adapter->info(prefix + name).shape) {
+      problems.push_back("'" + in_base + "' is " + format_shape(source->info(in_base).shape) + " in the base but " +
+                         format_shape(adapter->info(prefix + name).shape) + " in the adapter" +
+                         (base_prefix.empty() ? "" : " ('" + name + "')"));
       continue;
     }
     whole[name] = prefix + name;
@@ -93,14 +124,18 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
     throw Error(ErrorCode::kIncompatible, msg);
   }
 
+  // Output names: base_prefix + each base tensor's name, then the joiners'.
   std::vector<TensorInfo> specs;
+  std::map<std::string, std::string> base_of;  // output name -> base name
   for (const std::string& name : source->names()) {
     TensorInfo t = source->info(name);
+    t.name = base_prefix + name;
     if (options.dtype) t.dtype = *options.dtype;
+    base_of[t.name] = name;
     specs.push_back(std::move(t));
   }
   for (const auto& [name, key] : whole) {
-    if (source->contains(name)) continue;
+    if (base_of.count(name)) continue;
     TensorInfo t = adapter->info(key);  // a head the base lacks: joins the output
     t.name = name;
     if (options.dtype) t.dtype = *options.dtype;
@@ -118,12 +153,13 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
         pipe.publish();
         continue;
       }
-      const TensorInfo& info = source->info(spec.name);
-      const c10::ScalarType stored = to_scalar_type(info.dtype, spec.name);
+      const std::string& name = base_of.at(spec.name);
+      const TensorInfo& info = source->info(name);
+      const c10::ScalarType stored = to_scalar_type(info.dtype, name);
       const std::int64_t n = info.numel();
       const std::int64_t cols = info.shape.empty() ? 1 : n / std::max<std::int64_t>(1, info.shape[0]);
       const std::int64_t rows_per = std::max<std::int64_t>(1, detail::kPieceElements / std::max<std::int64_t>(1, cols));
-      auto layer = layer_of.find(spec.name);
+      auto layer = layer_of.find(name);
       Fold fold;
       const c10::ScalarType compute = stored == c10::kDouble ? c10::kDouble : c10::kFloat;
       if (layer != layer_of.end()) {
@@ -137,11 +173,11 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
         fold.C = (config.fan_in_fan_out ? A.t() * scaling : B * scaling).contiguous();
         fold.V = (config.fan_in_fan_out ? B.t() : A).contiguous();
       }
-      source->prefetch(spec.name);
+      source->prefetch(name);
       for (std::int64_t e = 0; e < n;) {
         const std::int64_t k = std::min(n - e, info.shape.empty() ? n : rows_per * cols);
         detail::PiecePipeline::Slot& slot = pipe.acquire();
-        const at::Tensor piece = detail::piece_view(*source, spec.name, stored, e, k, &slot.read[0]);
+        const at::Tensor piece = detail::piece_view(*source, name, stored, e, k, &slot.read[0]);
         if (!fold.C.defined()) {
           slot.piece = slot.scratch.as(piece, out, 0);
         } else {
@@ -160,7 +196,7 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
   };
   auto bytes_read = [&](const TensorInfo& spec) {
     auto w = whole.find(spec.name);
-    return w != whole.end() ? adapter->info(w->second).byte_size() : source->info(spec.name).byte_size();
+    return w != whole.end() ? adapter->info(w->second).byte_size() : source->info(base_of.at(spec.name)).byte_size();
   };
   MergeReport report = detail::write_merged(writer, produce, bytes_read, options.progress);
   report.seconds = detail::now_seconds() - start;
