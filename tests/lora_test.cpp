@@ -582,6 +582,16 @@ TEST_CASE("merge-lora maps an adapter of a model with a head onto its base model
     CHECK_THAT(e.what(), Contains("already carry the prefix 'bert.': leave base_prefix empty"));
   }
 
+  SECTION("a base_prefix that is not a module path (no final '.') is refused") {
+    MergeLoraOptions o;
+    o.base_prefix = "bert";
+    const Error e = test::capture_error(
+        [&] { merge_lora_files(dir / "base.safetensors", dir / "adapter", dir / "out", o); });
+    CHECK(e.code() == ErrorCode::kInvalidArgument);
+    CHECK_THAT(e.what(), Contains("'bert' does not end in '.'") && Contains("'bert.'"));
+    CHECK_FALSE(fs::exists(dir / "out"));
+  }
+
   SECTION("adapted layers outside base_prefix are reported, all of them") {
     MergeLoraOptions o;
     o.base_prefix = "roberta.";

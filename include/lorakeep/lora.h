@@ -183,7 +183,7 @@ struct MergeLoraOptions {
   // tensor (modules_to_save) whose name starts with it replaces the base
   // tensor of its name less the prefix, any other joins the output under its
   // own name. Empty (the default): the adapter's paths are the base's names.
-  std::string base_prefix;
+  std::string base_prefix;  // ends in "." (Error kInvalidArgument otherwise)
   // performance
   ShardOptions shards;
   MergeProgress progress;  // optional

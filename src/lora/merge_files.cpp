@@ -39,6 +39,11 @@ struct Fold {
 MergeReport merge_lora_files(const std::string& base, const std::string& adapter_dir, const std::string& out_dir,
                              const MergeLoraOptions& options) {
   const double start = detail::now_seconds();
+  if (!options.base_prefix.empty() && options.base_prefix.back() != '.') {
+    throw Error(ErrorCode::kInvalidArgument, "base_prefix '" + options.base_prefix +
+                                                 "' does not end in '.' (hint: a module path, e.g. '" +
+                                                 options.base_prefix + ".')");
+  }
   const LoraConfig config = read_adapter_config(adapter_dir);
   const auto adapter = open_tensor_source(detail::adapter_weights_path(adapter_dir));
   const detail::AdapterLayout layout = detail::classify_adapter_keys(*adapter);
