@@ -10,7 +10,7 @@
 #include <torch/torch.h>
 
 #include "lorakeep/lorakeep.h"
-#include "data.h"
+#include "bert/data.h"
 #include "model.h"
 #include "test_util.h"
 

@@ -12,7 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "data.h"
+#include "bert/data.h"
 #include "test_util.h"
 #include "tokenizer.h"
 

@@ -4,6 +4,7 @@
 #include <boost/filesystem.hpp>
 
 #include "lorakeep/config.h"
+#include "bert/settings.h"
 #include "settings.h"
 #include "test_util.h"
 
@@ -78,13 +79,28 @@ TEST_CASE("every config in configs/ loads", "[config]") {
   for (const auto& e : fs::directory_iterator(std::string(LORAKEEP_SOURCE_DIR) + "/configs")) {
     if (e.path().extension() != ".yaml") continue;
     INFO(e.path().string());
-    const char_lm::Config config = char_lm::load_config(e.path().string());
-    CHECK_FALSE(config.run.checkpoint.output_dir.empty());
-    CHECK_FALSE(config.run.lora.target_modules.empty());
-    CHECK_FALSE(config.settings.data.finetune_texts.empty());
+    if (e.path().filename().string().rfind("bert", 0) == 0) {  // the BERT example's
+      const bert::Config config = bert::load_config(e.path().string());
+      CHECK_FALSE(config.run.checkpoint.output_dir.empty());
+      CHECK_FALSE(config.run.lora.target_modules.empty());
+      CHECK(config.settings.data.classes.size() >= 2);
+    } else {
+      const char_lm::Config config = char_lm::load_config(e.path().string());
+      CHECK_FALSE(config.run.checkpoint.output_dir.empty());
+      CHECK_FALSE(config.run.lora.target_modules.empty());
+      CHECK_FALSE(config.settings.data.finetune_texts.empty());
+    }
     ++loaded;
   }
-  CHECK(loaded >= 2);
+  CHECK(loaded >= 3);
+  // The main job: accuracy, greater is better; PEFT's BERT defaults; the head saved whole.
+  const bert::Config job = bert::load_config(std::string(LORAKEEP_SOURCE_DIR) + "/configs/bert_fortunes.yaml");
+  CHECK(metric_key(job.run.checkpoint) == "eval_accuracy");
+  CHECK(greater_is_better(job.run.checkpoint));
+  CHECK(job.run.lora.target_modules == std::vector<std::string>{"query", "value"});
+  CHECK(job.run.lora.modules_to_save == std::vector<std::string>{"classifier"});
+  CHECK(job.settings.model.max_length == 64);
+  CHECK(job.settings.data.classes.size() == 4);
   const char_lm::Config demo = char_lm::load_config(std::string(LORAKEEP_SOURCE_DIR) + "/configs/char_lm_lora.yaml");
   const RunConfig& run = demo.run;
   CHECK(run.path == std::string(LORAKEEP_SOURCE_DIR) + "/configs/char_lm_lora.yaml");
