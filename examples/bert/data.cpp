@@ -15,16 +15,14 @@ std::string trim(const std::string& s) {
   return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
 }
 
-// Fisher-Yates with the 64-bit Mersenne Twister, whose output the standard
-// fixes: the same permutation with every standard library (std::shuffle's is not).
+}  // namespace
+
 std::vector<std::size_t> permutation(std::size_t n, std::mt19937_64& gen) {
   std::vector<std::size_t> p(n);
   for (std::size_t i = 0; i < n; ++i) p[i] = i;
   for (std::size_t i = n; i > 1; --i) std::swap(p[i - 1], p[gen() % i]);
   return p;
 }
-
-}  // namespace
 
 std::vector<std::string> read_fortunes(const std::string& path) {
   std::ifstream in(path);

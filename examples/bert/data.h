@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,11 @@ struct Dataset {
   std::vector<Example> train;            // shuffled
   std::vector<Example> eval;             // by label, then in draw order
 };
+
+// 0 .. n-1 shuffled by Fisher-Yates with the 64-bit Mersenne Twister, whose
+// output the standard fixes: the same permutation with every standard library
+// (std::shuffle's is not).
+std::vector<std::size_t> permutation(std::size_t n, std::mt19937_64& gen);
 
 // The fortunes of a file: the texts between lines holding only "%", trimmed,
 // empty ones left out. Throws lorakeep::Error(kNotFound) naming the file, with

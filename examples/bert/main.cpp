@@ -295,9 +295,7 @@ int train(const std::string& config_path, const std::string& model_dir_override,
     std::vector<std::int64_t> labels;
     while (static_cast<int>(texts.size()) < t.batch_size) {
       if (next == order.size()) {  // a new epoch, freshly shuffled
-        order.resize(data.train.size());
-        for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
-        for (std::size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[gen() % i]);
+        order = bert::permutation(data.train.size(), gen);
         next = 0;
       }
       texts.push_back(data.train[order[next]].text);
