@@ -27,6 +27,8 @@
 
 namespace lorakeep {
 
+class Coordinator;  // lorakeep/distributed.h
+
 // A committed checkpoint.
 struct CheckpointInfo {
   std::int64_t step = 0;
@@ -48,6 +50,29 @@ class CheckpointManager {
   // Creates output_dir if needed. Throws Error(kInvalidArgument) for bad
   // options, Error(kLocked), Error(kIOError).
   explicit CheckpointManager(CheckpointOptions options);
+
+  // One of several ranks (lorakeep/distributed.h) sharing output_dir: every
+  // rank constructs its manager with the same options, and every call below
+  // except the accessors becomes collective (each rank calls it, in the same
+  // order). Rank 0 alone creates, locks and writes the directory; the others
+  // check that they see rank 0's files (a node-local directory fails here on
+  // every rank with Error(kInvalidArgument)). Then:
+  //  - save: each rank's adapter is hashed and compared with rank 0's (replicas
+  //    that differ fail the save on every rank with Error(kIncompatible)
+  //    naming them); the evaluation is reduced (state.last_metrics_samples > 0
+  //    on every rank: the sample-weighted mean, NaN if any rank has NaN; else
+  //    the values must be equal on every rank); each rank's RNG state is sent
+  //    to rank 0, which writes lorakeep_rng_<rank>.safetensors for each, commits
+  //    and rotates, and tells every rank its outcome: the same best and state
+  //    everywhere, or the same Error everywhere.
+  //  - load_best_into and resume: rank 0 chooses; every rank validates; only
+  //    when every rank succeeded does any rank write its own live parameters
+  //    (CPU-first, the same memory bound per rank). A failure on any rank is
+  //    raised on every rank, naming it.
+  // A rank that does not arrive within the coordinator's timeout makes the
+  // others throw Error(kIOError) naming it. With world size 1 this is the
+  // constructor above.
+  CheckpointManager(CheckpointOptions options, const Coordinator& coordinator);
   ~CheckpointManager();
   CheckpointManager(CheckpointManager&&) noexcept;
   CheckpointManager& operator=(CheckpointManager&&) noexcept;
@@ -103,6 +128,7 @@ class CheckpointManager {
                                        TrainingState* state);
 
   const CheckpointOptions& options() const;
+  const Coordinator& coordinator() const;
   const std::string& metric_key() const;  // e.g. "eval_loss"
   bool greater_is_better() const;
 

@@ -30,6 +30,10 @@ struct TrainingState {
   std::vector<Metrics> log_history;     // in order, each with "step" and "epoch"
   Metrics last_metrics;                 // the latest evaluation
   std::int64_t last_metrics_step = -1;  // the step it was made at
+  // With several ranks: the evaluation samples behind last_metrics on this
+  // rank (values of this rank's share, averaged across ranks by the next
+  // save, weighted by it), or 0 for values that are already global.
+  std::int64_t last_metrics_samples = 0;
 
   // best, kept by the checkpoint manager (by step, never by path)
   std::optional<double> best_metric;
@@ -53,8 +57,9 @@ struct TrainingState {
 
   // Appends `values` to log_history with the current step and epoch.
   void log(const Metrics& values);
-  // Logs an evaluation and makes it last_metrics.
-  void record_evaluation(const Metrics& metrics);
+  // Logs an evaluation and makes it last_metrics; `samples` as
+  // last_metrics_samples.
+  void record_evaluation(const Metrics& metrics, std::int64_t samples = 0);
 };
 
 }  // namespace lorakeep

@@ -51,6 +51,13 @@ std::string temp_checkpoint_dir_name(std::int64_t step, long pid) {
   return kTempPrefix + std::to_string(step) + "-" + std::to_string(pid);
 }
 
+std::string rng_file_name(int rank, int world) {
+  if (world == 1) return kRngFile;
+  return "lorakeep_rng_" + std::to_string(rank) + ".safetensors";
+}
+
+std::string shared_check_file_name(const std::string& token) { return ".shared-check-" + token; }
+
 bool is_temp_checkpoint_dir_name(const std::string& name) {
   return name.compare(0, sizeof kTempPrefix - 1, kTempPrefix) == 0;
 }

@@ -11,9 +11,13 @@
 //       adapter_config.json
 //       trainer_state.json           Hugging Face Trainer's state
 //       lorakeep_optimizer.pt        optional (not optimizer.pt: Trainer would unpickle that)
-//       lorakeep_rng.safetensors     optional (not rng_state.pth, likewise)
+//       lorakeep_rng.safetensors     optional (not rng_state.pth, likewise); with several
+//                                    ranks one per rank, lorakeep_rng_<rank>.safetensors
+//                                    (as Trainer's rng_state_<rank>.pth)
 //       lorakeep_manifest.json       written last: sizes and checksums of all the above
 //     .tmp-checkpoint-500-4242/      being written by pid 4242; removed if left over
+//     .shared-check-<token>          for a moment while the ranks of a job open the
+//                                    directory: each must see rank 0's file
 #pragma once
 
 #include <cstddef>
@@ -32,6 +36,13 @@ inline constexpr const char* kManifestFile = "lorakeep_manifest.json";
 inline constexpr const char* kOptimizerFile = "lorakeep_optimizer.pt";
 inline constexpr const char* kRngFile = "lorakeep_rng.safetensors";
 inline constexpr const char* kLockFile = ".lock";
+
+// The RNG file of `rank` among `world` ranks: kRngFile for one process,
+// "lorakeep_rng_<rank>.safetensors" for several.
+std::string rng_file_name(int rank, int world);
+
+// ".shared-check-<token>".
+std::string shared_check_file_name(const std::string& token);
 inline constexpr const char* kMetricsLogFile = "metrics.jsonl";
 inline constexpr const char* kReportFile = "report.html";
 

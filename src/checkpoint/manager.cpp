@@ -2,9 +2,13 @@
 
 #include <unistd.h>
 
+#include <cmath>
+#include <cstring>
 #include <ctime>
 #include <exception>
 #include <map>
+#include <random>
+#include <set>
 #include <sstream>
 #include <type_traits>
 #include <utility>
@@ -15,15 +19,18 @@
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
 
+#include "lorakeep/distributed.h"
 #include "lorakeep/error.h"
 #include "lorakeep/lora.h"
 #include "lorakeep/version.h"
 #include "base/file_names.h"
 #include "base/logging.h"
+#include "checkpoint/coordination.h"
 #include "checkpoint/manifest.h"
 #include "checkpoint/policy.h"
 #include "checkpoint/run_dir.h"
 #include "checkpoint/trainer_state.h"
+#include "checkpoint/wire.h"
 #include "io/atomic_file.h"
 #include "io/checksum.h"
 #include "io/dir_lock.h"
@@ -110,7 +117,7 @@ CheckpointInfo info_of(const detail::Manifest& m, const std::string& path, const
 // last (with the sizes and checksums of the others).
 void write_checkpoint_files(const std::string& tmp, const CheckpointOptions& options, detail::Manifest& manifest,
                             torch::nn::Module& module, const LoraConfig& lora, const TrainingState& state,
-                            torch::optim::Optimizer* optimizer) {
+                            torch::optim::Optimizer* optimizer, const std::vector<NamedTensors>& rng_by_rank) {
   const AdapterSaveReport adapter = detail::write_adapter(tmp, module, lora, /*direct=*/true);
   manifest.files[detail::kAdapterWeightsFile] = {adapter.weights.file_size, adapter.weights.file_checksum};
   for (std::size_t i = 0; i < adapter.weights.tensors.size(); ++i) {
@@ -125,14 +132,113 @@ void write_checkpoint_files(const std::string& tmp, const CheckpointOptions& opt
     manifest.files[detail::kOptimizerFile] = write_optimizer(join(tmp, detail::kOptimizerFile), *optimizer);
   }
   if (options.save_rng) {
-    const SaveReport r = detail::write_safetensors(join(tmp, detail::kRngFile), detail::capture_rng_states(), {},
-                                                   detail::SafetensorsWriter::Mode::kDirect, 1 << 20);
-    manifest.files[detail::kRngFile] = {r.file_size, r.file_checksum};
+    const int world = static_cast<int>(rng_by_rank.size());
+    for (int rank = 0; rank < world; ++rank) {
+      const std::string name = detail::rng_file_name(rank, world);
+      const SaveReport r = detail::write_safetensors(join(tmp, name), rng_by_rank[static_cast<std::size_t>(rank)], {},
+                                                     detail::SafetensorsWriter::Mode::kDirect, 1 << 20);
+      manifest.files[name] = {r.file_size, r.file_checksum};
+    }
   }
   manifest.files[detail::kTrainerStateFile] = write_synced(join(tmp, detail::kTrainerStateFile),
                                                            detail::format_trainer_state(state, options));
   write_synced(join(tmp, detail::kManifestFile), detail::format_manifest(manifest));
 }
+
+// What one rank reports in a collective step: its local work's result, or
+// the Error it threw.
+struct RankResult {
+  int rank = 0;
+  bool ok = true;
+  ErrorCode code = ErrorCode::kIOError;
+  std::string message;
+  std::string payload;
+};
+
+// Runs `local` (returning this rank's payload) and gathers every rank's
+// result: a rank that failed still takes part, so no rank waits for it.
+template <class F>
+std::vector<RankResult> gather_results(Coordinator& coordinator, const std::string& what, F&& local) {
+  detail::WireWriter w;
+  try {
+    const std::string payload = local();
+    w.i64(1).str(payload);
+  } catch (const Error& e) {
+    w = detail::WireWriter();
+    w.i64(0).i64(static_cast<std::int64_t>(e.code())).str(e.what());
+  } catch (const std::exception& e) {
+    w = detail::WireWriter();
+    w.i64(0).i64(static_cast<std::int64_t>(ErrorCode::kIOError)).str(e.what());
+  }
+  const std::vector<std::string> parts = coordinator.all_gather(what, w.bytes());
+  std::vector<RankResult> out;
+  for (std::size_t r = 0; r < parts.size(); ++r) {
+    detail::WireReader in(parts[r], what);
+    RankResult result;
+    result.rank = static_cast<int>(r);
+    result.ok = in.i64() == 1;
+    if (result.ok) {
+      result.payload = in.str();
+    } else {
+      result.code = static_cast<ErrorCode>(in.i64());
+      result.message = in.str();
+    }
+    out.push_back(std::move(result));
+  }
+  return out;
+}
+
+std::vector<const RankResult*> failures(const std::vector<RankResult>& results) {
+  std::vector<const RankResult*> out;
+  for (const RankResult& r : results) {
+    if (!r.ok) out.push_back(&r);
+  }
+  return out;
+}
+
+// The same Error on every rank: the first failure, naming its rank (with one
+// process, the error as it was).
+[[noreturn]] void raise(const RankResult& failure, int world) {
+  if (world == 1) throw Error(failure.code, failure.message);
+  throw Error(failure.code, "rank " + std::to_string(failure.rank) + ": " + failure.message);
+}
+
+// Rank-independent identity of the adapter's values: names, dtypes, shapes
+// and bytes of every tensor save() would write.
+std::uint64_t adapter_digest(torch::nn::Module& module, const LoraConfig& lora) {
+  detail::Xxh3Stream hash;
+  for (const auto& [name, tensor] : adapter_tensors(module, lora)) {
+    hash.update(name.data(), name.size());
+    const at::Tensor t = tensor.detach().to(at::kCPU).contiguous();
+    const auto dtype = static_cast<std::int64_t>(t.scalar_type());
+    hash.update(&dtype, sizeof dtype);
+    for (const std::int64_t d : t.sizes()) hash.update(&d, sizeof d);
+    hash.update(t.data_ptr(), t.nbytes());
+  }
+  return hash.digest();
+}
+
+void write_tensors(detail::WireWriter& w, const NamedTensors& tensors) {
+  w.i64(static_cast<std::int64_t>(tensors.size()));
+  for (const auto& [name, t] : tensors) {
+    const at::Tensor c = t.contiguous();
+    w.str(name).str(std::string(static_cast<const char*>(c.data_ptr()), c.nbytes()));
+  }
+}
+
+NamedTensors read_tensors(detail::WireReader& r) {
+  NamedTensors out;
+  for (std::int64_t n = r.i64(); n > 0; --n) {
+    std::string name = r.str();
+    const std::string bytes = r.str();
+    at::Tensor t = at::empty({static_cast<std::int64_t>(bytes.size())}, at::kByte);
+    std::memcpy(t.data_ptr(), bytes.data(), bytes.size());
+    out.emplace_back(std::move(name), std::move(t));
+  }
+  return out;
+}
+
+bool same_value(double a, double b) { return a == b || (std::isnan(a) && std::isnan(b)); }
 
 }  // namespace
 
@@ -140,12 +246,16 @@ struct CheckpointManager::Impl {
   CheckpointOptions options;
   std::string key;
   bool greater = false;
-  detail::DirLock lock;
+  Coordinator coordinator;
+  std::optional<detail::DirLock> lock;               // rank 0's
   std::map<std::int64_t, CheckpointInfo> committed;  // by step
 
-  Impl(CheckpointOptions o, detail::DirLock l)
+  Impl(CheckpointOptions o, Coordinator c)
       : options(std::move(o)), key(lorakeep::metric_key(options)), greater(lorakeep::greater_is_better(options)),
-        lock(std::move(l)) {}
+        coordinator(std::move(c)) {}
+
+  int rank() const { return coordinator.rank(); }
+  int world() const { return coordinator.world_size(); }
 
   std::vector<detail::CheckpointRecord> records() const {
     std::vector<detail::CheckpointRecord> out;
@@ -155,11 +265,24 @@ struct CheckpointManager::Impl {
 
   std::vector<std::int64_t> ranked() const { return detail::rank_by_metric(records(), greater); }
 
+  // Rank 0: creates, locks and scans the run directory (leftovers removed).
+  // Returns the committed steps.
+  void open_for_writing();
+  // Another rank: the checkpoints `steps` as this rank sees them.
+  void adopt(const std::vector<std::int64_t>& steps);
+  void open_coordinated();
+
   // The adapter load of checkpoint `dir`, planned against `module`, after
   // every file of the checkpoint was verified (options.verify_checksums);
   // nothing changed.
   detail::AdapterLoad prepare_adapter(const std::string& dir, const detail::Manifest& manifest,
                                       torch::nn::Module& module) const;
+
+  // Writes and commits checkpoint-<step> (the one writer), then rotates.
+  CheckpointInfo commit(torch::nn::Module& module, const LoraConfig& lora, TrainingState& state,
+                        torch::optim::Optimizer* optimizer, const std::vector<NamedTensors>& rng_by_rank);
+  CheckpointInfo coordinated_save(torch::nn::Module& module, const LoraConfig& lora, TrainingState& state,
+                                  torch::optim::Optimizer* optimizer);
 
   void set_best(TrainingState& state) const {
     const auto order = ranked();
@@ -189,18 +312,23 @@ struct CheckpointManager::Impl {
       if (detail::remove_all_logged(doomed)) detail::log_info("rotation: deleted '{}'", path);
     }
   }
+
+  std::string committed_steps() const {
+    detail::WireWriter w;
+    w.i64(static_cast<std::int64_t>(committed.size()));
+    for (const auto& [step, info] : committed) w.i64(step);
+    return w.bytes();
+  }
 };
 
-CheckpointManager::CheckpointManager(CheckpointOptions options) {
-  validate(options);
+void CheckpointManager::Impl::open_for_writing() {
   boost::system::error_code ec;
   fs::create_directories(options.output_dir, ec);
   if (ec) {
     throw Error(ErrorCode::kIOError, "cannot create run directory '" + options.output_dir + "': " + ec.message());
   }
-  detail::DirLock lock = detail::DirLock::acquire(options.output_dir);
-  impl_ = std::make_unique<Impl>(std::move(options), std::move(lock));
-  const detail::RunDirScan scan = detail::scan_run_dir(impl_->options.output_dir);
+  lock.emplace(detail::DirLock::acquire(options.output_dir));
+  const detail::RunDirScan scan = detail::scan_run_dir(options.output_dir);
   for (const std::string& tmp : scan.temp_dirs) {
     detail::log_warn("removing '{}', left over by an interrupted save", tmp);
     detail::remove_all_logged(tmp);
@@ -210,13 +338,78 @@ CheckpointManager::CheckpointManager(CheckpointOptions options) {
       detail::log_warn("ignoring '{}': {}", c.path, c.problem);
       continue;
     }
-    impl_->committed[c.step] = info_of(*c.manifest, c.path, impl_->key);
+    committed[c.step] = info_of(*c.manifest, c.path, key);
   }
-  if (!impl_->committed.empty()) {
-    const auto order = impl_->ranked();
-    detail::log_info("run directory '{}': {} checkpoints, newest {}, best {}", impl_->options.output_dir,
-                     impl_->committed.size(), impl_->committed.rbegin()->first,
-                     order.empty() ? std::string("none") : std::to_string(order.front()));
+  if (!committed.empty()) {
+    const auto order = ranked();
+    detail::log_info("run directory '{}': {} checkpoints, newest {}, best {}", options.output_dir, committed.size(),
+                     committed.rbegin()->first, order.empty() ? std::string("none") : std::to_string(order.front()));
+  }
+}
+
+void CheckpointManager::Impl::adopt(const std::vector<std::int64_t>& steps) {
+  for (const std::int64_t step : steps) {
+    const std::string path = join(options.output_dir, detail::checkpoint_dir_name(step));
+    committed[step] = info_of(detail::read_manifest(path), path, key);
+  }
+}
+
+// Rank 0 opens the directory for writing and leaves a file with a random
+// token in it; every other rank must read that token there: a directory
+// that is not shared (a node-local path) fails on every rank.
+void CheckpointManager::Impl::open_coordinated() {
+  std::string token;
+  const std::vector<RankResult> opened = gather_results(coordinator, "opening of '" + options.output_dir + "'", [&] {
+    if (rank() != 0) return std::string();
+    open_for_writing();
+    token = std::to_string(::getpid()) + "-" + std::to_string(std::random_device{}()) + "-" +
+            std::to_string(std::time(nullptr));
+    write_synced(join(options.output_dir, detail::shared_check_file_name(token)), token);
+    detail::WireWriter w;
+    w.str(token).str(committed_steps());
+    return w.bytes();
+  });
+  if (auto failed = failures(opened); !failed.empty()) raise(*failed.front(), world());
+  detail::WireReader from0(opened.front().payload, "opening");
+  token = from0.str();
+  const std::string steps_bytes = from0.str();
+  const std::string check = join(options.output_dir, detail::shared_check_file_name(token));
+  const std::vector<RankResult> seen = gather_results(
+      coordinator, "check that '" + options.output_dir + "' is shared", [&] {
+        if (rank() == 0) return std::string();
+        std::string content;
+        try {
+          content = detail::read_small_file(check, 1 << 10);
+        } catch (const Error&) {
+        }
+        if (content != token) {
+          throw Error(ErrorCode::kInvalidArgument, "run directory '" + options.output_dir +
+                                                       "' is not shared between the ranks: this rank cannot see "
+                                                       "rank 0's file '" +
+                                                       check +
+                                                       "' (hint: put output_dir on a file "
+                                                       "system every node mounts, e.g. NFS or Lustre)");
+        }
+        detail::WireReader r(steps_bytes, "committed steps");
+        std::vector<std::int64_t> steps;
+        for (std::int64_t n = r.i64(); n > 0; --n) steps.push_back(r.i64());
+        adopt(steps);
+        return std::string();
+      });
+  if (rank() == 0) ::unlink(check.c_str());
+  if (auto failed = failures(seen); !failed.empty()) raise(*failed.front(), world());
+}
+
+CheckpointManager::CheckpointManager(CheckpointOptions options)
+    : CheckpointManager(std::move(options), Coordinator()) {}
+
+CheckpointManager::CheckpointManager(CheckpointOptions options, const Coordinator& coordinator) {
+  validate(options);
+  impl_ = std::make_unique<Impl>(std::move(options), coordinator);
+  if (impl_->world() == 1) {
+    impl_->open_for_writing();
+  } else {
+    impl_->open_coordinated();
   }
 }
 
@@ -227,42 +420,43 @@ CheckpointManager& CheckpointManager::operator=(CheckpointManager&&) noexcept = 
 const CheckpointOptions& CheckpointManager::options() const { return impl_->options; }
 const std::string& CheckpointManager::metric_key() const { return impl_->key; }
 bool CheckpointManager::greater_is_better() const { return impl_->greater; }
+const Coordinator& CheckpointManager::coordinator() const { return impl_->coordinator; }
 
-CheckpointInfo CheckpointManager::save(torch::nn::Module& module, const LoraConfig& lora, TrainingState& state,
-                                       torch::optim::Optimizer* optimizer) {
-  Impl& m = *impl_;
+CheckpointInfo CheckpointManager::Impl::commit(torch::nn::Module& module, const LoraConfig& lora, TrainingState& state,
+                                               torch::optim::Optimizer* optimizer,
+                                               const std::vector<NamedTensors>& rng_by_rank) {
   const std::int64_t step = state.global_step;
-  const std::string final_dir = join(m.options.output_dir, detail::checkpoint_dir_name(step));
-  const std::string tmp = join(m.options.output_dir, detail::temp_checkpoint_dir_name(step, ::getpid()));
+  const std::string final_dir = join(options.output_dir, detail::checkpoint_dir_name(step));
+  const std::string tmp = join(options.output_dir, detail::temp_checkpoint_dir_name(step, ::getpid()));
 
   detail::Manifest manifest;
   manifest.library_version = LORAKEEP_VERSION;
   manifest.step = step;
   manifest.epoch = state.epoch;
   if (state.last_metrics_step == step) manifest.metrics = state.last_metrics;
-  manifest.metric_for_best_model = m.key;
-  manifest.greater_is_better = m.greater;
+  manifest.metric_for_best_model = key;
+  manifest.greater_is_better = greater;
   manifest.created = utc_now();
-  CheckpointInfo info = info_of(manifest, final_dir, m.key);
+  CheckpointInfo info = info_of(manifest, final_dir, key);
 
   // The best as it will be once this checkpoint is in: trainer_state.json
   // records it, as Trainer's does.
   const TrainingState before = state;
-  auto previous = m.committed.find(step);
+  auto previous = committed.find(step);
   std::optional<CheckpointInfo> replaced;
-  if (previous != m.committed.end()) replaced = previous->second;
-  m.committed[step] = info;
-  m.set_best(state);
+  if (previous != committed.end()) replaced = previous->second;
+  committed[step] = info;
+  set_best(state);
   auto undo = [&] {
-    if (replaced) m.committed[step] = *replaced;
-    else m.committed.erase(step);
+    if (replaced) committed[step] = *replaced;
+    else committed.erase(step);
     state = before;
   };
 
   try {
     detail::StagedDirectory staged(final_dir, tmp);
     detail::with_torch_errors(ErrorCode::kInvalidArgument, "cannot save '" + final_dir + "'", [&] {
-      write_checkpoint_files(staged.path(), m.options, manifest, module, lora, state, optimizer);
+      write_checkpoint_files(staged.path(), options, manifest, module, lora, state, optimizer, rng_by_rank);
       staged.publish(/*replace=*/true);
     });
   } catch (...) {
@@ -270,10 +464,187 @@ CheckpointInfo CheckpointManager::save(torch::nn::Module& module, const LoraConf
     throw;
   }
   detail::log_info("saved '{}'{}", final_dir,
-                   info.metric ? " (" + m.key + " " + std::to_string(*info.metric) + ")" : std::string());
-  m.rotate();
-  m.set_best(state);
+                   info.metric ? " (" + key + " " + std::to_string(*info.metric) + ")" : std::string());
+  rotate();
+  set_best(state);
   return info;
+}
+
+CheckpointInfo CheckpointManager::save(torch::nn::Module& module, const LoraConfig& lora, TrainingState& state,
+                                       torch::optim::Optimizer* optimizer) {
+  Impl& m = *impl_;
+  if (m.world() > 1) return m.coordinated_save(module, lora, state, optimizer);
+  std::vector<NamedTensors> rng;
+  if (m.options.save_rng) rng.push_back(detail::capture_rng_states());
+  return m.commit(module, lora, state, optimizer, rng);
+}
+
+// Every rank: its step, adapter digest, metrics and RNG state, gathered; the
+// checks and the metrics' reduction computed alike on every rank; rank 0
+// commits and broadcasts the outcome (the committed steps, or its error).
+CheckpointInfo CheckpointManager::Impl::coordinated_save(torch::nn::Module& module, const LoraConfig& lora,
+                                                         TrainingState& state, torch::optim::Optimizer* optimizer) {
+  const std::int64_t step = state.global_step;
+  const std::string what = "save of step " + std::to_string(step);
+  const bool evaluated = state.last_metrics_step == step;
+  const std::vector<RankResult> parts = gather_results(coordinator, what, [&] {
+    detail::WireWriter w;
+    w.i64(step).i64(static_cast<std::int64_t>(adapter_digest(module, lora)));
+    w.i64(evaluated ? 1 : 0).i64(state.last_metrics_samples);
+    const Metrics metrics = evaluated ? state.last_metrics : Metrics{};
+    w.i64(static_cast<std::int64_t>(metrics.size()));
+    for (const auto& [k, v] : metrics) w.str(k).f64(v);
+    write_tensors(w, options.save_rng ? detail::capture_rng_states() : NamedTensors{});
+    return w.bytes();
+  });
+  if (auto failed = failures(parts); !failed.empty()) raise(*failed.front(), world());
+
+  struct Part {
+    std::int64_t step;
+    std::uint64_t digest;
+    bool evaluated;
+    std::int64_t samples;
+    Metrics metrics;
+    NamedTensors rng;
+  };
+  std::vector<Part> ranks;
+  for (const RankResult& p : parts) {
+    detail::WireReader r(p.payload, what);
+    Part part;
+    part.step = r.i64();
+    part.digest = static_cast<std::uint64_t>(r.i64());
+    part.evaluated = r.i64() == 1;
+    part.samples = r.i64();
+    for (std::int64_t n = r.i64(); n > 0; --n) {
+      std::string k = r.str();
+      part.metrics[k] = r.f64();
+    }
+    part.rng = read_tensors(r);
+    ranks.push_back(std::move(part));
+  }
+  // The same checks, from the same messages, on every rank: the same outcome.
+  const Part& zero = ranks.front();
+  std::vector<int> other_step, other_adapter;
+  for (std::size_t r = 1; r < ranks.size(); ++r) {
+    if (ranks[r].step != zero.step || ranks[r].evaluated != zero.evaluated) other_step.push_back(static_cast<int>(r));
+    if (ranks[r].digest != zero.digest) other_adapter.push_back(static_cast<int>(r));
+  }
+  auto names = [](const std::vector<int>& rs) {
+    std::string out;
+    for (int r : rs) out += (out.empty() ? "" : ", ") + std::to_string(r);
+    return out;
+  };
+  if (!other_step.empty()) {
+    throw Error(ErrorCode::kInvalidArgument, "the ranks disagree on the " + what + ": rank " + names(other_step) +
+                                                 " saves another step or evaluation than rank 0 (hint: every rank "
+                                                 "calls save at the same step, after the same evaluation)");
+  }
+  if (!other_adapter.empty()) {
+    throw Error(ErrorCode::kIncompatible,
+                "the replicas differ at the " + what + ": the adapter of rank " + names(other_adapter) +
+                    " is not rank 0's "
+                    "(xxh3 " +
+                    detail::format_checksum(ranks[static_cast<std::size_t>(other_adapter.front())].digest) +
+                    " against " + detail::format_checksum(zero.digest) +
+                    ") (hint: are the gradients averaged across ranks, and was every rank's adapter initialised "
+                    "alike?)");
+  }
+  Metrics global = zero.metrics;
+  if (zero.evaluated) {
+    std::vector<std::pair<std::int64_t, Metrics>> weighted;
+    std::size_t local = 0;
+    for (const Part& p : ranks) {
+      weighted.emplace_back(p.samples, p.metrics);
+      if (p.samples > 0) ++local;
+    }
+    if (local == ranks.size()) {
+      global = detail::weighted_mean(weighted);
+    } else if (local != 0) {
+      throw Error(ErrorCode::kInvalidArgument, "at the " + what +
+                                                   " some ranks gave local metrics (with a sample "
+                                                   "count) and others global ones (hint: record_evaluation with the "
+                                                   "same kind of values on every rank)");
+    } else {
+      for (std::size_t r = 1; r < ranks.size(); ++r) {
+        for (const auto& [k, v] : zero.metrics) {
+          auto it = ranks[r].metrics.find(k);
+          if (it == ranks[r].metrics.end() || !same_value(it->second, v) ||
+              ranks[r].metrics.size() != zero.metrics.size()) {
+            throw Error(ErrorCode::kInvalidArgument,
+                        "at the " + what + " rank " + std::to_string(r) + "'s global metric '" + k +
+                            "' differs from rank 0's (hint: values recorded without a sample count must be the "
+                            "same on every rank; give each rank's sample count to have them averaged)");
+          }
+        }
+      }
+    }
+  }
+
+  const TrainingState before = state;
+  if (zero.evaluated) {
+    // Every rank goes on with the global values, in the log too.
+    for (auto it = state.log_history.rbegin(); it != state.log_history.rend(); ++it) {
+      auto s = it->find("step");
+      if (s == it->end() || s->second != static_cast<double>(step)) continue;
+      bool same = true;
+      for (const auto& [k, v] : state.last_metrics) same = same && it->count(k) && same_value(it->at(k), v);
+      if (!same) continue;
+      for (const auto& [k, v] : global) (*it)[k] = v;
+      break;
+    }
+    state.last_metrics = global;
+    state.last_metrics_samples = 0;
+  }
+
+  std::vector<NamedTensors> rng;
+  if (options.save_rng) {
+    for (Part& p : ranks) rng.push_back(std::move(p.rng));
+  }
+  std::string outcome;
+  std::optional<CheckpointInfo> info;
+  if (rank() == 0) {
+    detail::WireWriter w;
+    try {
+      info = commit(module, lora, state, optimizer, rng);
+      w.i64(1).str(committed_steps());
+    } catch (const Error& e) {
+      w = detail::WireWriter();
+      w.i64(0).i64(static_cast<std::int64_t>(e.code())).str(e.what());
+    } catch (const std::exception& e) {
+      w = detail::WireWriter();
+      w.i64(0).i64(static_cast<std::int64_t>(ErrorCode::kIOError)).str(e.what());
+    }
+    outcome = w.bytes();
+  }
+  try {
+    outcome = coordinator.broadcast("outcome of the " + what + " (rank 0 writes it)", outcome);
+  } catch (...) {
+    state = before;
+    throw;
+  }
+  detail::WireReader r(outcome, what);
+  if (r.i64() != 1) {
+    state = before;
+    const auto code = static_cast<ErrorCode>(r.i64());
+    throw Error(code, "rank 0: " + r.str());
+  }
+  if (rank() == 0) return *info;
+  // The committed set as rank 0 left it (after its rotation).
+  detail::WireReader steps(r.str(), "committed steps");
+  std::set<std::int64_t> kept;
+  for (std::int64_t n = steps.i64(); n > 0; --n) kept.insert(steps.i64());
+  Metrics recorded = state.last_metrics_step == step ? state.last_metrics : Metrics{};
+  detail::Manifest m;
+  m.step = step;
+  m.epoch = state.epoch;
+  m.metrics = recorded;
+  const CheckpointInfo mine = info_of(m, join(options.output_dir, detail::checkpoint_dir_name(step)), key);
+  committed[step] = mine;
+  for (auto it = committed.begin(); it != committed.end();) {
+    it = kept.count(it->first) ? std::next(it) : committed.erase(it);
+  }
+  set_best(state);
+  return mine;
 }
 
 std::vector<CheckpointInfo> CheckpointManager::checkpoints() const {
@@ -310,26 +681,75 @@ detail::AdapterLoad CheckpointManager::Impl::prepare_adapter(const std::string& 
   return detail::AdapterLoad(dir, module, transfer);
 }
 
+namespace {
+
+// Rank 0's list of steps, on every rank.
+std::vector<std::int64_t> agreed_steps(Coordinator& coordinator, const std::string& what,
+                                       const std::vector<std::int64_t>& mine) {
+  if (coordinator.world_size() == 1) return mine;
+  detail::WireWriter w;
+  w.i64(static_cast<std::int64_t>(mine.size()));
+  for (const std::int64_t s : mine) w.i64(s);
+  detail::WireReader r(coordinator.broadcast(what, w.bytes()), what);
+  std::vector<std::int64_t> out;
+  for (std::int64_t n = r.i64(); n > 0; --n) out.push_back(r.i64());
+  return out;
+}
+
+bool all_damaged(const std::vector<const RankResult*>& failed) {
+  for (const RankResult* f : failed) {
+    if (f->code != ErrorCode::kCorruption && f->code != ErrorCode::kNotFound) return false;
+  }
+  return true;
+}
+
+// Applies what every rank validated: with several ranks each applies, and a
+// failure on any (a read error after writing began) is raised on all.
+template <class F>
+void apply_everywhere(Coordinator& coordinator, const std::string& what, F&& apply) {
+  if (coordinator.world_size() == 1) {
+    apply();
+    return;
+  }
+  const std::vector<RankResult> applied = gather_results(coordinator, what, [&] {
+    apply();
+    return std::string();
+  });
+  if (auto failed = failures(applied); !failed.empty()) raise(*failed.front(), coordinator.world_size());
+}
+
+}  // namespace
+
 TransferReport CheckpointManager::load_best_into(torch::nn::Module& module) {
-  const auto order = impl_->ranked();
+  Impl& m = *impl_;
+  const std::vector<std::int64_t> order = agreed_steps(m.coordinator, "choice of the best checkpoint", m.ranked());
   if (order.empty()) {
-    throw Error(ErrorCode::kNotFound, "no checkpoint in '" + impl_->options.output_dir + "' has a '" + impl_->key +
+    throw Error(ErrorCode::kNotFound, "no checkpoint in '" + m.options.output_dir + "' has a '" + m.key +
                                           "' (hint: was it evaluated at a saved step?)");
   }
+  auto path_of = [&](std::int64_t step) { return join(m.options.output_dir, detail::checkpoint_dir_name(step)); };
   for (std::size_t i = 0; i < order.size(); ++i) {
-    const CheckpointInfo& candidate = impl_->committed.at(order[i]);
-    try {
-      detail::AdapterLoad load = impl_->prepare_adapter(candidate.path, detail::read_manifest(candidate.path), module);
-      TransferReport report = load.apply();
-      detail::log_info("loaded the best checkpoint '{}' ({} {}): {}", candidate.path, impl_->key,
-                       candidate.metric ? *candidate.metric : 0.0, report.summary());
+    const std::string path = path_of(order[i]);
+    // Every rank validates; only when all succeeded does any rank write.
+    std::optional<detail::AdapterLoad> load;
+    const std::vector<RankResult> checked = gather_results(m.coordinator, "validation of '" + path + "'", [&] {
+      load.emplace(m.prepare_adapter(path, detail::read_manifest(path), module));
+      return std::string();
+    });
+    const auto failed = failures(checked);
+    if (failed.empty()) {
+      TransferReport report;
+      apply_everywhere(m.coordinator, "loading of '" + path + "'", [&] { report = load->apply(); });
+      const auto it = m.committed.find(order[i]);
+      const double metric = it != m.committed.end() && it->second.metric ? *it->second.metric : 0.0;
+      detail::log_info("loaded the best checkpoint '{}' ({} {}): {}", path, m.key, metric, report.summary());
       return report;
-    } catch (const Error& e) {
-      const bool damaged = e.code() == ErrorCode::kCorruption || e.code() == ErrorCode::kNotFound;
-      if (!impl_->options.fallback_to_next_best || !damaged || i + 1 == order.size()) throw;
-      detail::log_error("THE BEST CHECKPOINT '{}' IS DAMAGED ({}); falling back to the next best, '{}'", candidate.path,
-                        e.what(), impl_->committed.at(order[i + 1]).path);
     }
+    if (!m.options.fallback_to_next_best || !all_damaged(failed) || i + 1 == order.size()) {
+      raise(*failed.front(), m.world());
+    }
+    detail::log_error("THE BEST CHECKPOINT '{}' IS DAMAGED ({}); falling back to the next best, '{}'", path,
+                      failed.front()->message, path_of(order[i + 1]));
   }
   throw Error(ErrorCode::kNotFound, "no loadable checkpoint");  // unreachable
 }
@@ -399,24 +819,30 @@ void check_optimizer_groups(torch::serialize::InputArchive& archive, torch::opti
 
 std::optional<CheckpointInfo> CheckpointManager::resume(torch::nn::Module& module, torch::optim::Optimizer* optimizer,
                                                         TrainingState* state) {
-  for (auto it = impl_->committed.rbegin(); it != impl_->committed.rend(); ++it) {
-    const CheckpointInfo& c = it->second;
-    // Everything the resume will set is read and checked first: the adapter
-    // (planned and verified), the trainer state, the optimizer archive (parsed
-    // into host memory), the RNG states. Nothing changes until all of it passed.
+  Impl& m = *impl_;
+  std::vector<std::int64_t> newest_first;
+  for (auto it = m.committed.rbegin(); it != m.committed.rend(); ++it) newest_first.push_back(it->first);
+  newest_first = agreed_steps(m.coordinator, "choice of the checkpoint to resume from", newest_first);
+  const std::string rng_name = detail::rng_file_name(m.rank(), m.world());
+  for (const std::int64_t step : newest_first) {
+    const std::string path = join(m.options.output_dir, detail::checkpoint_dir_name(step));
+    // Everything the resume will set is read and checked first, on every
+    // rank: the adapter (planned and verified), the trainer state, the
+    // optimizer archive (parsed into host memory), this rank's RNG states.
+    // Nothing changes until all of it passed on all ranks.
     std::optional<detail::AdapterLoad> adapter;
     std::optional<torch::serialize::InputArchive> archive;
     NamedTensors rng;
     TrainingState restored;
     detail::Manifest manifest;
-    try {
-      manifest = detail::read_manifest(c.path);
-      adapter.emplace(impl_->prepare_adapter(c.path, manifest, module));
-      auto listed = [&](const char* name) {  // and verified by prepare_adapter
+    const std::vector<RankResult> checked = gather_results(m.coordinator, "validation of '" + path + "'", [&] {
+      manifest = detail::read_manifest(path);
+      adapter.emplace(m.prepare_adapter(path, manifest, module));
+      auto listed = [&](const std::string& name) {  // and verified by prepare_adapter
         if (!manifest.files.count(name)) {
-          throw Error(ErrorCode::kCorruption, "the manifest of '" + c.path + "' does not list " + name);
+          throw Error(ErrorCode::kCorruption, "the manifest of '" + path + "' does not list " + name);
         }
-        return join(c.path, name);
+        return join(path, name);
       };
       restored.max_steps = state->max_steps;
       restored.num_train_epochs = state->num_train_epochs;
@@ -424,41 +850,51 @@ std::optional<CheckpointInfo> CheckpointManager::resume(torch::nn::Module& modul
       const std::string trainer_state = listed(detail::kTrainerStateFile);
       detail::parse_trainer_state(detail::read_small_file(trainer_state, 256ull << 20), trainer_state, &restored);
       if (optimizer != nullptr && manifest.files.count(detail::kOptimizerFile)) {
-        const std::string path = listed(detail::kOptimizerFile);
+        const std::string file = listed(detail::kOptimizerFile);
         archive.emplace();
-        detail::with_torch_errors(ErrorCode::kCorruption, "cannot read the optimizer state '" + path + "'", [&] {
-          archive->load_from(path, c10::Device(c10::kCPU));
-          check_optimizer_groups(*archive, *optimizer, path);
+        detail::with_torch_errors(ErrorCode::kCorruption, "cannot read the optimizer state '" + file + "'", [&] {
+          archive->load_from(file, c10::Device(c10::kCPU));
+          check_optimizer_groups(*archive, *optimizer, file);
         });
       }
-      if (manifest.files.count(detail::kRngFile)) rng = read_rng_states(listed(detail::kRngFile));
-    } catch (const Error& e) {
-      if (e.code() != ErrorCode::kCorruption && e.code() != ErrorCode::kNotFound) throw;
-      detail::log_error("cannot resume from '{}' ({}); trying an older checkpoint", c.path, e.what());
+      if (manifest.files.count(rng_name)) {
+        rng = read_rng_states(listed(rng_name));
+      } else if (manifest.files.count(detail::rng_file_name(0, 2)) || manifest.files.count(detail::kRngFile)) {
+        detail::log_warn("'{}' has no {} (saved by another number of ranks): the random generators are not restored",
+                         path, rng_name);
+      }
+      return std::string();
+    });
+    if (const auto failed = failures(checked); !failed.empty()) {
+      if (!all_damaged(failed)) raise(*failed.front(), m.world());
+      detail::log_error("cannot resume from '{}' ({}{}); trying an older checkpoint", path,
+                        m.world() == 1 ? std::string() : "rank " + std::to_string(failed.front()->rank) + ": ",
+                        failed.front()->message);
       continue;
     }
-    // The optimizer first: its groups were checked against the archive above,
-    // which is all Optimizer::load checks.
-    if (archive) {
-      detail::with_torch_errors(ErrorCode::kIncompatible,
-                                "cannot restore the optimizer from '" + c.path +
-                                    "' (hint: another optimizer type, "
-                                    "or other parameters?)",
-                                [&] {
-                                  optimizer->load(*archive);
-                                  archive.reset();
-                                  move_state_to_parameters(*optimizer);
-                                });
-    }
-    adapter->apply();
-    if (!rng.empty()) detail::restore_rng_states(rng, join(c.path, detail::kRngFile));
+    apply_everywhere(m.coordinator, "resuming from '" + path + "'", [&] {
+      // The optimizer first: its groups were checked against the archive
+      // above, which is all Optimizer::load checks.
+      if (archive) {
+        detail::with_torch_errors(
+            ErrorCode::kIncompatible,
+            "cannot restore the optimizer from '" + path + "' (hint: another optimizer type, or other parameters?)",
+            [&] {
+              optimizer->load(*archive);
+              archive.reset();
+              move_state_to_parameters(*optimizer);
+            });
+      }
+      adapter->apply();
+      if (!rng.empty()) detail::restore_rng_states(rng, join(path, rng_name));
+    });
     restored.global_step = manifest.step;
     restored.last_metrics = manifest.metrics;
     restored.last_metrics_step = manifest.metrics.empty() ? -1 : manifest.step;
-    impl_->set_best(restored);
+    m.set_best(restored);
     *state = restored;
-    detail::log_info("resumed from '{}' at step {}", c.path, c.step);
-    return c;
+    detail::log_info("resumed from '{}' at step {}", path, step);
+    return m.committed.at(step);
   }
   return std::nullopt;
 }

@@ -47,10 +47,15 @@ void TrainingState::log(const Metrics& values) {
   log_history.push_back(std::move(entry));
 }
 
-void TrainingState::record_evaluation(const Metrics& metrics) {
+void TrainingState::record_evaluation(const Metrics& metrics, std::int64_t samples) {
+  if (samples < 0) {
+    throw Error(ErrorCode::kInvalidArgument, "record_evaluation: " + std::to_string(samples) +
+                                                 " samples (hint: 0 for global values, else this rank's count)");
+  }
   log(metrics);
   last_metrics = metrics;
   last_metrics_step = global_step;
+  last_metrics_samples = samples;
 }
 
 }  // namespace lorakeep
