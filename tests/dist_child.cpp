@@ -24,6 +24,8 @@
 //   LK_DIVERGE_RANK=r, LK_DIVERGE_STEP=s   rank r's adapter moves before the save of step s
 //   LK_BAD_LOAD_RANK=r             rank r reloads into a model of another shape
 //   LK_PRIVATE_DIR=1               each rank uses RUN_DIR/rank<r> (a directory not shared)
+//   LK_BARRIERS=n                  at the end, n barriers timed: prints "barrier MICROSECONDS"
+//                                  (the mean) and "store-ops OPS" (this rank's store round trips)
 #include <sys/resource.h>
 
 #include <chrono>
@@ -125,6 +127,13 @@ int main(int argc, char** argv) {
       lorakeep::AllocationProbe probe;
       ckpt.load_best_into(*net);
       std::printf("reloaded %s %" PRId64 "\n", lorakeep::test::adapter_xxh3(*net).c_str(), probe.peak_bytes());
+    }
+    std::printf("store-ops %" PRId64 "\n", coordinator.store_operations());
+    if (const long n = env_long("LK_BARRIERS", 0); n > 0) {
+      const auto start = std::chrono::steady_clock::now();
+      for (long i = 0; i < n; ++i) coordinator.barrier("timed barrier");
+      const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+      std::printf("barrier %.1f\n", us / static_cast<double>(n));
     }
   } catch (const lorakeep::Error& e) {
     std::printf("error %s %s\n", lorakeep::error_code_name(e.code()), e.what());

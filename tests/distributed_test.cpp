@@ -55,8 +55,10 @@ struct Rank {
 // A job of `world` dist_child processes on a fresh store hosted here.
 // `env` is added to every rank's environment; `kill_rank` >= 0 is SIGKILLed
 // `kill_after_ms` after the start.
+// `launcher` goes before the child's command line (which it gets as "$0" "$@").
 std::vector<Rank> run_job(const TempDir& scratch, const std::string& run_dir, int world, int steps,
-                          const std::string& env = "", int kill_rank = -1, int kill_after_ms = 0) {
+                          const std::string& env = "", int kill_rank = -1, int kill_after_ms = 0,
+                          const std::string& launcher = "") {
   c10d::TCPStoreOptions o;
   o.port = 0;
   o.isServer = true;
@@ -67,8 +69,8 @@ std::vector<Rank> run_job(const TempDir& scratch, const std::string& run_dir, in
   for (int r = 0; r < world; ++r) {
     script << "(RANK=" << r << " LOCAL_RANK=" << r << " WORLD_SIZE=" << world
            << " MASTER_ADDR=127.0.0.1 MASTER_PORT=" << store->getPort() << " TORCHELASTIC_USE_AGENT_STORE=True " << env
-           << " exec " << LORAKEEP_DIST_CHILD_PATH << " " << run_dir << " " << steps << " > out." << r << " 2> err."
-           << r << ") & pid" << r << "=$!\n";
+           << " exec " << launcher << " " << LORAKEEP_DIST_CHILD_PATH << " " << run_dir << " " << steps << " > out."
+           << r << " 2> err." << r << ") & pid" << r << "=$!\n";
   }
   if (kill_rank >= 0) {
     script << "sleep " << kill_after_ms / 1000.0 << "; kill -9 $pid" << kill_rank << "\n";
@@ -260,6 +262,30 @@ TEST_CASE("a run directory that the ranks do not share is refused on every rank"
     CHECK_THAT(r.with("error")[0], Catch::StartsWith("invalid_argument rank 1: run directory"));
     CHECK_THAT(r.with("error")[0], Catch::Contains("is not shared between the ranks"));
   }
+}
+
+TEST_CASE("a run directory on a private mount of each rank is refused on every rank", "[distributed][expensive]") {
+  // Each rank in its own mount namespace with a tmpfs of its own at the same
+  // path: what a node-local directory looks like to a job on several nodes.
+  const test::ProcessResult probe = test::run_shell("unshare -m --propagation private true");
+  if (probe.exit_code != 0) {
+    test::skip_unless_ci("cannot unshare the mount namespace here (" + probe.err + "): run as root");
+    return;
+  }
+  TempDir scratch;
+  const std::string run_dir = scratch / "run";
+  test::run_shell("mkdir -p " + run_dir);
+  const std::vector<Rank> ranks = run_job(
+      scratch, run_dir, 2, 1, "", -1, 0,
+      "unshare -m --propagation private bash -c 'mount -t tmpfs tmpfs " + run_dir + " && exec \"$0\" \"$@\"'");
+  for (const Rank& r : ranks) {
+    INFO(r.all());
+    CHECK(r.exit_code == 1);
+    REQUIRE(r.with("error").size() == 1);
+    CHECK_THAT(r.with("error")[0], Catch::StartsWith("invalid_argument rank 1: run directory"));
+    CHECK_THAT(r.with("error")[0], Catch::Contains("is not shared between the ranks"));
+  }
+  CHECK(test::checkpoint_steps(run_dir).empty());
 }
 
 TEST_CASE("a rank killed at a random moment: the others fail naming it, only complete checkpoints stay, "
