@@ -155,10 +155,10 @@ struct RankResult {
   std::string payload;
 };
 
-// Runs `local` (returning this rank's payload) and gathers every rank's
-// result: a rank that failed still takes part, so no rank waits for it.
+// This rank's result of `local` (which returns its payload) as a message:
+// the payload, or the Error it threw.
 template <class F>
-std::vector<RankResult> gather_results(Coordinator& coordinator, const std::string& what, F&& local) {
+std::string outcome_of(F&& local) {
   detail::WireWriter w;
   try {
     const std::string payload = local();
@@ -170,21 +170,30 @@ std::vector<RankResult> gather_results(Coordinator& coordinator, const std::stri
     w = detail::WireWriter();
     w.i64(0).i64(static_cast<std::int64_t>(ErrorCode::kIOError)).str(e.what());
   }
-  const std::vector<std::string> parts = coordinator.all_gather(what, w.bytes());
-  std::vector<RankResult> out;
-  for (std::size_t r = 0; r < parts.size(); ++r) {
-    detail::WireReader in(parts[r], what);
-    RankResult result;
-    result.rank = static_cast<int>(r);
-    result.ok = in.i64() == 1;
-    if (result.ok) {
-      result.payload = in.str();
-    } else {
-      result.code = static_cast<ErrorCode>(in.i64());
-      result.message = in.str();
-    }
-    out.push_back(std::move(result));
+  return w.bytes();
+}
+
+RankResult read_outcome(const std::string& bytes, int rank, const std::string& what) {
+  detail::WireReader in(bytes, what);
+  RankResult result;
+  result.rank = rank;
+  result.ok = in.i64() == 1;
+  if (result.ok) {
+    result.payload = in.str();
+  } else {
+    result.code = static_cast<ErrorCode>(in.i64());
+    result.message = in.str();
   }
+  return result;
+}
+
+// Runs `local` and gathers every rank's result: a rank that failed still
+// takes part, so no rank waits for it.
+template <class F>
+std::vector<RankResult> gather_results(Coordinator& coordinator, const std::string& what, F&& local) {
+  const std::vector<std::string> parts = coordinator.all_gather(what, outcome_of(std::forward<F>(local)));
+  std::vector<RankResult> out;
+  for (std::size_t r = 0; r < parts.size(); ++r) out.push_back(read_outcome(parts[r], static_cast<int>(r), what));
   return out;
 }
 
@@ -600,37 +609,28 @@ CheckpointInfo CheckpointManager::Impl::coordinated_save(torch::nn::Module& modu
   if (options.save_rng) {
     for (Part& p : ranks) rng.push_back(std::move(p.rng));
   }
-  std::string outcome;
   std::optional<CheckpointInfo> info;
+  std::string outcome;
   if (rank() == 0) {
-    detail::WireWriter w;
-    try {
+    outcome = outcome_of([&] {
       info = commit(module, lora, state, optimizer, rng);
-      w.i64(1).str(committed_steps());
-    } catch (const Error& e) {
-      w = detail::WireWriter();
-      w.i64(0).i64(static_cast<std::int64_t>(e.code())).str(e.what());
-    } catch (const std::exception& e) {
-      w = detail::WireWriter();
-      w.i64(0).i64(static_cast<std::int64_t>(ErrorCode::kIOError)).str(e.what());
-    }
-    outcome = w.bytes();
+      return committed_steps();
+    });
   }
+  RankResult result;
   try {
-    outcome = coordinator.broadcast("outcome of the " + what + " (rank 0 writes it)", outcome);
+    result = read_outcome(coordinator.broadcast("outcome of the " + what + " (rank 0 writes it)", outcome), 0, what);
   } catch (...) {
     state = before;
     throw;
   }
-  detail::WireReader r(outcome, what);
-  if (r.i64() != 1) {
+  if (!result.ok) {
     state = before;
-    const auto code = static_cast<ErrorCode>(r.i64());
-    throw Error(code, "rank 0: " + r.str());
+    raise(result, world());
   }
   if (rank() == 0) return *info;
   // The committed set as rank 0 left it (after its rotation).
-  detail::WireReader steps(r.str(), "committed steps");
+  detail::WireReader steps(result.payload, "committed steps");
   std::set<std::int64_t> kept;
   for (std::int64_t n = steps.i64(); n > 0; --n) kept.insert(steps.i64());
   Metrics recorded = state.last_metrics_step == step ? state.last_metrics : Metrics{};
