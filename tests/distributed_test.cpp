@@ -73,6 +73,9 @@ std::vector<Rank> run_job(const TempDir& scratch, const std::string& run_dir, in
            << r << " 2> err." << r << ") & pid" << r << "=$!\n";
   }
   if (kill_rank >= 0) {
+    // The clock starts when the victim has resumed (start-up time varies with the load).
+    script << "for i in $(seq 1200); do grep -q '^ready' out." << kill_rank
+           << " 2>/dev/null && break; sleep 0.05; done\n";
     script << "sleep " << kill_after_ms / 1000.0 << "; kill -9 $pid" << kill_rank << "\n";
   }
   for (int r = 0; r < world; ++r) script << "wait $pid" << r << "; echo $? > rc." << r << "\n";
@@ -126,7 +129,7 @@ TEST_CASE("a coordinator names the rank that does not arrive within its timeout"
   o.waitWorkers = false;
   auto store = c10::make_intrusive<c10d::TCPStore>("127.0.0.1", o);
   CoordinatorOptions co;
-  co.timeout = std::chrono::milliseconds(300);
+  co.timeout = std::chrono::milliseconds(2000);  // rank 1's thread arrives well within it, even on a loaded machine
   Coordinator rank0(store, 0, 3, co);
   Coordinator rank1(store, 1, 3, co);
   Coordinator rank2(store, 2, 3, co);
@@ -144,7 +147,7 @@ TEST_CASE("a coordinator names the rank that does not arrive within its timeout"
   CHECK(e.code() == ErrorCode::kIOError);
   CHECK_THAT(e.what(), Catch::Contains("rank 2 did not arrive at the gather of the test"));
   CHECK_THAT(e.what(), !Catch::Contains("rank 1 did"));
-  CHECK_THAT(error1, Catch::Contains("rank 2 did not arrive at the test within 0.3 s"));
+  CHECK_THAT(error1, Catch::Contains("rank 2 did not arrive at the test within 2 s"));
   // A bad rank or world size is refused.
   CHECK(test::capture_error([&] { Coordinator(store, 3, 3); }).code() == ErrorCode::kInvalidArgument);
 }
@@ -293,9 +296,10 @@ TEST_CASE("a rank killed at a random moment: the others fail naming it, only com
           "[distributed][expensive]") {
   std::mt19937 rng(20261202);
   const int trials = 20;
+  int after_a_commit = 0;
   for (int trial = 0; trial < trials; ++trial) {
     const int victim = trial % 3 == 0 ? 0 : 2;  // rank 0 (the writer) every third trial
-    const int after_ms = std::uniform_int_distribution<int>(1200, 3000)(rng);
+    const int after_ms = std::uniform_int_distribution<int>(0, 1500)(rng);
     INFO("trial " << trial << ": rank " << victim << " killed after " << after_ms << " ms");
     TempDir scratch;
     const std::string run_dir = scratch / "run";
@@ -311,9 +315,10 @@ TEST_CASE("a rank killed at a random moment: the others fail naming it, only com
       CHECK_THAT(failure, Catch::Contains("rank " + std::to_string(victim) + " did not arrive") ||
                               Catch::Contains("did not arrive at the outcome"));
     }
-    require_verified(run_dir);
     const std::set<std::int64_t> kept = test::checkpoint_steps(run_dir);
     if (kept.empty()) continue;  // killed before the first commit
+    ++after_a_commit;
+    require_verified(run_dir);
     const std::vector<Rank> again = run_job(scratch, run_dir, 3, *kept.rbegin() + 1);
     for (const Rank& r : again) {
       INFO(r.all());
@@ -321,6 +326,8 @@ TEST_CASE("a rank killed at a random moment: the others fail naming it, only com
       CHECK(r.with("ready") == std::vector<std::string>{std::to_string(*kept.rbegin())});
     }
   }
+  INFO("trials killed after a commit: " << after_a_commit);
+  CHECK(after_a_commit >= trials / 2);
 }
 
 TEST_CASE("two ranks under torchrun's own launcher save, agree and reload", "[distributed][expensive]") {
