@@ -33,6 +33,7 @@ FULL = {
     "reload_rounds": 3,
     "tiny": 10000,
     "save_sizes": [64, 512],
+    "async_sizes": [64, 512],
     "save_repeat": 3,
     "merge_mib": 2048,
     "merge_repeat": 5,
@@ -45,6 +46,7 @@ SMOKE = {
     "reload_rounds": 1,
     "tiny": 100,
     "save_sizes": [4],
+    "async_sizes": [16],
     "save_repeat": 1,
     "merge_mib": 8,
     "merge_repeat": 1,
@@ -295,7 +297,19 @@ def machine():
 
 
 # The sections of bench/results.json this script measures, in order.
-MATRICES = {"reloads": reload_matrix, "saves": save_matrix, "merges": merge_matrix}
+def async_save_matrix(r, cfg, log):
+    rows = []
+    for mib in cfg["async_sizes"]:
+        d = r.path("async")
+        os.makedirs(d, exist_ok=True)
+        res = r.bench_cmd("async-save", "--mib", str(mib), "--dir", d, "--repeat", str(cfg["save_repeat"]))
+        rows.append(res)
+        log(res)
+        shutil.rmtree(d)
+    return rows
+
+
+MATRICES = {"reloads": reload_matrix, "saves": save_matrix, "merges": merge_matrix, "async_saves": async_save_matrix}
 
 
 def sections_arg(text):
@@ -314,7 +328,7 @@ def main():
     p.add_argument("--out", default=HERE, help="where results.json (and, with --smoke, the report) go")
     p.add_argument("--work", default=None)
     p.add_argument("--sections", type=sections_arg, default=list(MATRICES),
-                   help="which of reloads,saves,merges to measure (default all); the others stay as they were")
+                   help="which of reloads,saves,merges,async_saves to measure (default all); the others stay as they were")
     args = p.parse_args()
     cfg = SMOKE if args.smoke else FULL
     python = args.python or os.path.join(ROOT, "build", "venv", "bin", "python")

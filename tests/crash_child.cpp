@@ -3,6 +3,10 @@
 //   crash_child loop RUN_DIR LOG      resume, then save checkpoints forever; before each save
 //                                     append "begin STEP METRIC" to LOG, after it "done STEP"
 //                                     (each line fsynced); "ready" once started
+//   crash_child loop-async RUN_DIR LOG
+//                                     the same with save_async: "begin", save_async, a
+//                                     training step while the background thread writes,
+//                                     wait, "done"
 //   crash_child save-once RUN_DIR STEP
 //                                     one save of step STEP; prints "ok" or
 //                                     "error <code> <message>" and exits 0 or 1
@@ -79,7 +83,13 @@ int main(int argc, char** argv) {
       char line[96];
       std::snprintf(line, sizeof line, "begin %lld %.17g", static_cast<long long>(state.global_step), m);
       append(log, line);
-      ckpt.save(*net, lorakeep::test::crash_lora(), state, &adam);
+      if (mode == "loop-async") {
+        ckpt.save_async(*net, lorakeep::test::crash_lora(), state, &adam);
+        train_step(net, adam, state.global_step);  // while the snapshot is written
+        ckpt.wait();
+      } else {
+        ckpt.save(*net, lorakeep::test::crash_lora(), state, &adam);
+      }
       append(log, "done " + std::to_string(state.global_step));
     }
   } catch (const lorakeep::Error& e) {

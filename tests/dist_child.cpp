@@ -23,6 +23,7 @@
 //   LK_FSIZE_STEP=s                rank 0 saves step s under a 4 KiB file-size limit
 //   LK_DIVERGE_RANK=r, LK_DIVERGE_STEP=s   rank r's adapter moves before the save of step s
 //   LK_BAD_LOAD_RANK=r             rank r reloads into a model of another shape
+//   LK_ASYNC=1                     saves with save_async (wait() after the loop)
 //   LK_PRIVATE_DIR=1               each rank uses RUN_DIR/rank<r> (a directory not shared)
 //   LK_BARRIERS=n                  at the end, n barriers timed: prints "barrier MICROSECONDS"
 //                                  (the mean) and "store-ops OPS" (this rank's store round trips)
@@ -84,6 +85,7 @@ int main(int argc, char** argv) {
     if (env_long("LK_PRIVATE_DIR", 0)) dir += "/rank" + std::to_string(rank);
     lorakeep::CheckpointManager ckpt(lorakeep::test::crash_options(dir), coordinator);
     lorakeep::TrainingState state;
+    const bool async = env_long("LK_ASYNC", 0) != 0;
     ckpt.resume(*net, &adam, &state);
     std::printf("ready %" PRId64 "\n", state.global_step);
     while (state.global_step < steps) {
@@ -104,7 +106,11 @@ int main(int argc, char** argv) {
         ::setrlimit(RLIMIT_FSIZE, &small);
       }
       try {
-        ckpt.save(*net, lorakeep::test::crash_lora(), state, &adam);
+        if (async) {
+          ckpt.save_async(*net, lorakeep::test::crash_lora(), state, &adam);
+        } else {
+          ckpt.save(*net, lorakeep::test::crash_lora(), state, &adam);
+        }
         std::printf("saved %" PRId64 " %.17g\n", step, state.last_metrics.at("eval_loss"));
       } catch (const lorakeep::Error& e) {
         std::printf("save-error %" PRId64 " %s %s\n", step, lorakeep::error_code_name(e.code()), e.what());
@@ -112,6 +118,7 @@ int main(int argc, char** argv) {
       }
       if (limited) ::setrlimit(RLIMIT_FSIZE, &old);
     }
+    if (async) ckpt.wait();
     std::printf("trained %s\n", lorakeep::test::adapter_xxh3(*net).c_str());
     if (const auto best = ckpt.best()) std::printf("best %" PRId64 "\n", best->step);
     std::printf("state %" PRId64 " %" PRId64 " %.17g\n", state.global_step, state.best_global_step.value_or(-1),

@@ -210,6 +210,31 @@ TEST_CASE("N ranks save into one run directory and agree on every checkpoint, me
   }
 }
 
+TEST_CASE("saves off the training thread: every rank agrees, rank 0 writes in the background",
+          "[distributed][async][expensive]") {
+  TempDir scratch;
+  const std::string run_dir = scratch / "run";
+  const std::vector<Rank> ranks = run_job(scratch, run_dir, 3, 6, "LK_ASYNC=1");
+  for (const Rank& r : ranks) {
+    INFO(r.all());
+    REQUIRE(r.exit_code == 0);
+    CHECK(r.with("saved").size() == 6);
+    CHECK(r.with("saved") == ranks[0].with("saved"));
+    CHECK(r.with("best") == ranks[0].with("best"));
+    CHECK(r.with("state") == ranks[0].with("state"));
+    CHECK(r.with("reloaded") == ranks[0].with("reloaded"));
+    CHECK(r.with("reloaded") != std::vector<std::string>{});
+  }
+  CHECK(test::checkpoint_steps(run_dir).count(6) == 1);
+  require_verified(run_dir);
+  const std::vector<Rank> again = run_job(scratch, run_dir, 3, 7, "LK_ASYNC=1");
+  for (const Rank& r : again) {
+    INFO(r.all());
+    REQUIRE(r.exit_code == 0);
+    CHECK(r.with("ready") == std::vector<std::string>{"6"});
+  }
+}
+
 TEST_CASE("rank 0's failed save fails on every rank, keeps what was committed, and the next save works",
           "[distributed][expensive]") {
   TempDir scratch;

@@ -38,6 +38,13 @@ struct CheckpointInfo {
   std::optional<double> metric;  // metrics[metric_key], if evaluated
 };
 
+// What save_async reports when it returns.
+struct AsyncSave {
+  std::int64_t step = 0;
+  std::uint64_t snapshot_bytes = 0;  // host memory held until the write is done: adapter + optimizer + RNG
+  double blocking_seconds = 0;       // how long the calling thread waited
+};
+
 // Owns a run directory for its lifetime: holds an flock on <output_dir>/.lock
 // (a second manager on the same directory fails with kLocked naming the
 // holder's pid). On creation it removes .tmp-checkpoint-* leftovers (logged),
@@ -91,6 +98,28 @@ class CheckpointManager {
   // `state` is unchanged. Throws Error(kIOError) naming the path.
   CheckpointInfo save(torch::nn::Module& module, const LoraConfig& lora, TrainingState& state,
                       torch::optim::Optimizer* optimizer = nullptr);
+
+  // save, off the training thread: copies the adapter, the optimizer state
+  // (serialized) and the RNG states into host memory on the calling thread,
+  // the only time it waits, then writes, fsyncs and commits them on a
+  // background thread. At most one save is in flight: this call first waits
+  // for the previous one and raises its error, if it failed. `state` gets the
+  // best as it will be once this checkpoint is in. A background failure
+  // leaves earlier checkpoints intact and is raised by the next save,
+  // save_async, wait, load_best_into or resume (best(), latest() and
+  // checkpoints() wait for it without raising); the destructor waits, never
+  // abandons a save half done, and logs an error nobody collected. Host
+  // memory: one snapshot, reported as snapshot_bytes. With several ranks the
+  // checks and the metrics' reduction happen on the calling thread (as in
+  // save); rank 0's background thread commits and posts the outcome through
+  // the store, the others' wait for it there (never a collective off the
+  // training thread).
+  AsyncSave save_async(torch::nn::Module& module, const LoraConfig& lora, TrainingState& state,
+                       torch::optim::Optimizer* optimizer = nullptr);
+
+  // Waits for the save in flight; raises its error. Returns the newest
+  // committed checkpoint.
+  std::optional<CheckpointInfo> wait();
 
   std::optional<CheckpointInfo> best() const;
   std::optional<CheckpointInfo> latest() const;

@@ -74,6 +74,15 @@ class Coordinator {
   // otherwise. With world size 1, `local` as it is.
   Metrics reduce_metrics(const Metrics& local, std::int64_t samples);
 
+  // Messages outside the collectives, from any thread and in any order, for
+  // work off the training thread: `post` sets `key` (each key once), `await`
+  // polls for it without holding the store's connection (a blocking wait
+  // would hold it, stalling this rank's collectives) and throws as a
+  // collective does, naming `from_rank`, after the timeout; `erase` deletes it.
+  void post(const std::string& key, const std::string& bytes);
+  std::string await(const std::string& key, int from_rank, const std::string& what);
+  void erase(const std::string& key);
+
   // The number of store round trips (set, get, wait, add) this rank made:
   // for the protocol's message count per operation.
   std::int64_t store_operations() const;

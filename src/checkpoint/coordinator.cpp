@@ -1,9 +1,12 @@
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <limits>
 #include <set>
+#include <thread>
 #include <utility>
 
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -75,7 +78,7 @@ struct Coordinator::State {
   CoordinatorOptions options;
   std::int64_t seq = 0;                   // collectives so far, the same on every rank
   std::vector<std::string> pending_keys;  // this rank's keys others may still read
-  std::int64_t ops = 0;
+  std::atomic<std::int64_t> ops{0};
 
   // Store calls, their failures (a lost connection: the store's host died)
   // as Error(kIOError) naming `what`.
@@ -111,12 +114,16 @@ struct Coordinator::State {
       if (!call(what, [&] { return store->check({keys[i]}); })) missing.push_back(ranks[i]);
     }
     if (missing.empty()) return;  // arrived just after the timeout
+    throw not_arrived(missing, what);
+  }
+
+  Error not_arrived(const std::vector<int>& missing, const std::string& what) const {
     char seconds[32];
     std::snprintf(seconds, sizeof seconds, "%g", std::chrono::duration<double>(options.timeout).count());
-    throw Error(ErrorCode::kIOError, "rank " + std::to_string(rank) + ": " + rank_list(missing) +
-                                         " did not arrive at the " + what + " within " + seconds +
-                                         " s (hint: the rank died or stalls; see its log. The timeout is "
-                                         "CoordinatorOptions::timeout)");
+    return Error(ErrorCode::kIOError, "rank " + std::to_string(rank) + ": " + rank_list(missing) +
+                                          " did not arrive at the " + what + " within " + seconds +
+                                          " s (hint: the rank died or stalls; see its log. The timeout is "
+                                          "CoordinatorOptions::timeout)");
   }
 
   std::string key(const std::string& kind, int r) const {
@@ -231,6 +238,34 @@ std::string Coordinator::broadcast(const std::string& what, const std::string& b
   }
   s.wait_for({k}, {0}, what);
   return from_bytes(s.call(what, [&] { return s.store->get(k); }));
+}
+
+void Coordinator::post(const std::string& key, const std::string& bytes) {
+  State& s = *state_;
+  if (s.world == 1) return;
+  s.call(key, [&] { s.store->set("p/" + key, to_bytes(bytes)); });
+}
+
+std::string Coordinator::await(const std::string& key, int from_rank, const std::string& what) {
+  State& s = *state_;
+  if (s.world == 1) {
+    throw Error(ErrorCode::kInvalidArgument, "Coordinator::await with one process (hint: nothing posts '" + key + "')");
+  }
+  const std::string k = "p/" + key;
+  const auto deadline = std::chrono::steady_clock::now() + s.options.timeout;
+  auto pause = std::chrono::microseconds(200);
+  while (!s.call(what, [&] { return s.store->check({k}); })) {
+    if (std::chrono::steady_clock::now() >= deadline) throw s.not_arrived({from_rank}, what);
+    std::this_thread::sleep_for(pause);
+    pause = std::min(pause * 2, std::chrono::microseconds(10000));
+  }
+  return from_bytes(s.call(what, [&] { return s.store->get(k); }));
+}
+
+void Coordinator::erase(const std::string& key) {
+  State& s = *state_;
+  if (s.world == 1) return;
+  s.call("cleanup", [&] { return s.store->deleteKey("p/" + key); });
 }
 
 void Coordinator::barrier(const std::string& what) { all_gather(what, std::string()); }

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <ctime>
@@ -10,6 +11,7 @@
 #include <random>
 #include <set>
 #include <sstream>
+#include <thread>
 #include <type_traits>
 #include <utility>
 
@@ -113,12 +115,68 @@ CheckpointInfo info_of(const detail::Manifest& m, const std::string& path, const
   return info;
 }
 
+// What a checkpoint holds besides its trainer state: the adapter's tensors
+// (views of the live parameters, streamed through host memory as they are
+// written, or host copies taken earlier), the optimizer (streamed from the
+// live one, or its serialized bytes), the RNG states by rank.
+struct Contents {
+  NamedTensors adapter;
+  torch::optim::Optimizer* optimizer = nullptr;
+  std::optional<std::string> optimizer_bytes;
+  std::vector<NamedTensors> rng;  // empty: not saved
+
+  // Host bytes a snapshot holds.
+  std::uint64_t host_bytes() const {
+    std::uint64_t n = optimizer_bytes ? optimizer_bytes->size() : 0;
+    for (const auto& [name, t] : adapter) n += t.nbytes();
+    for (const NamedTensors& states : rng) {
+      for (const auto& [name, t] : states) n += t.nbytes();
+    }
+    return n;
+  }
+};
+
+// The checkpoint's contents from the live objects: nothing copied yet.
+Contents live_contents(torch::nn::Module& module, const LoraConfig& lora, torch::optim::Optimizer* optimizer,
+                       const CheckpointOptions& options, std::vector<NamedTensors> rng) {
+  Contents c;
+  c.adapter = adapter_tensors(module, lora);
+  if (options.save_optimizer) c.optimizer = optimizer;
+  if (options.save_rng) c.rng = std::move(rng);
+  return c;
+}
+
+// The same contents copied into host memory: what a save off the training
+// thread writes while training changes the live ones.
+// `optimizer_hint`: the size of the last serialized state, reserved up front
+// (growing the string would copy it again and again).
+Contents snapshot(Contents live, std::size_t optimizer_hint) {
+  Contents c;
+  for (auto& [name, t] : live.adapter) {
+    at::Tensor host = at::empty(t.sizes(), t.options().device(at::kCPU));
+    host.copy_(t.detach());
+    c.adapter.emplace_back(name, std::move(host));
+  }
+  if (live.optimizer != nullptr) {
+    torch::serialize::OutputArchive archive;
+    live.optimizer->save(archive);
+    std::string bytes;
+    bytes.reserve(optimizer_hint);
+    archive.save_to([&](const void* data, std::size_t size) -> std::size_t {
+      bytes.append(static_cast<const char*>(data), size);
+      return size;
+    });
+    c.optimizer_bytes = std::move(bytes);
+  }
+  c.rng = std::move(live.rng);
+  return c;
+}
+
 // Writes every file of a checkpoint into `tmp`, each synced, the manifest
 // last (with the sizes and checksums of the others).
 void write_checkpoint_files(const std::string& tmp, const CheckpointOptions& options, detail::Manifest& manifest,
-                            torch::nn::Module& module, const LoraConfig& lora, const TrainingState& state,
-                            torch::optim::Optimizer* optimizer, const std::vector<NamedTensors>& rng_by_rank) {
-  const AdapterSaveReport adapter = detail::write_adapter(tmp, module, lora, /*direct=*/true);
+                            const Contents& contents, const LoraConfig& lora, const TrainingState& state) {
+  const AdapterSaveReport adapter = detail::write_adapter(tmp, contents.adapter, lora, /*direct=*/true);
   manifest.files[detail::kAdapterWeightsFile] = {adapter.weights.file_size, adapter.weights.file_checksum};
   for (std::size_t i = 0; i < adapter.weights.tensors.size(); ++i) {
     manifest.tensors[adapter.weights.tensors[i].name] = adapter.weights.tensor_checksums[i];
@@ -128,17 +186,17 @@ void write_checkpoint_files(const std::string& tmp, const CheckpointOptions& opt
     const std::uint64_t sum = detail::checksum_file(adapter.config_path, &size);
     return detail::FileEntry{size, sum};
   }();
-  if (options.save_optimizer && optimizer != nullptr) {
-    manifest.files[detail::kOptimizerFile] = write_optimizer(join(tmp, detail::kOptimizerFile), *optimizer);
+  if (contents.optimizer != nullptr) {
+    manifest.files[detail::kOptimizerFile] = write_optimizer(join(tmp, detail::kOptimizerFile), *contents.optimizer);
+  } else if (contents.optimizer_bytes) {
+    manifest.files[detail::kOptimizerFile] = write_synced(join(tmp, detail::kOptimizerFile), *contents.optimizer_bytes);
   }
-  if (options.save_rng) {
-    const int world = static_cast<int>(rng_by_rank.size());
-    for (int rank = 0; rank < world; ++rank) {
-      const std::string name = detail::rng_file_name(rank, world);
-      const SaveReport r = detail::write_safetensors(join(tmp, name), rng_by_rank[static_cast<std::size_t>(rank)], {},
-                                                     detail::SafetensorsWriter::Mode::kDirect, 1 << 20);
-      manifest.files[name] = {r.file_size, r.file_checksum};
-    }
+  const int world = static_cast<int>(contents.rng.size());
+  for (int rank = 0; rank < world; ++rank) {
+    const std::string name = detail::rng_file_name(rank, world);
+    const SaveReport r = detail::write_safetensors(join(tmp, name), contents.rng[static_cast<std::size_t>(rank)], {},
+                                                   detail::SafetensorsWriter::Mode::kDirect, 1 << 20);
+    manifest.files[name] = {r.file_size, r.file_checksum};
   }
   manifest.files[detail::kTrainerStateFile] = write_synced(join(tmp, detail::kTrainerStateFile),
                                                            detail::format_trainer_state(state, options));
@@ -287,11 +345,44 @@ struct CheckpointManager::Impl {
   detail::AdapterLoad prepare_adapter(const std::string& dir, const detail::Manifest& manifest,
                                       torch::nn::Module& module) const;
 
-  // Writes and commits checkpoint-<step> (the one writer), then rotates.
-  CheckpointInfo commit(torch::nn::Module& module, const LoraConfig& lora, TrainingState& state,
-                        torch::optim::Optimizer* optimizer, const std::vector<NamedTensors>& rng_by_rank);
+  // Writes and commits checkpoint-<state.global_step> (the one writer), then
+  // rotates; on failure `state` and the committed set are as they were.
+  CheckpointInfo commit(const LoraConfig& lora, TrainingState& state, const Contents& contents);
+  std::vector<NamedTensors> agree_on_save(torch::nn::Module& module, const LoraConfig& lora, TrainingState& state,
+                                          const std::string& what);
+  CheckpointInfo mirror(std::int64_t step, double epoch, const Metrics& metrics, const std::string& payload);
   CheckpointInfo coordinated_save(torch::nn::Module& module, const LoraConfig& lora, TrainingState& state,
                                   torch::optim::Optimizer* optimizer);
+
+  // The save off the training thread, if one was started: at most one.
+  std::thread worker;
+  std::exception_ptr worker_error;    // its failure, for the next call
+  std::optional<std::string> posted;  // rank 0: its outcome key, erased after the next gather
+  std::size_t optimizer_hint = 0;     // the last snapshot's optimizer bytes
+
+  // Waits for the save in flight (never abandons it).
+  void wait_worker() {
+    if (worker.joinable()) worker.join();
+  }
+  // Waits, then raises its failure once (`state`'s best set from what was
+  // committed first).
+  void finish(TrainingState* state = nullptr) {
+    wait_worker();
+    if (!worker_error) return;
+    if (state != nullptr) set_best(*state);
+    std::rethrow_exception(std::exchange(worker_error, nullptr));
+  }
+  void finish(TrainingState& state) { finish(&state); }
+  ~Impl() {
+    wait_worker();
+    if (worker_error) {
+      try {
+        std::rethrow_exception(worker_error);
+      } catch (const std::exception& e) {
+        detail::log_error("a save off the training thread failed and nobody asked: {}", e.what());
+      }
+    }
+  }
 
   void set_best(TrainingState& state) const {
     const auto order = ranked();
@@ -431,9 +522,7 @@ const std::string& CheckpointManager::metric_key() const { return impl_->key; }
 bool CheckpointManager::greater_is_better() const { return impl_->greater; }
 const Coordinator& CheckpointManager::coordinator() const { return impl_->coordinator; }
 
-CheckpointInfo CheckpointManager::Impl::commit(torch::nn::Module& module, const LoraConfig& lora, TrainingState& state,
-                                               torch::optim::Optimizer* optimizer,
-                                               const std::vector<NamedTensors>& rng_by_rank) {
+CheckpointInfo CheckpointManager::Impl::commit(const LoraConfig& lora, TrainingState& state, const Contents& contents) {
   const std::int64_t step = state.global_step;
   const std::string final_dir = join(options.output_dir, detail::checkpoint_dir_name(step));
   const std::string tmp = join(options.output_dir, detail::temp_checkpoint_dir_name(step, ::getpid()));
@@ -465,7 +554,7 @@ CheckpointInfo CheckpointManager::Impl::commit(torch::nn::Module& module, const 
   try {
     detail::StagedDirectory staged(final_dir, tmp);
     detail::with_torch_errors(ErrorCode::kInvalidArgument, "cannot save '" + final_dir + "'", [&] {
-      write_checkpoint_files(staged.path(), options, manifest, module, lora, state, optimizer, rng_by_rank);
+      write_checkpoint_files(staged.path(), options, manifest, contents, lora, state);
       staged.publish(/*replace=*/true);
     });
   } catch (...) {
@@ -482,19 +571,94 @@ CheckpointInfo CheckpointManager::Impl::commit(torch::nn::Module& module, const 
 CheckpointInfo CheckpointManager::save(torch::nn::Module& module, const LoraConfig& lora, TrainingState& state,
                                        torch::optim::Optimizer* optimizer) {
   Impl& m = *impl_;
+  m.finish(state);
   if (m.world() > 1) return m.coordinated_save(module, lora, state, optimizer);
+  return m.commit(lora, state, live_contents(module, lora, optimizer, m.options, {detail::capture_rng_states()}));
+}
+
+AsyncSave CheckpointManager::save_async(torch::nn::Module& module, const LoraConfig& lora, TrainingState& state,
+                                        torch::optim::Optimizer* optimizer) {
+  Impl& m = *impl_;
+  m.finish(state);
+  const auto start = std::chrono::steady_clock::now();
+  const std::int64_t step = state.global_step;
+  const std::string what = "save of step " + std::to_string(step);
+  const TrainingState before = state;
   std::vector<NamedTensors> rng;
-  if (m.options.save_rng) rng.push_back(detail::capture_rng_states());
-  return m.commit(module, lora, state, optimizer, rng);
+  if (m.world() == 1) {
+    rng.push_back(detail::capture_rng_states());
+  } else {
+    rng = m.agree_on_save(module, lora, state, what);
+    if (m.posted) {  // every rank is past reading it: they all gathered since
+      m.coordinator.erase(*m.posted);
+      m.posted.reset();
+    }
+  }
+  // The one copy: what the background thread writes, whatever training does next.
+  auto contents = std::make_shared<Contents>();
+  if (m.rank() == 0) {
+    try {
+      *contents = snapshot(live_contents(module, lora, optimizer, m.options, std::move(rng)), m.optimizer_hint);
+      if (contents->optimizer_bytes) m.optimizer_hint = contents->optimizer_bytes->size() + (1 << 20);
+    } catch (...) {
+      state = before;
+      throw;
+    }
+  }
+  AsyncSave ticket;
+  ticket.step = step;
+  ticket.snapshot_bytes = contents->host_bytes();
+  // The best as it will be once this checkpoint is in (the next call sets it
+  // from what was committed, should the background write fail).
+  auto shadow = std::make_shared<TrainingState>(state);
+  const std::map<std::int64_t, CheckpointInfo> saved = m.committed;
+  detail::Manifest preview;
+  preview.step = step;
+  preview.epoch = state.epoch;
+  if (state.last_metrics_step == step) preview.metrics = state.last_metrics;
+  m.committed[step] = info_of(preview, join(m.options.output_dir, detail::checkpoint_dir_name(step)), m.key);
+  m.set_best(state);
+  m.committed = saved;
+  const std::string key = "outcome/" + std::to_string(step);
+  Impl* impl = &m;
+  auto lora_copy = std::make_shared<LoraConfig>(lora);
+  m.worker = std::thread([impl, contents, shadow, lora_copy, key, what, step] {
+    try {
+      if (impl->rank() == 0) {
+        const std::string outcome = outcome_of([&] {
+          impl->commit(*lora_copy, *shadow, *contents);
+          return impl->committed_steps();
+        });
+        impl->coordinator.post(key, outcome);
+        const RankResult result = read_outcome(outcome, 0, what);
+        if (!result.ok) raise(result, impl->world());
+      } else {
+        const RankResult result = read_outcome(
+            impl->coordinator.await(key, 0, "outcome of the " + what + " (rank 0 writes it)"), 0, what);
+        if (!result.ok) raise(result, impl->world());
+        impl->mirror(step, shadow->epoch, shadow->last_metrics_step == step ? shadow->last_metrics : Metrics{},
+                     result.payload);
+      }
+    } catch (...) {
+      impl->worker_error = std::current_exception();
+    }
+  });
+  if (m.rank() == 0 && m.world() > 1) m.posted = key;
+  ticket.blocking_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return ticket;
+}
+
+std::optional<CheckpointInfo> CheckpointManager::wait() {
+  impl_->finish();
+  return latest();
 }
 
 // Every rank: its step, adapter digest, metrics and RNG state, gathered; the
-// checks and the metrics' reduction computed alike on every rank; rank 0
-// commits and broadcasts the outcome (the committed steps, or its error).
-CheckpointInfo CheckpointManager::Impl::coordinated_save(torch::nn::Module& module, const LoraConfig& lora,
-                                                         TrainingState& state, torch::optim::Optimizer* optimizer) {
+// checks and the metrics' reduction computed alike on every rank (`state`
+// gets the global metrics). Returns the RNG states by rank.
+std::vector<NamedTensors> CheckpointManager::Impl::agree_on_save(torch::nn::Module& module, const LoraConfig& lora,
+                                                                 TrainingState& state, const std::string& what) {
   const std::int64_t step = state.global_step;
-  const std::string what = "save of step " + std::to_string(step);
   const bool evaluated = state.last_metrics_step == step;
   const std::vector<RankResult> parts = gather_results(coordinator, what, [&] {
     detail::WireWriter w;
@@ -589,7 +753,6 @@ CheckpointInfo CheckpointManager::Impl::coordinated_save(torch::nn::Module& modu
     }
   }
 
-  const TrainingState before = state;
   if (zero.evaluated) {
     // Every rank goes on with the global values, in the log too.
     for (auto it = state.log_history.rbegin(); it != state.log_history.rend(); ++it) {
@@ -604,16 +767,42 @@ CheckpointInfo CheckpointManager::Impl::coordinated_save(torch::nn::Module& modu
     state.last_metrics = global;
     state.last_metrics_samples = 0;
   }
-
   std::vector<NamedTensors> rng;
   if (options.save_rng) {
     for (Part& p : ranks) rng.push_back(std::move(p.rng));
   }
+  return rng;
+}
+
+// Another rank, after rank 0 committed `step`: the committed set as rank 0
+// left it (after its rotation), from its outcome's payload.
+CheckpointInfo CheckpointManager::Impl::mirror(std::int64_t step, double epoch, const Metrics& metrics,
+                                               const std::string& payload) {
+  detail::WireReader steps(payload, "committed steps");
+  std::set<std::int64_t> kept;
+  for (std::int64_t n = steps.i64(); n > 0; --n) kept.insert(steps.i64());
+  detail::Manifest m;
+  m.step = step;
+  m.epoch = epoch;
+  m.metrics = metrics;
+  const CheckpointInfo info = info_of(m, join(options.output_dir, detail::checkpoint_dir_name(step)), key);
+  committed[step] = info;
+  for (auto it = committed.begin(); it != committed.end();) {
+    it = kept.count(it->first) ? std::next(it) : committed.erase(it);
+  }
+  return info;
+}
+
+CheckpointInfo CheckpointManager::Impl::coordinated_save(torch::nn::Module& module, const LoraConfig& lora,
+                                                         TrainingState& state, torch::optim::Optimizer* optimizer) {
+  const std::string what = "save of step " + std::to_string(state.global_step);
+  const TrainingState before = state;
+  std::vector<NamedTensors> rng = agree_on_save(module, lora, state, what);
   std::optional<CheckpointInfo> info;
   std::string outcome;
   if (rank() == 0) {
     outcome = outcome_of([&] {
-      info = commit(module, lora, state, optimizer, rng);
+      info = commit(lora, state, live_contents(module, lora, optimizer, options, std::move(rng)));
       return committed_steps();
     });
   }
@@ -629,37 +818,29 @@ CheckpointInfo CheckpointManager::Impl::coordinated_save(torch::nn::Module& modu
     raise(result, world());
   }
   if (rank() == 0) return *info;
-  // The committed set as rank 0 left it (after its rotation).
-  detail::WireReader steps(result.payload, "committed steps");
-  std::set<std::int64_t> kept;
-  for (std::int64_t n = steps.i64(); n > 0; --n) kept.insert(steps.i64());
-  Metrics recorded = state.last_metrics_step == step ? state.last_metrics : Metrics{};
-  detail::Manifest m;
-  m.step = step;
-  m.epoch = state.epoch;
-  m.metrics = recorded;
-  const CheckpointInfo mine = info_of(m, join(options.output_dir, detail::checkpoint_dir_name(step)), key);
-  committed[step] = mine;
-  for (auto it = committed.begin(); it != committed.end();) {
-    it = kept.count(it->first) ? std::next(it) : committed.erase(it);
-  }
+  const CheckpointInfo mine = mirror(state.global_step, state.epoch,
+                                     state.last_metrics_step == state.global_step ? state.last_metrics : Metrics{},
+                                     result.payload);
   set_best(state);
   return mine;
 }
 
 std::vector<CheckpointInfo> CheckpointManager::checkpoints() const {
+  impl_->wait_worker();
   std::vector<CheckpointInfo> out;
   for (const auto& [step, info] : impl_->committed) out.push_back(info);
   return out;
 }
 
 std::optional<CheckpointInfo> CheckpointManager::best() const {
+  impl_->wait_worker();
   const auto order = impl_->ranked();
   if (order.empty()) return std::nullopt;
   return impl_->committed.at(order.front());
 }
 
 std::optional<CheckpointInfo> CheckpointManager::latest() const {
+  impl_->wait_worker();
   if (impl_->committed.empty()) return std::nullopt;
   return impl_->committed.rbegin()->second;
 }
@@ -722,6 +903,7 @@ void apply_everywhere(Coordinator& coordinator, const std::string& what, F&& app
 
 TransferReport CheckpointManager::load_best_into(torch::nn::Module& module) {
   Impl& m = *impl_;
+  m.finish();
   const std::vector<std::int64_t> order = agreed_steps(m.coordinator, "choice of the best checkpoint", m.ranked());
   if (order.empty()) {
     throw Error(ErrorCode::kNotFound, "no checkpoint in '" + m.options.output_dir + "' has a '" + m.key +
@@ -820,6 +1002,7 @@ void check_optimizer_groups(torch::serialize::InputArchive& archive, torch::opti
 std::optional<CheckpointInfo> CheckpointManager::resume(torch::nn::Module& module, torch::optim::Optimizer* optimizer,
                                                         TrainingState* state) {
   Impl& m = *impl_;
+  m.finish();
   std::vector<std::int64_t> newest_first;
   for (auto it = m.committed.rbegin(); it != m.committed.rend(); ++it) newest_first.push_back(it->first);
   newest_first = agreed_steps(m.coordinator, "choice of the checkpoint to resume from", newest_first);

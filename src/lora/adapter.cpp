@@ -177,7 +177,11 @@ namespace detail {
 
 AdapterSaveReport write_adapter(const std::string& dir, torch::nn::Module& module, const LoraConfig& config,
                                 bool direct) {
-  NamedTensors tensors = adapter_tensors(module, config);
+  return write_adapter(dir, adapter_tensors(module, config), config, direct);
+}
+
+AdapterSaveReport write_adapter(const std::string& dir, const NamedTensors& tensors, const LoraConfig& config,
+                                bool direct) {
   if (tensors.empty()) {
     throw Error(ErrorCode::kInvalidArgument, "the model has no LoRA adapter to save (hint: call inject_lora first)");
   }

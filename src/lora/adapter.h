@@ -46,6 +46,9 @@ std::vector<std::pair<std::string, std::shared_ptr<LoraLinearImpl>>> armed_layer
 // later, like a checkpoint), false replaces each file atomically.
 AdapterSaveReport write_adapter(const std::string& dir, torch::nn::Module& module, const LoraConfig& config,
                                 bool direct);
+// The same from adapter_tensors() taken earlier (e.g. host copies).
+AdapterSaveReport write_adapter(const std::string& dir, const NamedTensors& tensors, const LoraConfig& config,
+                                bool direct);
 
 // adapter_model.safetensors, else adapter_model.bin, in `dir`.
 // Throws Error(kNotFound) if neither exists.
