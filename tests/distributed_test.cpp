@@ -130,9 +130,14 @@ TEST_CASE("a coordinator names the rank that does not arrive within its timeout"
   auto store = c10::make_intrusive<c10d::TCPStore>("127.0.0.1", o);
   CoordinatorOptions co;
   co.timeout = std::chrono::milliseconds(2000);  // rank 1's thread arrives well within it, even on a loaded machine
+  // Each rank with a connection of its own, as ranks have (a TCPStore client
+  // serializes its calls: a blocking wait of one would hold up the others).
+  c10d::TCPStoreOptions client;
+  client.port = store->getPort();
+  client.waitWorkers = false;
   Coordinator rank0(store, 0, 3, co);
-  Coordinator rank1(store, 1, 3, co);
-  Coordinator rank2(store, 2, 3, co);
+  Coordinator rank1(c10::make_intrusive<c10d::TCPStore>("127.0.0.1", client), 1, 3, co);
+  Coordinator rank2(c10::make_intrusive<c10d::TCPStore>("127.0.0.1", client), 2, 3, co);
   std::string error1;
   std::thread t([&] {
     try {

@@ -79,6 +79,30 @@ struct Coordinator::State {
   std::int64_t seq = 0;                   // collectives so far, the same on every rank
   std::vector<std::string> pending_keys;  // this rank's keys others may still read
   std::atomic<std::int64_t> ops{0};
+  bool hosts_store = false;  // from_env made the TCPStore server in this process
+
+  // Every rank says it is done with the store; the rank whose process hosts
+  // it keeps it up until all have (else a rank still reading the last
+  // collective's values loses the store when rank 0 exits first), at most
+  // min(timeout, 30 s). Never throws.
+  ~State() {
+    if (world == 1 || !store) return;
+    try {
+      store->add("exit", 1);
+      if (!hosts_store) return;
+      const auto patience = std::min<std::chrono::milliseconds>(options.timeout, std::chrono::seconds(30));
+      const auto deadline = std::chrono::steady_clock::now() + patience;
+      while (store->add("exit", 0) < world) {
+        if (std::chrono::steady_clock::now() >= deadline) {
+          detail::log_warn("rank {}: not every rank left the c10d store hosted here; closing it anyway", rank);
+          return;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
+    } catch (const std::exception&) {
+      // a rank that cannot reach the store has nothing to wait for
+    }
+  }
 
   // Store calls, their failures (a lost connection: the store's host died)
   // as Error(kIOError) naming `what`.
@@ -195,7 +219,9 @@ Coordinator Coordinator::from_env(CoordinatorOptions options) {
   }
   detail::log_info("rank {} of {}: c10d store at {}:{}{}", rank, world, host, port,
                    agent_store ? " (torchrun's agent)" : (o.isServer ? " (hosted here)" : ""));
-  return Coordinator(store, rank, world, std::move(options));
+  Coordinator coordinator(store, rank, world, std::move(options));
+  coordinator.state_->hosts_store = o.isServer;
+  return coordinator;
 }
 
 int Coordinator::rank() const { return state_->rank; }

@@ -359,6 +359,7 @@ struct CheckpointManager::Impl {
   std::exception_ptr worker_error;    // its failure, for the next call
   std::optional<std::string> posted;  // rank 0: its outcome key, erased after the next gather
   std::size_t optimizer_hint = 0;     // the last snapshot's optimizer bytes
+  std::int64_t async_saves = 0;       // save_async calls, the same count on every rank
 
   // Waits for the save in flight (never abandons it).
   void wait_worker() {
@@ -594,6 +595,8 @@ AsyncSave CheckpointManager::save_async(torch::nn::Module& module, const LoraCon
       m.posted.reset();
     }
   }
+  // Numbered like the saves, so that a step saved twice has two keys.
+  const std::string key = "outcome/" + std::to_string(++m.async_saves) + "/" + std::to_string(step);
   // The one copy: what the background thread writes, whatever training does next.
   auto contents = std::make_shared<Contents>();
   if (m.rank() == 0) {
@@ -602,6 +605,10 @@ AsyncSave CheckpointManager::save_async(torch::nn::Module& module, const LoraCon
       if (contents->optimizer_bytes) m.optimizer_hint = contents->optimizer_bytes->size() + (1 << 20);
     } catch (...) {
       state = before;
+      if (m.world() > 1) {  // the others' background threads learn it from the outcome
+        m.coordinator.post(key, outcome_of([]() -> std::string { throw; }));
+        m.posted = key;
+      }
       throw;
     }
   }
@@ -619,7 +626,6 @@ AsyncSave CheckpointManager::save_async(torch::nn::Module& module, const LoraCon
   m.committed[step] = info_of(preview, join(m.options.output_dir, detail::checkpoint_dir_name(step)), m.key);
   m.set_best(state);
   m.committed = saved;
-  const std::string key = "outcome/" + std::to_string(step);
   Impl* impl = &m;
   auto lora_copy = std::make_shared<LoraConfig>(lora);
   m.worker = std::thread([impl, contents, shadow, lora_copy, key, what, step] {
