@@ -36,13 +36,6 @@ void append(int fd, const std::string& line) {
   }
 }
 
-void train_step(lorakeep::test::CrashNet& net, torch::optim::Adam& adam, std::int64_t step) {
-  adam.zero_grad();
-  const torch::Tensor x = torch::full({4, 64}, static_cast<double>(step % 7) / 7.0);
-  net->v_proj(torch::relu(net->q_proj(x))).pow(2).sum().backward();
-  adam.step();
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -65,7 +58,7 @@ int main(int argc, char** argv) {
     lorakeep::TrainingState state;
     if (mode == "save-once") {
       state.global_step = std::stoll(argv[3]);
-      train_step(net, adam, state.global_step);
+      lorakeep::test::crash_train_step(net, adam, state.global_step);
       state.record_evaluation({{"eval_loss", lorakeep::test::crash_metric(state.global_step)}});
       ckpt.save(*net, lorakeep::test::crash_lora(), state, &adam);
       std::printf("ok\n");
@@ -77,7 +70,7 @@ int main(int argc, char** argv) {
     append(log, "ready " + std::to_string(state.global_step));
     for (;;) {
       ++state.global_step;
-      train_step(net, adam, state.global_step);
+      lorakeep::test::crash_train_step(net, adam, state.global_step);
       const double m = lorakeep::test::crash_metric(state.global_step);
       state.record_evaluation({{"eval_loss", m}});
       char line[96];
@@ -85,7 +78,7 @@ int main(int argc, char** argv) {
       append(log, line);
       if (mode == "loop-async") {
         ckpt.save_async(*net, lorakeep::test::crash_lora(), state, &adam);
-        train_step(net, adam, state.global_step);  // while the snapshot is written
+        lorakeep::test::crash_train_step(net, adam, state.global_step);  // while the snapshot is written
         ckpt.wait();
       } else {
         ckpt.save(*net, lorakeep::test::crash_lora(), state, &adam);

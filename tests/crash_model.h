@@ -9,6 +9,7 @@
 
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
+#include <torch/optim/adam.h>
 
 #include "lorakeep/checkpoint_options.h"
 #include "lorakeep/lora.h"
@@ -38,6 +39,14 @@ inline CheckpointOptions crash_options(const std::string& dir) {
   o.keep_best = 1;
   o.metric_for_best_model = "loss";
   return o;
+}
+
+// One Adam step of the children's training loop, on a batch fixed by `step`.
+inline void crash_train_step(CrashNet& net, torch::optim::Adam& adam, std::int64_t step) {
+  adam.zero_grad();
+  const at::Tensor x = at::full({4, 64}, static_cast<double>(step % 7) / 7.0);
+  net->v_proj(at::relu(net->q_proj(x))).pow(2).sum().backward();
+  adam.step();
 }
 
 // The eval loss at `step`: noisy, sometimes NaN, so that the best moves

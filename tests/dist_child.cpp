@@ -50,13 +50,6 @@ long env_long(const char* name, long fallback) {
   return v != nullptr && *v != '\0' ? std::atol(v) : fallback;
 }
 
-void train_step(lorakeep::test::CrashNet& net, torch::optim::Adam& adam, std::int64_t step) {
-  adam.zero_grad();
-  const torch::Tensor x = torch::full({4, 64}, static_cast<double>(step % 7) / 7.0);
-  net->v_proj(torch::relu(net->q_proj(x))).pow(2).sum().backward();
-  adam.step();
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -91,7 +84,7 @@ int main(int argc, char** argv) {
     while (state.global_step < steps) {
       ++state.global_step;
       const std::int64_t step = state.global_step;
-      train_step(net, adam, step);
+      lorakeep::test::crash_train_step(net, adam, step);
       state.record_evaluation({{"eval_loss", lorakeep::test::dist_metric(step, rank)}}, rank + 1);
       if (rank == env_long("LK_DIVERGE_RANK", -1) && step == env_long("LK_DIVERGE_STEP", -1)) {
         torch::NoGradGuard no_grad;

@@ -332,8 +332,8 @@ struct CheckpointManager::Impl {
 
   std::vector<std::int64_t> ranked() const { return detail::rank_by_metric(records(), greater); }
 
-  // Rank 0: creates, locks and scans the run directory (leftovers removed).
-  // Returns the committed steps.
+  // Rank 0 (or the one process): creates, locks and scans the run
+  // directory (leftovers removed) into `committed`.
   void open_for_writing();
   // Another rank: the checkpoints `steps` as this rank sees them.
   void adopt(const std::vector<std::int64_t>& steps);
