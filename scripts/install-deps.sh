@@ -38,6 +38,9 @@ packages=(
   libopenblas0-openmp
   # tests, benchmarks and the example: Python peers, /usr/bin/time, the texts the example trains on
   python3 python3-venv python3-numpy python3-torch time fortunes
+  # gloo's headers: the data-parallel example averages gradients with c10d's
+  # ProcessGroupGloo (Debian's LibTorch has gloo built in, its headers apart)
+  libgloo-dev
 )
 
 missing=()

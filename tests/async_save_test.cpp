@@ -87,7 +87,7 @@ TEST_CASE("save_async writes the snapshot taken at the call while training chang
   run.step();
   const NamedTensors at_call = copies(adapter_tensors(*run.net, test::crash_lora()));
   const AsyncSave ticket = ckpt.save_async(*run.net, test::crash_lora(), run.state, run.adam.get());
-  CHECK(ticket.step == 1);
+  CHECK(ticket.checkpoint.step == 1);
   CHECK(run.state.best_global_step == 1);  // the best as it will be
   run.step();                              // training goes on while it is written
   run.step();
@@ -166,6 +166,46 @@ TEST_CASE("a manager destroyed with a save in flight finishes it first", "[check
   CHECK(test::checkpoint_steps(dir / "run") == std::set<std::int64_t>{1});
   const std::string path = dir / "run/checkpoint-1";
   CHECK_NOTHROW(detail::check_checkpoint_files(path, detail::read_manifest(path), /*full=*/true));
+}
+
+TEST_CASE("CheckpointCallback with save_async saves off the training thread, and on_train_end raises a failed write",
+          "[checkpoint][async]") {
+  test::TempDir dir;
+  Run run;
+  CheckpointOptions options = test::crash_options(dir / "run");
+  options.save_strategy = SaveStrategy::kSteps;
+  options.save_steps = 1;
+  options.save_async = true;
+  CheckpointManager ckpt(options);
+  struct Saves : Callback {
+    void on_save(TrainingState&, const CheckpointInfo& c) override { seen.push_back(c); }
+    std::vector<CheckpointInfo> seen;
+  };
+  auto saves = std::make_shared<Saves>();
+  CallbackList callbacks;
+  callbacks.add(std::make_shared<CheckpointCallback>(ckpt, *run.net, test::crash_lora(), run.adam.get()));
+  callbacks.add(saves);
+  callbacks.on_train_begin(run.state);
+  run.step();
+  REQUIRE(callbacks.end_step(run.state, nullptr));
+  REQUIRE(saves->seen.size() == 1);  // the checkpoint being written, as save would report it
+  CHECK(saves->seen[0].step == 1);
+  CHECK(saves->seen[0].path == dir / "run/checkpoint-1");
+  CHECK(saves->seen[0].metric == 1.0);
+  run.step();
+  SECTION("a write that works: on_train_end waits for it") {
+    REQUIRE(callbacks.end_step(run.state, nullptr));
+    callbacks.on_train_end(run.state);
+    CHECK(test::checkpoint_steps(dir / "run") == std::set<std::int64_t>{1, 2});
+  }
+  SECTION("a write that fails: on_train_end raises it, the first checkpoint intact") {
+    REQUIRE(ckpt.wait()->step == 1);  // step 1's write done before the limit
+    FileSizeLimit limit(4096);
+    REQUIRE(callbacks.end_step(run.state, nullptr));  // step 2's write starts, and fails
+    CHECK(test::capture_error([&] { callbacks.on_train_end(run.state); }).code() == ErrorCode::kIOError);
+    CHECK(test::checkpoint_steps(dir / "run") == std::set<std::int64_t>{1});
+    CHECK(run.state.best_global_step == 1);
+  }
 }
 
 }  // namespace lorakeep

@@ -146,7 +146,7 @@ TEST_CASE("bert tokenizer: a word longer than max_input_chars_per_word is one [U
   CHECK(t.tokenize(umlauts).size() == 7);
 }
 
-TEST_CASE("bert tokenizer: truncation to max_length keeps the special tokens; the caller overrides the file") {
+TEST_CASE("bert tokenizer: truncation to max_length keeps the special tokens, and the caller overrides the file") {
   TempDir dir;
   json j = small_tokenizer(kSmallVocab);
   j["truncation"] = {{"max_length", 5}, {"strategy", "LongestFirst"}, {"stride", 0}};

@@ -21,6 +21,9 @@
 // Faults, from the environment:
 //   LK_TIMEOUT_MS=n                the coordinator's timeout
 //   LK_FSIZE_STEP=s                rank 0 saves step s under a 4 KiB file-size limit
+//   LK_FILL_STEP=s                 rank 0 saves step s on a full file system: before it, it
+//                                  fills RUN_DIR's parent with a file (to ENOSPC), after it
+//                                  removes the file
 //   LK_DIVERGE_RANK=r, LK_DIVERGE_STEP=s   rank r's adapter moves before the save of step s
 //   LK_BAD_LOAD_RANK=r             rank r reloads into a model of another shape
 //   LK_ASYNC=1                     saves with save_async (wait() after the loop)
@@ -35,6 +38,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -48,6 +52,16 @@ namespace {
 long env_long(const char* name, long fallback) {
   const char* v = std::getenv(name);
   return v != nullptr && *v != '\0' ? std::atol(v) : fallback;
+}
+
+// Writes `path` until its file system has no space left.
+void fill_file_system(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  if (f == nullptr) return;
+  static const std::vector<char> block(1 << 20);
+  while (std::fwrite(block.data(), 1, block.size(), f) == block.size() && std::fflush(f) == 0) {
+  }
+  std::fclose(f);
 }
 
 }  // namespace
@@ -79,6 +93,7 @@ int main(int argc, char** argv) {
     lorakeep::CheckpointManager ckpt(lorakeep::test::crash_options(dir), coordinator);
     lorakeep::TrainingState state;
     const bool async = env_long("LK_ASYNC", 0) != 0;
+    const long fsize_step = env_long("LK_FSIZE_STEP", -1), fill_step = env_long("LK_FILL_STEP", -1);
     ckpt.resume(*net, &adam, &state);
     std::printf("ready %" PRId64 "\n", state.global_step);
     while (state.global_step < steps) {
@@ -90,7 +105,10 @@ int main(int argc, char** argv) {
         torch::NoGradGuard no_grad;
         net->q_proj->lora_B->weight.add_(1e-3);
       }
-      const bool limited = rank == 0 && step == env_long("LK_FSIZE_STEP", -1);
+      const bool limited = rank == 0 && step == fsize_step;
+      const bool full = rank == 0 && step == fill_step;
+      const std::string filler = std::string(argv[1]) + "/../filler";
+      if (full) fill_file_system(filler);
       rlimit old{};
       if (limited) {
         ::getrlimit(RLIMIT_FSIZE, &old);
@@ -107,9 +125,10 @@ int main(int argc, char** argv) {
         std::printf("saved %" PRId64 " %.17g\n", step, state.last_metrics.at("eval_loss"));
       } catch (const lorakeep::Error& e) {
         std::printf("save-error %" PRId64 " %s %s\n", step, lorakeep::error_code_name(e.code()), e.what());
-        if (step != env_long("LK_FSIZE_STEP", -1)) return 1;  // that one failure is planned; the loop goes on
+        if (step != fsize_step && step != fill_step) return 1;  // those failures are planned; the loop goes on
       }
       if (limited) ::setrlimit(RLIMIT_FSIZE, &old);
+      if (full) std::remove(filler.c_str());
     }
     if (async) ckpt.wait();
     std::printf("trained %s\n", lorakeep::test::adapter_xxh3(*net).c_str());

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include <boost/filesystem.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "lorakeep/distributed.h"
@@ -52,13 +53,13 @@ struct Rank {
   }
 };
 
-// A job of `world` dist_child processes on a fresh store hosted here.
-// `env` is added to every rank's environment; `kill_rank` >= 0 is SIGKILLed
-// `kill_after_ms` after the start.
-// `launcher` goes before the child's command line (which it gets as "$0" "$@").
-std::vector<Rank> run_job(const TempDir& scratch, const std::string& run_dir, int world, int steps,
-                          const std::string& env = "", int kill_rank = -1, int kill_after_ms = 0,
-                          const std::string& launcher = "") {
+// A job of `world` processes running `command` (a shell command line) on a
+// fresh store hosted here, with torchrun's environment. `env` is added to
+// every rank's environment; `kill_rank` >= 0 is SIGKILLed `kill_after_ms`
+// after it printed "ready".
+// `wrapper` runs the job's script, given as "$0" (e.g. in a mount namespace).
+std::vector<Rank> run_ranks(const TempDir& scratch, int world, const std::string& command, const std::string& env,
+                            int kill_rank = -1, int kill_after_ms = 0, const std::string& wrapper = "") {
   c10d::TCPStoreOptions o;
   o.port = 0;
   o.isServer = true;
@@ -67,10 +68,9 @@ std::vector<Rank> run_job(const TempDir& scratch, const std::string& run_dir, in
   std::ostringstream script;
   script << "cd " << scratch.path() << " && rm -f out.* err.* rc.*\n";
   for (int r = 0; r < world; ++r) {
-    script << "(RANK=" << r << " LOCAL_RANK=" << r << " WORLD_SIZE=" << world
+    script << "(RANK=" << r << " LOCAL_RANK=" << r << " WORLD_SIZE=" << world << " LOCAL_WORLD_SIZE=" << world
            << " MASTER_ADDR=127.0.0.1 MASTER_PORT=" << store->getPort() << " TORCHELASTIC_USE_AGENT_STORE=True " << env
-           << " exec " << launcher << " " << LORAKEEP_DIST_CHILD_PATH << " " << run_dir << " " << steps << " > out."
-           << r << " 2> err." << r << ") & pid" << r << "=$!\n";
+           << " exec " << command << " > out." << r << " 2> err." << r << ") & pid" << r << "=$!\n";
   }
   if (kill_rank >= 0) {
     // The clock starts when the victim has resumed (start-up time varies with the load).
@@ -79,7 +79,9 @@ std::vector<Rank> run_job(const TempDir& scratch, const std::string& run_dir, in
     script << "sleep " << kill_after_ms / 1000.0 << "; kill -9 $pid" << kill_rank << "\n";
   }
   for (int r = 0; r < world; ++r) script << "wait $pid" << r << "; echo $? > rc." << r << "\n";
-  const test::ProcessResult shell = test::run_shell(script.str());
+  test::write_file(scratch / "job.sh", script.str());
+  const test::ProcessResult shell = test::run_shell((wrapper.empty() ? "bash" : wrapper) + " " + (scratch / "job.sh"));
+  INFO(shell.out << shell.err);
   REQUIRE(shell.exit_code == 0);
   std::vector<Rank> ranks(static_cast<std::size_t>(world));
   for (int r = 0; r < world; ++r) {
@@ -90,6 +92,44 @@ std::vector<Rank> run_job(const TempDir& scratch, const std::string& run_dir, in
     rank.err = test::read_file(scratch / ("err." + std::to_string(r)));
   }
   return ranks;
+}
+
+// A job of `world` dist_child ranks (see run_ranks). `launcher` goes before
+// the child's command line (which it gets as "$0" "$@").
+std::vector<Rank> run_job(const TempDir& scratch, const std::string& run_dir, int world, int steps,
+                          const std::string& env = "", int kill_rank = -1, int kill_after_ms = 0,
+                          const std::string& launcher = "") {
+  return run_ranks(scratch, world,
+                   launcher + " " + LORAKEEP_DIST_CHILD_PATH + " " + run_dir + " " + std::to_string(steps), env,
+                   kill_rank, kill_after_ms);
+}
+
+// Whether torchrun is here; reports the test skipped if not (failed under CI).
+bool have_torchrun() {
+  const bool here = test::run_shell("command -v torchrun").exit_code == 0;
+  if (!here) test::skip_unless_ci("no torchrun (Debian's python3-torch ships it)");
+  return here;
+}
+
+// `command` (a program and its arguments) on 2 ranks under torchrun, in
+// `scratch`. The workers' stdout goes to files and to torchrun's
+// ("[default<r>]:line"). Explicit --redirects/--tee: Debian's torchrun 1.13
+// cannot parse their default "0" under Python 3.11 (enum.Flag no longer
+// lists its zero member).
+test::ProcessResult torchrun(const TempDir& scratch, const std::string& command) {
+  return test::run_shell("cd " + scratch.path() +
+                         " && torchrun --standalone --nproc_per_node=2 --no_python --redirects 1 --tee 1 "
+                         "--log_dir logs " +
+                         command);
+}
+
+// Whether this process may give a job a mount namespace of its own (root);
+// reports the test skipped if not (failed under CI).
+bool can_unshare_mounts() {
+  const test::ProcessResult probe = test::run_shell("unshare -m --propagation private true");
+  if (probe.exit_code != 0)
+    test::skip_unless_ci("cannot unshare the mount namespace here (" + probe.err + "): run as root");
+  return probe.exit_code == 0;
 }
 
 double global_metric(std::int64_t step, int world) {
@@ -258,6 +298,35 @@ TEST_CASE("rank 0's failed save fails on every rank, keeps what was committed, a
   require_verified(run_dir);
 }
 
+TEST_CASE("rank 0's save on a full file system fails on every rank, and the next save works",
+          "[distributed][expensive]") {
+  if (!can_unshare_mounts()) return;
+  // The run directory on a 16 MiB tmpfs that every rank sees (one mount
+  // namespace for the whole job); rank 0 fills it before the save of step 3.
+  TempDir scratch;
+  const std::string small = scratch / "small";
+  const std::string run_dir = small + "/run";
+  test::run_shell("mkdir -p " + small);
+  const std::vector<Rank> ranks = run_ranks(
+      scratch, 3, std::string(LORAKEEP_DIST_CHILD_PATH) + " " + run_dir + " 5", "LK_FILL_STEP=3", -1, 0,
+      "unshare -m --propagation private bash -c 'mount -t tmpfs -o size=16m tmpfs " + small +
+          " && bash \"$0\" && cp -a " + run_dir + " " + (scratch / "kept") + "'");
+  for (const Rank& r : ranks) {
+    INFO(r.all());
+    REQUIRE(r.exit_code == 0);
+    REQUIRE(r.with("save-error").size() == 1);
+    CHECK_THAT(r.with("save-error")[0], Catch::StartsWith("3 io_error rank 0: "));
+    CHECK_THAT(r.with("save-error")[0], Catch::Contains("No space left on device"));
+    CHECK(r.with("saved").size() == 4);  // 1, 2, 4, 5
+    CHECK(r.with("state") == ranks[0].with("state"));
+  }
+  // What the tmpfs held at the end, copied out before it went away.
+  const std::string kept = scratch / "kept";
+  CHECK(test::checkpoint_steps(kept).count(3) == 0);
+  CHECK(test::checkpoint_steps(kept).count(5) == 1);
+  require_verified(kept);
+}
+
 TEST_CASE("replicas that differ fail the save on every rank, naming the rank", "[distributed][expensive]") {
   TempDir scratch;
   const std::string run_dir = scratch / "run";
@@ -300,11 +369,7 @@ TEST_CASE("a run directory that the ranks do not share is refused on every rank"
 TEST_CASE("a run directory on a private mount of each rank is refused on every rank", "[distributed][expensive]") {
   // Each rank in its own mount namespace with a tmpfs of its own at the same
   // path: what a node-local directory looks like to a job on several nodes.
-  const test::ProcessResult probe = test::run_shell("unshare -m --propagation private true");
-  if (probe.exit_code != 0) {
-    test::skip_unless_ci("cannot unshare the mount namespace here (" + probe.err + "): run as root");
-    return;
-  }
+  if (!can_unshare_mounts()) return;
   TempDir scratch;
   const std::string run_dir = scratch / "run";
   test::run_shell("mkdir -p " + run_dir);
@@ -361,19 +426,10 @@ TEST_CASE("a rank killed at a random moment: the others fail naming it, only com
 }
 
 TEST_CASE("two ranks under torchrun's own launcher save, agree and reload", "[distributed][expensive]") {
-  const test::ProcessResult which = test::run_shell("command -v torchrun");
-  if (which.exit_code != 0) {
-    test::skip_unless_ci("no torchrun (Debian's python3-torch ships it)");
-    return;
-  }
+  if (!have_torchrun()) return;
   TempDir scratch;
   const std::string run_dir = scratch / "run";
-  // The workers' stdout goes to files and to torchrun's ("[default<r>]:line").
-  // Explicit --redirects/--tee: Debian's torchrun 1.13 cannot parse their
-  // default "0" under Python 3.11 (enum.Flag no longer lists its zero member).
-  const test::ProcessResult run = test::run_shell(
-      "cd " + scratch.path() + " && torchrun --standalone --nproc_per_node=2 --no_python --redirects 1 --tee 1 " +
-      "--log_dir logs " + LORAKEEP_DIST_CHILD_PATH + " " + run_dir + " 3");
+  const test::ProcessResult run = torchrun(scratch, std::string(LORAKEEP_DIST_CHILD_PATH) + " " + run_dir + " 3");
   INFO(run.out << run.err);
   REQUIRE(run.exit_code == 0);
   std::istringstream in(run.out);
@@ -385,6 +441,97 @@ TEST_CASE("two ranks under torchrun's own launcher save, agree and reload", "[di
   CHECK(reloaded[0] == reloaded[1]);                                       // both ranks, the same adapter
   CHECK(test::checkpoint_steps(run_dir) == std::set<std::int64_t>{2, 3});  // the newest 2, the best among them
   require_verified(run_dir);
+}
+
+// configs/char_lm_ddp.yaml, shortened for a test: a base model of 30 steps,
+// 50 steps of LoRA, checkpoints at 25 and 50.
+std::string short_ddp_config(const TempDir& scratch) {
+  std::string yaml = test::read_file(std::string(LORAKEEP_SOURCE_DIR) + "/configs/char_lm_ddp.yaml");
+  for (const auto& [from, to] : {std::pair<std::string, std::string>{"base_steps: 300", "base_steps: 30"},
+                                 {"max_steps: 150", "max_steps: 50"}}) {
+    const std::size_t at = yaml.find(from);
+    REQUIRE(at != std::string::npos);
+    yaml.replace(at, from.size(), to);
+  }
+  const std::string path = scratch / "ddp.yaml";
+  test::write_file(path, yaml);
+  return path;
+}
+
+// The "rank R: reloaded adapter xxh3 HEX" lines of `out` (after any prefix
+// torchrun adds), by rank.
+std::map<int, std::string> reloaded_adapters(const std::string& out) {
+  std::map<int, std::string> by_rank;
+  std::istringstream in(out);
+  for (std::string line; std::getline(in, line);) {
+    int rank = -1;
+    char hex[17] = {};
+    const std::size_t at = line.find("rank ");
+    if (at != std::string::npos &&
+        std::sscanf(line.c_str() + at, "rank %d: reloaded adapter xxh3 %16[0-9a-f]", &rank, hex) == 2) {
+      by_rank[rank] = hex;
+    }
+  }
+  return by_rank;
+}
+
+TEST_CASE("the data-parallel example under torchrun: one run directory, the same adapter reloaded on both ranks",
+          "[distributed][expensive]") {
+  if (!have_torchrun()) return;
+  TempDir scratch;
+  const std::string run_dir = scratch / "run";
+  const test::ProcessResult run = torchrun(scratch, std::string(LORAKEEP_DDP_LORA_PATH) + " --config " +
+                                                        short_ddp_config(scratch) + " --output-dir " + run_dir);
+  INFO(run.out << run.err);
+  REQUIRE(run.exit_code == 0);
+  const std::map<int, std::string> reloaded = reloaded_adapters(run.out);
+  REQUIRE(reloaded.size() == 2);
+  CHECK(reloaded.at(0) == reloaded.at(1));
+  // Rank 0's last line is the run directory.
+  std::string last;
+  std::istringstream in(run.out);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("[default0]:", 0) == 0) last = line.substr(11);
+  }
+  CHECK(last == run_dir);
+  CHECK(test::checkpoint_steps(run_dir) == std::set<std::int64_t>{25, 50});
+  for (const std::int64_t step : {25, 50}) {
+    for (int r = 0; r < 2; ++r) {
+      CHECK(boost::filesystem::exists(run_dir + "/checkpoint-" + std::to_string(step) + "/" +
+                                      detail::rng_file_name(r, 2)));
+    }
+  }
+  require_verified(run_dir);
+}
+
+TEST_CASE("the example's replicas stay equal with gradients averaged through the store, and fail the save without",
+          "[distributed][expensive]") {
+  TempDir scratch;
+  const std::string config = short_ddp_config(scratch);
+  const std::string example = std::string(LORAKEEP_DDP_LORA_PATH) + " --config " + config + " --output-dir ";
+  SECTION("averaged through the c10d store, as a build without gloo does") {
+    const std::vector<Rank> ranks = run_ranks(scratch, 2, example + (scratch / "store") + " --grad-sync store", "");
+    std::set<std::string> hexes;
+    for (const Rank& r : ranks) {
+      INFO(r.all());
+      REQUIRE(r.exit_code == 0);
+      const std::map<int, std::string> reloaded = reloaded_adapters(r.all());
+      REQUIRE(reloaded.size() == 1);
+      hexes.insert(reloaded.begin()->second);
+    }
+    CHECK(hexes.size() == 1);
+    require_verified(scratch / "store");
+  }
+  SECTION("not averaged: the first save fails on both ranks, naming rank 1") {
+    const std::vector<Rank> ranks = run_ranks(scratch, 2, example + (scratch / "none") + " --grad-sync none", "");
+    for (const Rank& r : ranks) {
+      INFO(r.all());
+      CHECK(r.exit_code == 1);
+      CHECK_THAT(r.err, Catch::Contains("the replicas differ at the save of step 25: the adapter of rank 1 is not "
+                                        "rank 0's"));
+    }
+    CHECK(test::checkpoint_steps(scratch / "none").empty());
+  }
 }
 
 }  // namespace lorakeep

@@ -154,6 +154,33 @@ TEST_CASE("the GPT-2 PEFT adapter loads into the GPT-2 module tree and merges as
   CHECK(torch::allclose(model->transformer->h->ptr<Gpt2BlockImpl>(5)->attn->c_attn->weight, base[5], 0, 1e-6));
 }
 
+TEST_CASE("adapter_digest is equal for equal adapters and changes with any byte, name or dtype", "[lora]") {
+  LoraConfig config;
+  config.r = 4;
+  config.target_modules = {"lin0"};
+  config.modules_to_save = {"lin1"};
+  auto armed = [&] {
+    Mlp m = seeded_mlp();
+    torch::manual_seed(1);
+    inject_lora(*m, config);
+    return m;
+  };
+  Mlp a = armed(), b = armed();
+  const std::uint64_t digest = adapter_digest(*a, config);
+  CHECK(adapter_digest(*b, config) == digest);
+  {
+    torch::NoGradGuard no_grad;
+    b->lin0->lora_B->weight[3][1] += 1e-6;  // one value
+  }
+  CHECK(adapter_digest(*b, config) != digest);
+  LoraConfig without_head = config;  // the same bytes less lin1's: other names
+  without_head.modules_to_save.clear();
+  CHECK(adapter_digest(*a, without_head) != digest);
+  Mlp c = armed();
+  c->to(torch::kDouble);  // the same values in another dtype
+  CHECK(adapter_digest(*c, config) != digest);
+}
+
 TEST_CASE("inject then train then save then load into a fresh model gives identical outputs",
           "[lora][python][expensive]") {
   test::TempDir dir;

@@ -78,6 +78,9 @@ class CallbackList {
 
 // Decides when to evaluate and save (the options' strategies, as Trainer's
 // DefaultFlowCallback does), and saves checkpoints through the manager.
+// With options().save_async it saves through save_async: on_save then
+// follows the host snapshot, and the write's error (if any) is raised by the
+// next save or by on_train_end, which waits for the save in flight.
 // Borrows all it is given: they must outlive it.
 class CheckpointCallback : public Callback {
  public:
@@ -87,6 +90,7 @@ class CheckpointCallback : public Callback {
   void on_step_end(TrainingState& state) override;
   void on_evaluate(TrainingState& state, const Metrics& metrics) override;
   std::optional<CheckpointInfo> save(TrainingState& state) override;
+  void on_train_end(TrainingState& state) override;
 
  private:
   CheckpointManager& manager_;

@@ -40,7 +40,7 @@ struct CheckpointInfo {
 
 // What save_async reports when it returns.
 struct AsyncSave {
-  std::int64_t step = 0;
+  CheckpointInfo checkpoint;         // the one being written (its step, path, metrics), as save returns it
   std::uint64_t snapshot_bytes = 0;  // host memory held until the write is done: adapter + optimizer + RNG
   double blocking_seconds = 0;       // how long the calling thread waited
 };
@@ -117,9 +117,10 @@ class CheckpointManager {
   AsyncSave save_async(torch::nn::Module& module, const LoraConfig& lora, TrainingState& state,
                        torch::optim::Optimizer* optimizer = nullptr);
 
-  // Waits for the save in flight; raises its error. Returns the newest
+  // Waits for the save in flight; raises its error, after resetting the best
+  // fields of `state` (if given) from what was committed. Returns the newest
   // committed checkpoint.
-  std::optional<CheckpointInfo> wait();
+  std::optional<CheckpointInfo> wait(TrainingState* state = nullptr);
 
   std::optional<CheckpointInfo> best() const;
   std::optional<CheckpointInfo> latest() const;

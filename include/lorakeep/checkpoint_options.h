@@ -35,6 +35,7 @@ struct CheckpointOptions {
   bool save_optimizer = true;                  // optimizer state in lorakeep_optimizer.pt
   bool save_rng = true;                        // RNG state in lorakeep_rng.safetensors
   bool verify_checksums = true;                // reloads and resume check every byte read against the manifest first
+  bool save_async = false;  // CheckpointCallback saves with save_async: training waits only for a host snapshot
   // performance
   std::uint64_t chunk_bytes = 64ull << 20;  // transfer piece size for reloads
 };

@@ -131,6 +131,12 @@ std::vector<std::string> inject_lora(torch::nn::Module& module, const LoraConfig
 // live tensors, not copies.
 NamedTensors adapter_tensors(torch::nn::Module& module, const LoraConfig& config);
 
+// The identity of an adapter's values: an XXH3-64 over the name, dtype, shape
+// and bytes of every tensor adapter_tensors gives, in that order. Equal on
+// replicas that hold the same adapter; what a coordinated save compares
+// across ranks. Tensors on a device are copied to the host one at a time.
+std::uint64_t adapter_digest(torch::nn::Module& module, const LoraConfig& config);
+
 struct AdapterSaveReport {
   SaveReport weights;       // adapter_model.safetensors
   std::string config_path;  // adapter_config.json

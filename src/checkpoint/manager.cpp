@@ -270,21 +270,6 @@ std::vector<const RankResult*> failures(const std::vector<RankResult>& results) 
   throw Error(failure.code, "rank " + std::to_string(failure.rank) + ": " + failure.message);
 }
 
-// Rank-independent identity of the adapter's values: names, dtypes, shapes
-// and bytes of every tensor save() would write.
-std::uint64_t adapter_digest(torch::nn::Module& module, const LoraConfig& lora) {
-  detail::Xxh3Stream hash;
-  for (const auto& [name, tensor] : adapter_tensors(module, lora)) {
-    hash.update(name.data(), name.size());
-    const at::Tensor t = tensor.detach().to(at::kCPU).contiguous();
-    const auto dtype = static_cast<std::int64_t>(t.scalar_type());
-    hash.update(&dtype, sizeof dtype);
-    for (const std::int64_t d : t.sizes()) hash.update(&d, sizeof d);
-    hash.update(t.data_ptr(), t.nbytes());
-  }
-  return hash.digest();
-}
-
 void write_tensors(detail::WireWriter& w, const NamedTensors& tensors) {
   w.i64(static_cast<std::int64_t>(tensors.size()));
   for (const auto& [name, t] : tensors) {
@@ -613,7 +598,6 @@ AsyncSave CheckpointManager::save_async(torch::nn::Module& module, const LoraCon
     }
   }
   AsyncSave ticket;
-  ticket.step = step;
   ticket.snapshot_bytes = contents->host_bytes();
   // The best as it will be once this checkpoint is in (the next call sets it
   // from what was committed, should the background write fail).
@@ -623,7 +607,8 @@ AsyncSave CheckpointManager::save_async(torch::nn::Module& module, const LoraCon
   preview.step = step;
   preview.epoch = state.epoch;
   if (state.last_metrics_step == step) preview.metrics = state.last_metrics;
-  m.committed[step] = info_of(preview, join(m.options.output_dir, detail::checkpoint_dir_name(step)), m.key);
+  ticket.checkpoint = info_of(preview, join(m.options.output_dir, detail::checkpoint_dir_name(step)), m.key);
+  m.committed[step] = ticket.checkpoint;
   m.set_best(state);
   m.committed = saved;
   Impl* impl = &m;
@@ -654,8 +639,8 @@ AsyncSave CheckpointManager::save_async(torch::nn::Module& module, const LoraCon
   return ticket;
 }
 
-std::optional<CheckpointInfo> CheckpointManager::wait() {
-  impl_->finish();
+std::optional<CheckpointInfo> CheckpointManager::wait(TrainingState* state) {
+  impl_->finish(state);
   return latest();
 }
 

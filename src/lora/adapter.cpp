@@ -12,6 +12,7 @@
 #include "base/logging.h"
 #include "base/text.h"
 #include "io/atomic_file.h"
+#include "io/checksum.h"
 #include "io/read_file.h"
 #include "lora/adapter.h"
 #include "tensors/rng.h"
@@ -171,6 +172,19 @@ NamedTensors adapter_tensors(torch::nn::Module& module, const LoraConfig& config
     }
   }
   return out;
+}
+
+std::uint64_t adapter_digest(torch::nn::Module& module, const LoraConfig& config) {
+  detail::Xxh3Stream hash;
+  for (const auto& [name, tensor] : adapter_tensors(module, config)) {
+    hash.update(name.data(), name.size());
+    const at::Tensor t = tensor.detach().to(at::kCPU).contiguous();
+    const auto dtype = static_cast<std::int64_t>(t.scalar_type());
+    hash.update(&dtype, sizeof dtype);
+    for (const std::int64_t d : t.sizes()) hash.update(&d, sizeof d);
+    hash.update(t.data_ptr(), t.nbytes());
+  }
+  return hash.digest();
 }
 
 namespace detail {

@@ -98,8 +98,11 @@ void CheckpointCallback::on_evaluate(TrainingState& state, const Metrics& metric
 }
 
 std::optional<CheckpointInfo> CheckpointCallback::save(TrainingState& state) {
+  if (manager_.options().save_async) return manager_.save_async(model_, lora_, state, optimizer_).checkpoint;
   return manager_.save(model_, lora_, state, optimizer_);
 }
+
+void CheckpointCallback::on_train_end(TrainingState& state) { manager_.wait(&state); }
 
 // ---------------------------------------------------------------------------
 

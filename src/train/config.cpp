@@ -35,6 +35,7 @@ void declare_checkpoint(ConfigSection& s, CheckpointOptions* c) {
       .boolean("fallback_to_next_best", &c->fallback_to_next_best)
       .boolean("save_optimizer", &c->save_optimizer)
       .boolean("save_rng", &c->save_rng)
+      .boolean("save_async", &c->save_async)
       .check([c](const SectionCheck& check) {
         if (c->output_dir.empty()) check.fail("needs an output_dir");
       });
