@@ -53,6 +53,8 @@ std::vector<std::pair<std::string, std::vector<std::int64_t>>> layout(const std:
       if (i % 2 == 0) out.push_back({layer + "lora_A.weight", {64, 4096}});
       else out.push_back({layer + "lora_B.weight", {4096, 64}});
     }
+  } else if (kind == "embedding") {  // one tensor of n MiB: [n * 256, 1024] F32
+    out.push_back({"base_model.model.embed_tokens.weight", {n * 256, 1024}});
   } else if (kind == "tiny") {
     for (std::int64_t i = 0; i < n; ++i) out.push_back({"t." + std::to_string(i), {8, 16}});
   } else if (kind == "base") {
@@ -188,10 +190,24 @@ int reload(const std::string& spec, const std::string& file, const std::string& 
       const auto b = file_once.bytes(name);
       bytes.emplace_back(reinterpret_cast<const char*>(b.data), reinterpret_cast<const char*>(b.data) + b.size);
     }
+    // On every core: pieces of at most 16 MiB, so that one large tensor is
+    // copied on every core too.
     const unsigned threads = method == "memcpy" ? 1 : std::max(1u, std::thread::hardware_concurrency());
+    struct Piece {
+      std::size_t tensor;
+      std::size_t begin, size;
+    };
+    std::vector<Piece> pieces;
+    for (std::size_t i = 0; i < bytes.size(); ++i) {
+      for (std::size_t off = 0; off < bytes[i].size(); off += 16u << 20) {
+        pieces.push_back({i, off, std::min<std::size_t>(16u << 20, bytes[i].size() - off)});
+      }
+    }
     j = measure(repeat, [&] {
-      lorakeep::detail::run_parallel(live.size(), threads, [&](std::size_t i) {
-        std::memcpy(live[i].second.data_ptr(), bytes[i].data(), bytes[i].size());
+      lorakeep::detail::run_parallel(pieces.size(), threads, [&](std::size_t k) {
+        const Piece& p = pieces[k];
+        std::memcpy(static_cast<char*>(live[p.tensor].second.data_ptr()) + p.begin, bytes[p.tensor].data() + p.begin,
+                    p.size);
       });
     });
   } else {

@@ -28,6 +28,8 @@ def layout(spec):
         for i in range(n):
             layer = f"base_model.model.layers.{i // 2}.self_attn.q_proj."
             out.append((layer + "lora_A.weight", (64, 4096)) if i % 2 == 0 else (layer + "lora_B.weight", (4096, 64)))
+    elif kind == "embedding":
+        out = [("base_model.model.embed_tokens.weight", (n * 256, 1024))]
     elif kind == "tiny":
         out = [(f"t.{i}", (8, 16)) for i in range(n)]
     elif kind == "base":

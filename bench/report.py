@@ -35,15 +35,17 @@ def one(rows, **match):
     return found[0] if found else None
 
 
-def reload_table(rows, dtype, sizes):
-    out = ["| size | method | time | vs memcpy | peak extra RSS | extra allocator bytes |", "|---|---|---|---|---|---|"]
-    for size in sizes:
-        layout = f"adapter:{size}"
+def reload_table(rows, dtype, layouts):
+    out = ["| size | method | time | vs memcpy | vs memcpy on every core | peak extra RSS | extra allocator bytes |",
+           "|---|---|---|---|---|---|---|"]
+    for layout in layouts:
         base = one(rows, layout=layout, method="memcpy", file_dtype="F32")
+        ceiling = one(rows, layout=layout, method="memcpy-all-cores", file_dtype="F32")
         for r in index(rows, layout=layout, file_dtype=dtype):
             ratio = f"{r['seconds'] / base['seconds']:.2f}x" if base else "n/a"
-            out.append(f"| {size} MiB | {r['method']} | {secs(r['seconds'])} | {ratio} | {mib(r['peak_rss_bytes'])} | "
-                       f"{mib(r['peak_alloc_bytes'])} |")
+            vs_all = f"{r['seconds'] / ceiling['seconds']:.2f}x" if ceiling else "n/a"
+            out.append(f"| {size_of(layout)} MiB | {r['method']} | {secs(r['seconds'])} | {ratio} | {vs_all} | "
+                       f"{mib(r['peak_rss_bytes'])} | {mib(r['peak_alloc_bytes'])} |")
     return "\n".join(out)
 
 
@@ -63,8 +65,8 @@ def verdict(ok):
 
 def reload_targets(rows):
     lines = []
-    f32 = [r for r in rows if r["layout"].startswith("adapter:")]
-    lk = [r for r in f32 if r["method"].startswith("lorakeep")]
+    lk = [r for r in rows
+          if r["layout"].startswith(("adapter:", "embedding:")) and r["method"].startswith("lorakeep")]
     worst_rss = max(r["peak_rss_bytes"] for r in lk)
     lines.append(f"- Reload, peak extra RSS <= 64 MiB at every size and dtype: {verdict(worst_rss <= 64 * MIB)} "
                  f"(worst {mib(worst_rss)})")
@@ -72,27 +74,23 @@ def reload_targets(rows):
     worst_alloc = max(r["peak_alloc_bytes"] for r in same)
     lines.append(f"- Reload, 0 extra target-allocator bytes for the same dtype: {verdict(worst_alloc == 0)} "
                  f"(worst {worst_alloc} bytes)")
-    ratios = []
-    speedups = {"lorakeep": [], "lorakeep-verify": []}
-    for r in same:
-        base = one(rows, layout=r["layout"], method="memcpy")
-        if r["method"] == "lorakeep-verify":
-            ratios.append((r["seconds"] / base["seconds"], r["layout"]))
-        tl = one(rows, layout=r["layout"], method="torch-load", file_dtype="F32")
-        speedups[r["method"]].append((tl["seconds"] / r["seconds"], r["layout"]))
-    worst = max(ratios)
-    lines.append(f"- Reload, time <= 2x memcpy with checksum verification on: {verdict(worst[0] <= 2.0)} "
-                 f"(worst {worst[0]:.2f}x at {worst[1]})")
-    for m, vals in speedups.items():
-        least = min(vals)
-        line = (f"- Reload, >= 5x faster than Python torch.load + copy_ ({m}): {verdict(least[0] >= 5.0)} "
-                f"(least {least[0]:.1f}x at {least[1]}")
-        ceiling = one(rows, layout=least[1], method="memcpy-all-cores")
-        if least[0] < 5.0 and ceiling:
-            # What the hardware allows: no load can beat copying the bytes on every core.
-            tl = one(rows, layout=least[1], method="torch-load", file_dtype="F32")
-            line += f"; memcpy of the same bytes on every core is {tl['seconds'] / ceiling['seconds']:.1f}x there"
-        lines.append(line + ")")
+    # Against a memcpy of the same bytes on every core, in the same run, from
+    # 64 MiB up (smaller sizes are a few milliseconds: timer noise).
+    limits = {"lorakeep": 1.15, "lorakeep-verify": 1.6}
+    names = {"lorakeep": "`load_into`", "lorakeep-verify": "the verifying load"}
+    for m, limit in limits.items():
+        ratios = []
+        for r in index(same, method=m):
+            ceiling = one(rows, layout=r["layout"], method="memcpy-all-cores")
+            if ceiling and (size_of(r["layout"]) >= 64 or r["layout"].startswith("embedding:")):
+                ratios.append((r["seconds"] / ceiling["seconds"], r["layout"]))
+        if not ratios:
+            continue
+        worst = max(ratios)
+        ordered = sorted(ratios, key=lambda t: (t[1].split(":")[0], size_of(t[1])))
+        every = ", ".join(f"{lay.replace('adapter:', '')} {x:.2f}x" for x, lay in ordered)
+        lines.append(f"- Reload, {names[m]} <= {limit}x memcpy on every core: {verdict(worst[0] <= limit)} "
+                     f"(worst {worst[0]:.2f}x at {worst[1]}; {every})")
     return lines
 
 
@@ -213,6 +211,41 @@ def provenance(sec, peers=None):
 RUN_PY_PEERS = "Debian's python3-torch, safetensors from PyPI"
 
 
+def linear_fit(points):
+    """Least squares of y = fixed + slope * x over (x, y) points."""
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx
+    return my - slope * mx, slope
+
+
+def growth_lines(rows):
+    """How a warm reload's time grows with the adapter's size: per file dtype
+    and method, the fixed cost and the slope of a least-squares line through
+    the measured sizes from 64 MiB up."""
+    points = {}  # (dtype, method) -> [(GiB, seconds)], in the rows' order
+    for r in rows:
+        if r["layout"].startswith("adapter:") and size_of(r["layout"]) >= 64:
+            points.setdefault((r["file_dtype"], r["method"]), []).append((size_of(r["layout"]) / 1024, r["seconds"]))
+    fitted = sorted({round(x * 1024) for pts in points.values() for x, _ in pts})
+    if len(fitted) < 2:
+        return []
+    lines = ["### How cost grows (warm reloads)", "",
+             f"A least-squares line through the sizes {', '.join(f'{n} MiB' for n in fitted)} (the medians "
+             "above): time = fixed + slope x size. The large sizes dominate the fit, so a fixed cost of a few "
+             "milliseconds either side of zero is noise (the per-tensor overhead below measures the fixed part "
+             "directly); a method whose time grows faster than its size (`naive`, which faults in twice the "
+             "adapter in fresh memory) shows a negative one.", "",
+             "| file dtype | method | slope (ms per GiB) | fixed cost (ms) |", "|---|---|---|---|"]
+    for (dtype, m), pts in sorted(points.items(), key=lambda kv: kv[0][0] != "F32"):
+        if len(pts) >= 2:
+            fixed, slope = linear_fit(pts)
+            lines.append(f"| {dtype} | {m} | {slope * 1000:.1f} | {fixed * 1000:.1f} |")
+    return lines + [""]
+
+
 def reloads_md(sec):
     rows = sec["rows"]
     sizes = sorted({size_of(r["layout"]) for r in rows if r["layout"].startswith("adapter:")})
@@ -241,15 +274,24 @@ def reloads_md(sec):
         "",
         "![time and peak memory vs adapter size](bench/scaling.svg)",
         "",
-        reload_table(rows, "F32", sizes),
+        reload_table(rows, "F32", [f"adapter:{n}" for n in sizes]),
+        "",
+        "### One large tensor",
+        "",
+        "An embedding of N MiB: one F32 tensor [N * 256, 1024], read straight into its storage in reads "
+        "of at most 16 MiB spread over every core; the verifying load hashes it on one core (its checksum "
+        "is one XXH3-64 stream).",
+        "",
+        reload_table(rows, "F32", sorted({r["layout"] for r in rows if r["layout"].startswith("embedding:")})),
         "",
         "### A BF16 file into F32 parameters",
         "",
         "The conversion happens on the host, in pieces of at most 256 KiB that stay in the CPU cache, "
         "on every core (at most 4).",
         "",
-        reload_table(rows, "BF16", sizes),
+        reload_table(rows, "BF16", [f"adapter:{n}" for n in sizes]),
         "",
+        *growth_lines(rows),
         "### Per-tensor overhead",
         "",
         "| tensors | method | time | per tensor | peak extra RSS |",

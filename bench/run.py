@@ -32,6 +32,7 @@ FULL = {
     "reload_budget_mib": 512,
     "reload_rounds": 3,
     "tiny": 10000,
+    "embedding_mib": 1024,
     "save_sizes": [64, 512],
     "async_sizes": [64, 512],
     "save_repeat": 3,
@@ -45,6 +46,7 @@ SMOKE = {
     "reload_budget_mib": 0,
     "reload_rounds": 1,
     "tiny": 100,
+    "embedding_mib": 4,
     "save_sizes": [4],
     "async_sizes": [16],
     "save_repeat": 1,
@@ -117,6 +119,7 @@ def reload_matrix(r, cfg, log):
     layouts = [(f"adapter:{mib}", "F32", mib) for mib in cfg["reload_sizes"]]
     layouts += [(f"adapter:{mib}", "BF16", mib) for mib in cfg["reload_sizes"]]
     layouts.append((f"tiny:{cfg['tiny']}", "F32", cfg["tiny"] * 512 // MIB))
+    layouts.append((f"embedding:{cfg['embedding_mib']}", "F32", cfg["embedding_mib"]))
     rounds = cfg["reload_rounds"]
     for layout, dtype, mib in layouts:
         st = r.path("reload.safetensors")

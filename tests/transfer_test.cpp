@@ -193,6 +193,27 @@ TEST_CASE("host RSS stays bounded while loading because file bytes are read and 
   CHECK(test::bitwise_equal(live, adapter));
 }
 
+TEST_CASE("one large tensor read straight in, in pieces for every core, lands bit for bit", "[transfer]") {
+  // An embedding of 40 MiB between small tensors: read in pieces of at most
+  // 16 MiB (or chunk_bytes, here also an odd size), on every core.
+  test::TempDir dir;
+  NamedTensors file = make_tensors(2, 16, 64);
+  file.emplace_back("embed_tokens.weight", at::randn({40 * 256, 1024}));
+  save_safetensors(dir / "model.safetensors", file);
+  const auto source = open_tensor_source(dir / "model.safetensors");
+  for (const std::uint64_t chunk : {64 * kMiB, 3 * kMiB + 4}) {
+    INFO("chunk_bytes " << chunk);
+    const NamedTensors live = zeros_like(file);
+    LoadOptions options;
+    options.chunk_bytes = chunk;
+    AllocationProbe probe;
+    const TransferReport report = load_into(live, *source, options);
+    CHECK(probe.peak_bytes() == 0);
+    CHECK(report.tensors == 3);
+    CHECK(test::bitwise_equal(live, file));
+  }
+}
+
 TEST_CASE("a load that fails in planning leaves every live tensor bitwise unchanged", "[transfer]") {
   test::TempDir dir;
   const NamedTensors adapter = make_tensors(6, 16, 32);

@@ -35,6 +35,10 @@ using detail::Planned;
 // both steps).
 constexpr std::uint64_t kHostPieceBytes = 256u << 10;
 
+// A tensor read straight into its storage is read in pieces of at most this
+// much (and of chunk_bytes), spread over the threads.
+constexpr std::uint64_t kDirectReadBytes = 16u << 20;
+
 // RSS sampled as the load goes: non-intrusive (the process's VmHWM is left
 // alone) and exact enough for allocations that live across samples.
 class RssSampler {
@@ -310,8 +314,10 @@ TransferReport LoadPlan::apply() {
 
   // From here on nothing allocates a tensor of a parameter's size, and the
   // staging is in place: writes begin. reached[i]: planned[i] may have been
-  // written (set before its first byte; threads set distinct entries).
-  std::vector<char> reached(planned.size(), 0);
+  // written (set before its first byte; the pieces of one tensor may set
+  // its entry from several threads).
+  std::unique_ptr<std::atomic<bool>[]> reached(new std::atomic<bool>[planned.size()]);
+  for (std::size_t i = 0; i < planned.size(); ++i) reached[i].store(false);
   try {
     c10::NoGradGuard no_grad;
     std::vector<std::size_t> on_host;
@@ -324,16 +330,36 @@ TransferReport LoadPlan::apply() {
       if (p.target.device().is_cpu()) {
         on_host.push_back(i);
       } else {
-        reached[i] = 1;
+        reached[i].store(true);
         serial.apply(p);
       }
     }
     for (auto& [device, stager] : staging.stagers) stager->finish();
-    // CPU tensors are independent of each other: each is read straight in,
-    // or converted (added) piece by piece through its thread's buffers.
-    run_parallel(on_host.size(), staging.threads, [&](std::size_t k, unsigned worker) {
-      const Planned& p = planned[on_host[k]];
-      reached[on_host[k]] = 1;
+    // CPU tensors are independent of each other: each is converted (added)
+    // piece by piece through its thread's buffers, or read straight in. A
+    // tensor read straight in is split into reads of at most
+    // kDirectReadBytes, so that one large tensor (an embedding) is read on
+    // every core too.
+    struct Work {
+      std::size_t index;    // into planned
+      std::uint64_t begin;  // bytes, for a direct read
+      std::uint64_t size;
+    };
+    const std::uint64_t split = std::min<std::uint64_t>(options.chunk_bytes, kDirectReadBytes);
+    std::vector<Work> work;
+    for (const std::size_t i : on_host) {
+      const Planned& p = planned[i];
+      if (!direct(p, options)) {
+        work.push_back({i, 0, 0});
+        continue;
+      }
+      const std::uint64_t size = p.info->byte_size();
+      for (std::uint64_t off = 0; off < size; off += split) work.push_back({i, off, std::min(split, size - off)});
+    }
+    run_parallel(work.size(), staging.threads, [&](std::size_t k, unsigned worker) {
+      const Work& w = work[k];
+      const Planned& p = planned[w.index];
+      reached[w.index].store(true);
       if (!direct(p, options)) {
         // This thread is one of those keeping every core busy: LibTorch's
         // arithmetic on it stays on it.
@@ -342,14 +368,10 @@ TransferReport LoadPlan::apply() {
         Applier(source, options, staging.workers[worker], staging, rss).apply(p);
         return;
       }
-      const std::uint64_t size = p.info->byte_size();
-      // Read-ahead helps only while a later chunk waits for an earlier one:
+      // Read-ahead helps only while a later read waits for an earlier one:
       // for a single read it is one more system call for the same pages.
-      if (size > options.chunk_bytes) source.prefetch(p.source_name);
-      auto* dst = static_cast<std::uint8_t*>(p.target.data_ptr());
-      for (std::uint64_t off = 0; off < size; off += options.chunk_bytes) {
-        source.read(p.source_name, off, dst + off, std::min(options.chunk_bytes, size - off));
-      }
+      if (w.begin == 0 && w.size < p.info->byte_size()) source.prefetch(p.source_name);
+      source.read(p.source_name, w.begin, static_cast<std::uint8_t*>(p.target.data_ptr()) + w.begin, w.size);
     });
   } catch (const std::exception& e) {
     std::vector<std::string> written;
