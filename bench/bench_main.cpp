@@ -3,6 +3,7 @@
 // matrix and writes BENCHMARKS.md.
 //
 //   lorakeep_bench make   --layout adapter:512 --dtype F32 --out adapter.safetensors [--bin adapter.bin]
+//   lorakeep_bench make   --layout llama:32 --dtype BF16 --out base --shard 4GiB --seed 0
 //   lorakeep_bench reload --layout adapter:512 --file adapter.safetensors --method lorakeep-verify --repeat 5
 //   lorakeep_bench save   --layout adapter:512 --dir out --method lorakeep --repeat 3
 //
@@ -10,11 +11,14 @@
 //   adapter:N   N MiB of F32 LoRA factors, alternately [64, 4096] and [4096, 64] (1 MiB each)
 //   tiny:N      N tensors of [8, 16] (per-tensor overhead)
 //   base:N      N MiB in [4096, 4096] blocks (64 MiB each; the last may be smaller)
+//   llama:L[:H:M:V]  a Llama-shaped model of L decoder layers, Hugging Face's names (hidden H, MLP M,
+//               vocabulary V; default 4096, 11008, 32000: Llama-2-7B at L = 32)
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cinttypes>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -35,6 +39,7 @@
 #include "base/text.h"
 #include "io/checksum.h"
 #include "tensors/pickle.h"
+#include "tensors/sharded_writer.h"
 
 namespace {
 
@@ -62,11 +67,58 @@ std::vector<std::pair<std::string, std::vector<std::int64_t>>> layout(const std:
       const std::int64_t rows = std::min<std::int64_t>(64, n - mib) * 64;  // 64 rows of 4096 F32 = 1 MiB
       out.push_back({"model.layers." + std::to_string(i) + ".weight", {rows, 4096}});
     }
+  } else if (kind == "llama") {
+    std::int64_t h = 4096, m = 11008, v = 32000;
+    const auto dims = spec.find(':', colon + 1);  // n is L; then ":H:M:V" or nothing
+    if (dims != std::string::npos &&
+        std::sscanf(spec.c_str() + dims, ":%" SCNd64 ":%" SCNd64 ":%" SCNd64, &h, &m, &v) != 3)
+      throw std::runtime_error("bad layout " + spec + " (llama:L or llama:L:H:M:V)");
+    out.push_back({"model.embed_tokens.weight", {v, h}});
+    for (std::int64_t i = 0; i < n; ++i) {
+      const std::string layer = "model.layers." + std::to_string(i) + ".";
+      for (const char* p : {"q_proj", "k_proj", "v_proj", "o_proj"})
+        out.push_back({layer + "self_attn." + p + ".weight", {h, h}});
+      out.push_back({layer + "mlp.gate_proj.weight", {m, h}});
+      out.push_back({layer + "mlp.up_proj.weight", {m, h}});
+      out.push_back({layer + "mlp.down_proj.weight", {h, m}});
+      out.push_back({layer + "input_layernorm.weight", {h}});
+      out.push_back({layer + "post_attention_layernorm.weight", {h}});
+    }
+    out.push_back({"model.norm.weight", {h}});
+    out.push_back({"lm_head.weight", {v, h}});
   } else {
     throw std::runtime_error("unknown layout " + spec);
   }
   return out;
 }
+
+// Random values for large files, fast: every tensor is filled with a window
+// of a 64 MiB pool of normal values (seeded), starting where its name
+// hashes to. Generating 13.5 GB with randn would take minutes on 2 cores;
+// the merges' cost does not depend on the values.
+class RandomPool {
+ public:
+  RandomPool(std::uint64_t seed, at::ScalarType type) {
+    at::manual_seed(seed);
+    pool_ = at::randn({std::int64_t{16} << 20}).to(type);
+  }
+  at::Tensor fill(const std::string& name, const std::vector<std::int64_t>& shape) const {
+    at::Tensor t = at::empty(shape, pool_.options());
+    const std::int64_t n = t.numel(), size = pool_.numel();
+    at::Tensor flat = t.view({n});
+    std::int64_t from = static_cast<std::int64_t>(lorakeep::detail::xxh3_64(name.data(), name.size()) % size);
+    for (std::int64_t done = 0; done < n;) {
+      const std::int64_t k = std::min(n - done, size - from);
+      flat.narrow(0, done, k).copy_(pool_.narrow(0, from, k));
+      done += k;
+      from = 0;
+    }
+    return t;
+  }
+
+ private:
+  at::Tensor pool_;
+};
 
 NamedTensors zeros(const std::string& spec, at::ScalarType type) {
   NamedTensors out;
@@ -114,9 +166,29 @@ nlohmann::json measure(int repeat, F&& f) {
 }
 
 int make(const std::string& spec, const std::string& dtype, const std::string& out, const std::string& bin,
-         std::uint64_t shard_bytes) {
-  at::manual_seed(0);
+         std::uint64_t shard_bytes, std::uint64_t seed) {
   const auto type = lorakeep::to_scalar_type(*lorakeep::parse_dtype(dtype));
+  if (spec.rfind("llama:", 0) == 0) {
+    // Streamed: one tensor in memory at a time, whatever the model's size.
+    if (shard_bytes == 0 || !bin.empty())
+      throw std::runtime_error("a llama layout is written sharded (--shard), without --bin");
+    std::vector<lorakeep::TensorInfo> infos;
+    for (const auto& [name, shape] : layout(spec)) {
+      lorakeep::TensorInfo info;
+      info.name = name;
+      info.dtype = *lorakeep::parse_dtype(dtype);
+      info.shape = shape;
+      infos.push_back(info);
+    }
+    lorakeep::ShardOptions o;
+    o.max_shard_size = shard_bytes;
+    lorakeep::detail::ShardedWriter writer(out, infos, {{"format", "pt"}}, o);
+    const RandomPool pool(seed, type);
+    for (const auto& info : writer.order()) writer.write(pool.fill(info.name, info.shape));
+    writer.finish();
+    return 0;
+  }
+  at::manual_seed(seed);
   NamedTensors tensors;
   for (const auto& [name, shape] : layout(spec)) tensors.emplace_back(name, at::randn(shape).to(type));
   if (shard_bytes > 0) {
@@ -130,8 +202,10 @@ int make(const std::string& spec, const std::string& dtype, const std::string& o
   return 0;
 }
 
-// A PEFT adapter directory for a "base:N" layout: rank-r factors for every
-// weight, PEFT's keys and config.
+// A PEFT adapter directory for a "base:N" or "llama:L" layout: rank-r
+// factors for every matrix (of a llama layout, every linear layer of the
+// decoder: the 7 projections of each layer, as PEFT's "all-linear" without
+// lm_head), PEFT's keys and config.
 int make_adapter(const std::string& spec, int r, const std::string& out) {
   at::manual_seed(1);
   lorakeep::LoraConfig config;
@@ -139,6 +213,7 @@ int make_adapter(const std::string& spec, int r, const std::string& out) {
   config.lora_alpha = 2.0 * r;
   NamedTensors tensors;
   for (const auto& [name, shape] : layout(spec)) {
+    if (shape.size() != 2 || (spec.rfind("llama:", 0) == 0 && name.find("_proj.") == std::string::npos)) continue;
     const std::string path = name.substr(0, name.size() - 7);  // minus ".weight"
     config.target_modules.push_back(path);
     tensors.emplace_back("base_model.model." + path + ".lora_A.weight", at::randn({r, shape[1]}) * 0.01);
@@ -353,7 +428,9 @@ int main(int argc, char** argv) {
   mk->add_option("--out", out)->required();
   mk->add_option("--bin", bin, "also write it as a torch.save archive");
   mk->add_option("--shard", shard, "write a sharded directory with shards of at most this size (e.g. 500MB)");
-  auto* ma = app.add_subcommand("make-adapter", "write a PEFT adapter for a base:N layout");
+  std::uint64_t seed = 0;
+  mk->add_option("--seed", seed, "of the random values (default 0)");
+  auto* ma = app.add_subcommand("make-adapter", "write a PEFT adapter for a base:N or llama:L layout");
   ma->add_option("--layout", spec)->required();
   ma->add_option("--r", rank);
   ma->add_option("--out", out)->required();
@@ -378,7 +455,7 @@ int main(int argc, char** argv) {
     if (mk->parsed()) {
       std::uint64_t shard_bytes = 0;
       if (!shard.empty() && !lorakeep::detail::parse_byte_size(shard, &shard_bytes)) return 2;
-      return make(spec, dtype, out, bin, shard_bytes);
+      return make(spec, dtype, out, bin, shard_bytes, seed);
     }
     if (ma->parsed()) return make_adapter(spec, rank, out);
     if (rl->parsed()) return reload(spec, file, method, repeat, param_dtype);

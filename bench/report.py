@@ -2,9 +2,10 @@
 and bench/scaling.svg. Pure: bench/results.py reads and writes the files.
 
 Each section renders on its own, so any subset of them renders: "reloads",
-"saves" and "merges" (bench/run.py) with their own tables and targets, "gpu"
-(scripts/gpu-check.sh) with a line saying it has not run when absent, and any
-other section ("async_saves", "scale", ...) as a generic table of its rows.
+"saves" and "merges" (bench/run.py) and "scale" (bench/run.py --scale) with
+their own tables and targets, "gpu" (scripts/gpu-check.sh) with a line saying
+it has not run when absent, and any other section ("async_saves", ...) as a
+generic table of its rows.
 """
 import math
 
@@ -119,8 +120,30 @@ def merge_targets(merge):
     return lines
 
 
+def scale_targets(rows):
+    """At the largest model measured (the 7B shape): time against the floor,
+    and peak RSS above the idle process's."""
+    merges = [r for r in rows if r["method"].startswith("lorakeep")]
+    if not merges:
+        return []
+    largest = max(r["model_bytes"] for r in merges)
+    lines = []
+    for r in merges:
+        if r["model_bytes"] != largest:
+            continue
+        name = f"{r['method']} at {r['model_bytes'] / 1e9:.1f} GB, cold"
+        spread = f"{min(r['ratios']):.2f}-{max(r['ratios']):.2f}x"
+        lines.append(f"- {name}, time <= 1.15x the floor (inputs read once, output written once with fsync): "
+                     f"{verdict(r['ratio'] <= 1.15)} ({r['ratio']:.2f}x, median of {len(r['ratios'])} pair ratios, "
+                     f"spread {spread})")
+        bound = 2 * r["largest_tensor_bytes"] + 128 * MIB
+        lines.append(f"- {name}, peak RSS above idle <= 2 x largest tensor + 128 MiB ({mib(bound)}): "
+                     f"{verdict(r['peak_rss_above_idle_bytes'] <= bound)} ({mib(r['peak_rss_above_idle_bytes'])})")
+    return lines
+
+
 # The sections whose rows have targets, in the order the targets are listed.
-TARGETS = (("reloads", reload_targets), ("saves", save_targets), ("merges", merge_targets))
+TARGETS = (("reloads", reload_targets), ("saves", save_targets), ("merges", merge_targets), ("scale", scale_targets))
 
 
 def targets(sections):
@@ -131,15 +154,28 @@ def targets(sections):
     return "\n".join(lines)
 
 
-def svg(reload_rows):
-    """The scaling figure of the F32 reloads, as SVG text."""
+def svg(sections):
+    """The scaling figure, as SVG text: the F32 reloads (time and peak extra
+    RSS by adapter size), and, with a "scale" section, the cold merges by
+    model size."""
+    reload_rows = sections["reloads"]["rows"] if "reloads" in sections else []
     rows = [r for r in reload_rows if r["layout"].startswith("adapter:") and r["file_dtype"] == "F32"]
-    methods = sorted({r["method"] for r in rows})
-    colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"]
-    sizes = sorted({size_of(r["layout"]) for r in rows})
+    rows = [dict(r, x=size_of(r["layout"])) for r in rows]
+    merge_rows = []
+    for r in sections.get("scale", {}).get("rows", []):
+        if r["method"].startswith("lorakeep"):
+            merge_rows.append(dict(r, x=r["model_bytes"] / (1 << 30)))
+            if r["method"] == "lorakeep merge-lora":
+                merge_rows.append(dict(r, x=r["model_bytes"] / (1 << 30), method="floor of merge-lora",
+                                       seconds=r["floor_seconds"]))
+    methods = sorted({r["method"] for r in rows + merge_rows})
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+              "#17becf", "#000000"]
+    color = {m: colors[i % len(colors)] for i, m in enumerate(methods)}
     W, H, M = 420, 300, 55
 
-    def panel(x0, title, key, ylabel):
+    def panel(x0, title, rows, key, ylabel, xlabel):
+        sizes = sorted({r["x"] for r in rows})
         vals = [r[key] for r in rows if r[key] and r[key] > 0]
         if not vals or len(sizes) < 2:
             return ""
@@ -150,38 +186,39 @@ def svg(reload_rows):
         out = [f'<text x="{x0 + W / 2}" y="14" text-anchor="middle" font-size="13">{title}</text>',
                f'<line x1="{x0 + M}" y1="{H - M}" x2="{x0 + W - 15}" y2="{H - M}" stroke="#444"/>',
                f'<line x1="{x0 + M}" y1="20" x2="{x0 + M}" y2="{H - M}" stroke="#444"/>',
-               f'<text x="{x0 + W / 2}" y="{H - 18}" text-anchor="middle" font-size="11">adapter size (MiB, log)</text>',
+               f'<text x="{x0 + W / 2}" y="{H - 18}" text-anchor="middle" font-size="11">{xlabel}</text>',
                f'<text x="{x0 + 12}" y="{H / 2}" font-size="11" transform="rotate(-90 {x0 + 12} {H / 2})" '
                f'text-anchor="middle">{ylabel}</text>']
         for s in sizes:
-            out.append(f'<text x="{sx(s)}" y="{H - M + 14}" text-anchor="middle" font-size="10">{s}</text>')
+            out.append(f'<text x="{sx(s)}" y="{H - M + 14}" text-anchor="middle" font-size="10">{s:.3g}</text>')
         for e in range(math.floor(lo), math.ceil(hi) + 1):
             v = 10 ** e
             if lo <= e <= hi:
                 label = f"{v:g}" if key == "seconds" else f"{v / MIB:g}"
                 out.append(f'<text x="{x0 + M - 4}" y="{sy(v) + 3}" text-anchor="end" font-size="10">{label}</text>')
-        for i, m in enumerate(methods):
-            pts = [(size_of(r["layout"]), r[key]) for r in rows if r["method"] == m and r[key] and r[key] > 0]
-            pts.sort()
+        for m in methods:
+            pts = sorted((r["x"], r[key]) for r in rows if r["method"] == m and r[key] and r[key] > 0)
             if not pts:
                 continue
-            c = colors[i % len(colors)]
             out.append('<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>' %
-                       (c, " ".join(f"{sx(s):.1f},{sy(v):.1f}" for s, v in pts)))
+                       (color[m], " ".join(f"{sx(s):.1f},{sy(v):.1f}" for s, v in pts)))
             for s, v in pts:
-                out.append(f'<circle cx="{sx(s):.1f}" cy="{sy(v):.1f}" r="2.5" fill="{c}"/>')
+                out.append(f'<circle cx="{sx(s):.1f}" cy="{sy(v):.1f}" r="2.5" fill="{color[m]}"/>')
         return "\n".join(out)
 
+    panels = [panel(0, "Reload time (F32, warm)", rows, "seconds", "seconds (log)", "adapter size (MiB, log)"),
+              panel(W, "Peak extra RSS (F32)", rows, "peak_rss_bytes", "MiB (log)", "adapter size (MiB, log)")]
+    panels.append(panel(2 * W, "Offline merges (BF16, cold)", merge_rows, "seconds", "seconds (log)",
+                        "model size (GiB, log)"))
+    panels = [p for p in panels if p]
     legend = []
     for i, m in enumerate(methods):
         y = H + 10 + 16 * i
-        legend.append(f'<rect x="60" y="{y}" width="12" height="12" fill="{colors[i % len(colors)]}"/>'
+        legend.append(f'<rect x="60" y="{y}" width="12" height="12" fill="{color[m]}"/>'
                       f'<text x="78" y="{y + 10}" font-size="11">{m}</text>')
-    body = panel(0, "Reload time (F32)", "seconds", "seconds (log)") + panel(
-        W, "Peak extra RSS (F32)", "peak_rss_bytes", "MiB (log)")
     height = H + 20 + 16 * len(methods)
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W}" height="{height}" '
-            f'font-family="sans-serif">\n<rect width="100%" height="100%" fill="white"/>\n{body}\n'
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{W * max(1, len(panels))}" height="{height}" '
+            f'font-family="sans-serif">\n<rect width="100%" height="100%" fill="white"/>\n' + "\n".join(panels) + "\n"
             + "\n".join(legend) + "\n</svg>\n")
 
 
@@ -342,6 +379,51 @@ def merges_md(sec):
     return lines
 
 
+def scale_md(sec):
+    rows = sec["rows"]
+    merges = [r for r in rows if r["method"].startswith("lorakeep")]
+    recipes = [r for r in rows if not r["method"].startswith("lorakeep")]
+    gb = lambda b: f"{b / 1e9:.2f} GB"
+    lines = ["## Scale: merges of a 7B-shaped model, cold", "", *provenance(sec, RUN_PY_PEERS),
+             f"- page cache: {'dropped (`/proc/sys/vm/drop_caches`)' if sec.get('caches') == 'drop_caches' else 'the inputs evicted with `posix_fadvise(DONTNEED)` (not root, or a smoke run)'} before every run",
+             f"- Python recipes' memory limit: {sec.get('recipe_memory_limit', 'n/a')}; idle RSS of `lorakeep --version`: "
+             f"{mib(sec.get('idle_rss_bytes', -1))}", "",
+             "A Llama-2-7B-shaped BF16 model (`llama:L`: L decoder layers, hidden 4096, MLP 11008, vocabulary 32000, "
+             "Hugging Face's tensor names; L = 32 is Llama-2-7B) in shards of at most 4 GiB; a second model of the "
+             "same shape (the delta of merge-delta, the tuned model of make-delta, which writes a BF16 delta); a "
+             "rank-16 PEFT adapter on all 7 linear layers of every decoder layer. " + sec.get("note", ""), "",
+             "| model | command | time (median) | floor (median) | ratio (median) | pair ratios | "
+             "peak RSS above idle | bound |", "|---|---|---|---|---|---|---|---|"]
+    for r in merges:
+        bound = 2 * r["largest_tensor_bytes"] + 128 * MIB
+        lines.append(f"| {r['layout']} ({gb(r['model_bytes'])}) | {r['method']} | {secs(r['seconds'])} | "
+                     f"{secs(r['floor_seconds'])} | {r['ratio']:.2f}x | "
+                     f"{', '.join(f'{x:.2f}' for x in r['ratios'])} | {mib(r['peak_rss_above_idle_bytes'])} | "
+                     f"{mib(bound)} |")
+    if recipes:
+        lines += ["", "What Python users run instead, once each, in the memory limit above (killed by signal 9: the "
+                  "limit's OOM killer stopped it; the time is until then):", "",
+                  "| model | recipe | time | peak RSS | outcome |", "|---|---|---|---|---|"]
+        for r in recipes:
+            lines.append(f"| {r['layout']} ({gb(r['model_bytes'])}) | {r['method']} | {secs(r['seconds'])} | "
+                         f"{mib(r['peak_rss_bytes'])} | {r['ended']} |")
+    points = {}
+    for r in merges:
+        points.setdefault(r["method"], []).append((r["model_bytes"] / (1 << 30), r["seconds"]))
+        points.setdefault(f"floor of {r['method'][len('lorakeep '):]}", []).append(
+            (r["model_bytes"] / (1 << 30), r["floor_seconds"]))
+    sizes = sorted({r["model_bytes"] for r in merges})
+    if len(sizes) >= 2:
+        lines += ["", "### How cost grows (cold merges)", "",
+                  "A least-squares line through the model sizes measured ("
+                  + ", ".join(gb(b) for b in sizes) + "; the medians above): time = fixed + slope x size.", "",
+                  "| operation | slope (s per GiB of model) | fixed cost (s) |", "|---|---|---|"]
+        for name, pts in points.items():
+            fixed, slope = linear_fit(pts)
+            lines.append(f"| {name} | {slope:.2f} | {fixed:.2f} |")
+    return lines
+
+
 def cell(key, value):
     """One value of a generic table. Units follow the key's name, as in
     bench/run.py's rows: *_bytes in MiB, seconds and *_seconds in ms or s."""
@@ -405,7 +487,7 @@ def gpu_md(sec):
 # The order of the sections in BENCHMARKS.md; sections of other names follow,
 # by name. "gpu" renders even when absent, to say it has not been run.
 ORDER = ("reloads", "saves", "merges", "async_saves", "scale", "gpu")
-TITLES = {"async_saves": "Asynchronous saves", "scale": "Scale"}
+TITLES = {"async_saves": "Asynchronous saves"}
 
 
 def section_md(name, sections):
@@ -414,16 +496,21 @@ def section_md(name, sections):
         return gpu_md(sec)
     if sec is None:
         return []
-    known = {"reloads": reloads_md, "saves": saves_md, "merges": merges_md}
+    known = {"reloads": reloads_md, "saves": saves_md, "merges": merges_md, "scale": scale_md}
     if name in known:
         return known[name](sec)
     return generic_md(name, sec, TITLES.get(name))
 
 
+# What bench/run.sh --scale takes here, measured.
+SCALE_COST = "about 45 GB of disk and TBD minutes"
+
+
 def rerun_lines(sections):
     """The commands that produced the sections present, once each."""
     commands = ["bench/run.sh          # reloads, saves and merges: about 18 minutes on 2 cores",
-                "bench/run.sh --sections merges   # one of them alone; every other section stays"]
+                "bench/run.sh --sections merges   # one of them alone; every other section stays",
+                f"bench/run.sh --scale  # the 7B-shaped merges, cold: {SCALE_COST}"]
     seen = {"bench/run.sh"}
     for sec in sections.values():
         cmd = sec["command"]

@@ -157,8 +157,8 @@ def report_paths(path):
 
 def write_report(sections, md_path, svg_path):
     write_atomic(md_path, report.markdown(sections))
-    if "reloads" in sections:
-        write_atomic(svg_path, report.svg(sections["reloads"]["rows"]))
+    if "reloads" in sections or "scale" in sections:
+        write_atomic(svg_path, report.svg(sections))
 
 
 def dump(data):
@@ -197,6 +197,14 @@ def render_only(path, md_path=None, svg_path=None):
 MIB = 1 << 20
 
 
+def scale_row(layers, method, ratio):
+    """A row of bench/scale.py, for a model of `layers` GiB."""
+    floor = 10.0 * layers
+    return {"method": method, "layout": f"llama:{layers}", "layers": layers, "model_bytes": layers << 30,
+            "largest_tensor_bytes": 250 * MIB, "seconds": floor * ratio, "floor_seconds": floor,
+            "ratio": ratio, "ratios": [ratio, ratio + 0.1, ratio - 0.1], "peak_rss_above_idle_bytes": 300 * MIB}
+
+
 def fixture_sections():
     """Tiny sections of every kind, shaped like bench/run.py's rows."""
     def reload(layout, method, dtype, seconds):
@@ -223,8 +231,12 @@ def fixture_sections():
         "merges": dict(head, rows=merges),
         "async_saves": {"command": "bench/async.sh", "date": "2026-01-02 00:00 UTC",
                         "rows": [{"size_bytes": 4 * MIB, "stall_seconds": 0.0123, "note": "async-marker"}]},
-        "scale": {"command": "bench/scale.sh", "date": "2026-01-03 00:00 UTC", "note": "scale-marker note",
-                  "rows": [{"workers": 2, "seconds": 1.5, "speedup": 1.87}]},
+        "scale": {"command": "bench/run.sh --scale", "date": "2026-01-03 00:00 UTC", "note": "scale-marker note",
+                  "caches": "drop_caches", "recipe_memory_limit": "memory cgroup", "idle_rss_bytes": 50 * MIB,
+                  "rows": [scale_row(layers, m, ratio) for layers in (1, 4)
+                           for m, ratio in (("lorakeep merge-lora", 1.1), ("lorakeep merge-delta", 1.87))]
+                  + [{"method": "python FastChat recipe (apply_delta)", "layout": "llama:4", "model_bytes": 4 << 30,
+                      "seconds": 9.0, "peak_rss_bytes": 9 << 30, "ended": "killed by signal 9"}]},
         "zzz_other": {"command": "tools/other.sh", "date": "2026-01-04 00:00 UTC", "rows": [{"x": "other-marker"}]},
     }
 
@@ -258,10 +270,13 @@ def self_test():
 
         # Every section present renders; the absent GPU check says so and names its command.
         for heading in ("Targets", "Reload into live parameters", "Save a checkpoint", "Offline merges",
-                        "Asynchronous saves", "Scale", "zzz_other", "GPU check", "How to rerun"):
+                        "Asynchronous saves", "Scale: merges of a 7B-shaped model, cold", "zzz_other", "GPU check", "How to rerun"):
             check(f"\n## {heading}\n" in md_before, f"no '## {heading}' in BENCHMARKS.md")
-        for marker in ("async-marker", "4.0 MiB", "12.3 ms", "scale-marker note", "1.87", "other-marker",
-                       "`bench/async.sh`", "`tools/other.sh`"):
+        for marker in ("async-marker", "4.0 MiB", "12.3 ms", "scale-marker note", "1.87x", "other-marker",
+                       "`bench/async.sh`", "`tools/other.sh`", "killed by signal 9", "### How cost grows (cold merges)",
+                       "| lorakeep merge-lora | 11.00 | 0.00 |",
+                       "lorakeep merge-delta at 4.3 GB, cold, time <= 1.15x the floor (inputs read once, output "
+                       "written once with fsync): **not met** (1.87x"):
             check(marker in md_before, f"{marker!r} not rendered")
         gpu_block = md_blocks(md_before)["GPU check"]
         check("has not been run on a GPU yet" in gpu_block and "`scripts/gpu-check.sh`" in gpu_block,

@@ -1,9 +1,12 @@
 """Runs every benchmark side by side with its peers and writes its sections
-of bench/results.json ("reloads", "saves", "merges"; any other section stays
-as it was), then BENCHMARKS.md and bench/scaling.svg from all sections.
+of bench/results.json ("reloads", "saves", "merges", "async_saves"; any other
+section stays as it was), then BENCHMARKS.md and bench/scaling.svg from all
+sections.
 
   python3 bench/run.py --build build-release            # the full matrix (bench/run.sh)
   python3 bench/run.py --build build-release --sections merges   # one section alone
+  python3 bench/run.py --build build-release --scale    # the "scale" section alone (bench/scale.py):
+                                                        # a 7B-shaped model, about 45 GB of disk
   python3 bench/run.py --build build --smoke --out DIR  # tiny sizes, to keep the code alive (CI);
                                                         # writes only under DIR
 
@@ -25,6 +28,7 @@ ROOT = os.path.dirname(HERE)
 MIB = 1 << 20
 sys.path.insert(0, HERE)
 import results as results_json  # noqa: E402
+import scale  # noqa: E402
 
 FULL = {
     "reload_sizes": [16, 64, 256, 512, 1024, 2048],
@@ -299,7 +303,6 @@ def machine():
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": mem, "kernel": platform.release()}
 
 
-# The sections of bench/results.json this script measures, in order.
 def async_save_matrix(r, cfg, log):
     rows = []
     for mib in cfg["async_sizes"]:
@@ -312,7 +315,10 @@ def async_save_matrix(r, cfg, log):
     return rows
 
 
+# The sections of bench/results.json this script measures, in order.
 MATRICES = {"reloads": reload_matrix, "saves": save_matrix, "merges": merge_matrix, "async_saves": async_save_matrix}
+# Measured only when asked for (--scale), and by every smoke run.
+OPT_IN = {"scale": lambda r, cfg, log: scale.scale_matrix(r, cfg, log, cfg is SMOKE)}
 
 
 def sections_arg(text):
@@ -332,7 +338,13 @@ def main():
     p.add_argument("--work", default=None)
     p.add_argument("--sections", type=sections_arg, default=list(MATRICES),
                    help="which of reloads,saves,merges,async_saves to measure (default all); the others stay as they were")
+    p.add_argument("--scale", action="store_true",
+                   help="measure the scale section alone (7B-shaped merges, cold; about 45 GB of disk under --work)")
     args = p.parse_args()
+    if args.scale:
+        args.sections = ["scale"]
+    elif args.smoke:
+        args.sections = args.sections + list(OPT_IN)
     cfg = SMOKE if args.smoke else FULL
     python = args.python or os.path.join(ROOT, "build", "venv", "bin", "python")
     work = args.work or os.path.join(args.out, "bench-work")
@@ -342,17 +354,18 @@ def main():
     def log(res):
         print(json.dumps(res), file=sys.stderr, flush=True)
 
-    command = "bench/run.sh" + (" --smoke" if args.smoke else "")
-    if args.sections != list(MATRICES):
+    command = "bench/run.sh" + (" --smoke" if args.smoke else "") + (" --scale" if args.scale else "")
+    if not args.scale and [n for n in args.sections if n in MATRICES] != list(MATRICES):
         command += " --sections " + ",".join(args.sections)
     libtorch = results_json.libtorch_of(args.build)
     sections = {}
     # The smoke run (CI) leaves the machine's settings alone.
     with delayed_page_reporting(60000) if not args.smoke else contextlib.nullcontext() as reporting:
         for name in args.sections:
+            measured = {**MATRICES, **OPT_IN}[name](r, cfg, log)
             sections[name] = {"command": command, "date": results_json.now(), "libtorch": libtorch,
                               "machine": dict(machine(), page_reporting_min_free_ms=reporting),
-                              "rows": MATRICES[name](r, cfg, log)}
+                              **(measured if isinstance(measured, dict) else {"rows": measured})}
     shutil.rmtree(work, ignore_errors=True)
     path = os.path.join(args.out, "results.json")
     # Smoke runs write only under --out, wherever that is.
