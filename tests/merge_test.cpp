@@ -1,5 +1,6 @@
 // Offline merges: make-delta + merge-delta round trips, validation before
 // writing, and the memory bound of a merge measured on a real process.
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <regex>
@@ -156,6 +157,53 @@ TEST_CASE("make-delta counts exactly the elements a narrower delta dtype will no
     const c10::ScalarType word = t.element_size() == 4 ? at::kInt : at::kShort;
     wrong += at::ne(merged->tensor(name).view(word), t.view(word)).sum().item<std::int64_t>();
   }
+  INFO("inexact elements: reported " << made.inexact_elements << ", found " << wrong);
+  CHECK(wrong > 0);
+  CHECK(made.inexact_elements == static_cast<std::uint64_t>(wrong));
+}
+
+TEST_CASE("make-delta of BF16 models into a BF16 delta gives ATen's values and counts what merge-delta misses",
+          "[merge]") {
+  // The all-BF16 case has a kernel of its own (src/merge/bf16_delta.cpp):
+  // it must give what ATen gives in F32, rounded to BF16, bit for bit, on
+  // values of every scale, zeros of both signs, subnormals and infinities,
+  // over more elements than one piece, ties included.
+  test::TempDir dir;
+  at::manual_seed(13);
+  const std::int64_t n = 200003;
+  at::Tensor base = (at::randn({n}) * at::pow(10.0, at::randint(-30, 30, {n}))).to(at::kBFloat16);
+  // Near the base (a fine-tune), and every third element unrelated to it,
+  // so that most differences need rounding.
+  at::Tensor tuned = (base.to(at::kFloat) * (1 + 0.01 * at::randn({n}))).to(at::kBFloat16);
+  tuned.slice(0, 0, n, 3).copy_(at::randn({(n + 2) / 3}) * 100);
+  const std::vector<std::pair<float, float>> special = {
+      {0.0f, -0.0f},
+      {-0.0f, 0.0f},
+      {1e-40f, 3e-40f},
+      {1.0f, INFINITY},
+      {-2.0f, -INFINITY},
+      {3e38f, -3e38f},
+      {1.0f, 1.0f + 1.0f / 256},
+      {1e30f, 1e-30f},
+      // Ties: 257 and -261 lie halfway between two BF16 values; the even one wins.
+      {1.0f, 258.0f},
+      {-1.0f, -262.0f}};
+  for (std::size_t i = 0; i < special.size(); ++i) {
+    base[static_cast<std::int64_t>(i)] = special[i].first;
+    tuned[static_cast<std::int64_t>(i)] = special[i].second;
+  }
+  save_safetensors(dir / "base.safetensors", {{"w", base}});
+  save_safetensors(dir / "tuned.safetensors", {{"w", tuned}});
+  MakeDeltaOptions make;
+  make.dtype = Dtype::kBF16;
+  const MergeReport made = make_delta_files(dir / "base.safetensors", dir / "tuned.safetensors", dir / "delta", make);
+  const at::Tensor expected = (tuned.to(at::kFloat) - base.to(at::kFloat)).to(at::kBFloat16);
+  CHECK(same_bits(open_tensor_source(dir / "delta")->tensor("w"), expected));
+  merge_delta_files(dir / "base.safetensors", dir / "delta", dir / "merged");
+  const std::int64_t wrong = at::ne(open_tensor_source(dir / "merged")->tensor("w").view(at::kShort),
+                                    tuned.view(at::kShort))
+                                 .sum()
+                                 .item<std::int64_t>();
   INFO("inexact elements: reported " << made.inexact_elements << ", found " << wrong);
   CHECK(wrong > 0);
   CHECK(made.inexact_elements == static_cast<std::uint64_t>(wrong));

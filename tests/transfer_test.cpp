@@ -214,6 +214,49 @@ TEST_CASE("one large tensor read straight in, in pieces for every core, lands bi
   }
 }
 
+TEST_CASE("one large tensor is verified whole: a flipped byte anywhere in it is caught, nothing changed",
+          "[transfer]") {
+  // 40 MiB + 12 bytes, hashed in 1 MiB blocks, the last one partial.
+  test::TempDir dir;
+  NamedTensors file = make_tensors(2, 16, 64);
+  file.emplace_back("embed_tokens.weight", at::randn({static_cast<std::int64_t>(10 * kMiB + 3)}));
+  const SaveReport saved = save_safetensors(dir / "model.safetensors", file);
+  LoadOptions options;
+  for (std::size_t i = 0; i < saved.tensors.size(); ++i)
+    options.checksums[saved.tensors[i].name] = saved.tensor_checksums[i];
+  const NamedTensors live = zeros_like(file);
+  load_into(live, *open_tensor_source(dir / "model.safetensors"), options);
+  CHECK(test::bitwise_equal(live, file));
+  const NamedTensors before = test::clone_all(live);
+  // The embedding's bytes come first (the writer orders by name): a byte
+  // of its first block, one in the middle, one in its last (partial) block.
+  std::uint64_t header = 0;
+  {
+    std::ifstream f(dir / "model.safetensors", std::ios::binary);
+    f.read(reinterpret_cast<char*>(&header), sizeof header);  // little-endian, as this machine
+  }
+  for (const std::uint64_t offset : {std::uint64_t{5}, 20 * kMiB, 40 * kMiB + 10}) {
+    INFO("byte " << offset << " of the embedding");
+    const auto at = static_cast<std::streamoff>(8 + header + offset);
+    char original;
+    {
+      std::fstream f(dir / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+      f.seekg(at);
+      f.get(original);
+      f.seekp(at);
+      f.put(static_cast<char>(original ^ 0x5a));
+    }
+    const Error e = test::capture_error(
+        [&] { load_into(live, *open_tensor_source(dir / "model.safetensors"), options); });
+    CHECK(e.code() == ErrorCode::kCorruption);
+    CHECK_THAT(e.what(), Contains("'embed_tokens.weight' in") && Contains("fails its checksum"));
+    CHECK(test::bitwise_equal(live, before));
+    std::fstream f(dir / "model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(at);
+    f.put(original);
+  }
+}
+
 TEST_CASE("a load that fails in planning leaves every live tensor bitwise unchanged", "[transfer]") {
   test::TempDir dir;
   const NamedTensors adapter = make_tensors(6, 16, 32);

@@ -14,6 +14,7 @@
 #include "base/logging.h"
 #include "base/openmp_threads.h"
 #include "base/text.h"
+#include "merge/bf16_delta.h"
 #include "merge/pipeline.h"
 #include "tensors/sharded_writer.h"
 
@@ -271,16 +272,26 @@ MergeReport make_delta_files(const std::string& base, const std::string& tuned, 
           inexact += static_cast<std::uint64_t>(count_bit_differences(s.as(d, job.b_type, 4), pb));
           return d;
         }
+        if (job.a_type == c10::kBFloat16 && job.b_type == c10::kBFloat16 && out == c10::kBFloat16) {
+          // The usual case, in one pass: the same values as the general
+          // path below (tests/merge_test.cpp compares them).
+          at::Tensor d = s.get(3, out, pb.numel());
+          inexact += static_cast<std::uint64_t>(detail::bf16_delta(
+              static_cast<const std::uint16_t*>(pa.data_ptr()), static_cast<const std::uint16_t*>(pb.data_ptr()),
+              static_cast<std::uint16_t*>(d.data_ptr()), pb.numel()));
+          return d;
+        }
         // The delta, in the widest of the three dtypes, then stored as `out`.
         const c10::ScalarType c = compute_type({job.a_type, job.b_type, out});
+        const at::Tensor wide_a = s.as(pa, c, 0);
         at::Tensor diff = s.get(2, c, pb.numel());
-        at::sub_out(diff, s.as(pb, c, 1), s.as(pa, c, 0));
+        at::sub_out(diff, s.as(pb, c, 1), wide_a);
         at::Tensor d = s.as(diff, out, 3);
         // The round trip exactly as merge_delta_files will compute it (the
         // same compute dtype: that of base, delta and tuned), back in the
         // tuned dtype.
         at::Tensor back = s.get(4, c, pb.numel());
-        at::add_out(back, s.as(pa, c, 0), s.as(d, c, 5));
+        at::add_out(back, wide_a, s.as(d, c, 5));
         inexact += static_cast<std::uint64_t>(count_bit_differences(s.as(back, job.b_type, 6), pb));
         return d;
       });
