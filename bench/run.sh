@@ -5,7 +5,7 @@
 #
 #   bench/run.sh                    the full matrix (about 18 minutes on 2 cores)
 #   bench/run.sh --sections merges  one section (or a comma list) alone
-#   bench/run.sh --scale            the "scale" section alone (bench/scale.py): merges of a
+#   bench/run.sh --scale            the "scale" section alone (bench/scale.py, 17 to 19 minutes): merges of a
 #                                   7B-shaped model, cold; needs 45 GB free (--work DIR elsewhere)
 #   bench/run.sh --smoke            tiny sizes, results under build-release/bench-smoke
 set -euo pipefail
