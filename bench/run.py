@@ -355,8 +355,9 @@ def main():
         print(json.dumps(res), file=sys.stderr, flush=True)
 
     command = "bench/run.sh" + (" --smoke" if args.smoke else "") + (" --scale" if args.scale else "")
-    if not args.scale and [n for n in args.sections if n in MATRICES] != list(MATRICES):
-        command += " --sections " + ",".join(args.sections)
+    chosen = [n for n in args.sections if n in MATRICES]
+    if not args.scale and chosen != list(MATRICES):
+        command += " --sections " + ",".join(chosen)
     libtorch = results_json.libtorch_of(args.build)
     sections = {}
     # The smoke run (CI) leaves the machine's settings alone.
