@@ -92,10 +92,10 @@ std::vector<std::pair<std::string, std::vector<std::int64_t>>> layout(const std:
   return out;
 }
 
-// Random values for large files, fast: every tensor is filled with a window
-// of a 64 MiB pool of normal values (seeded), starting where its name
-// hashes to. Generating 13.5 GB with randn would take minutes on 2 cores;
-// the merges' cost does not depend on the values.
+// Random values for large (sharded) sets, fast: every tensor is filled with
+// a window of a pool of 16 Mi normal values (seeded), starting where its
+// name hashes to. Generating 13.5 GB with randn would take minutes on 2
+// cores; the merges' cost does not depend on the values.
 class RandomPool {
  public:
   RandomPool(std::uint64_t seed, at::ScalarType type) {
@@ -167,22 +167,23 @@ nlohmann::json measure(int repeat, F&& f) {
 
 int make(const std::string& spec, const std::string& dtype, const std::string& out, const std::string& bin,
          std::uint64_t shard_bytes, std::uint64_t seed) {
-  const auto type = lorakeep::to_scalar_type(*lorakeep::parse_dtype(dtype));
-  if (spec.rfind("llama:", 0) == 0) {
-    // Streamed: one tensor in memory at a time, whatever the model's size.
-    if (shard_bytes == 0 || !bin.empty())
-      throw std::runtime_error("a llama layout is written sharded (--shard), without --bin");
+  const lorakeep::Dtype stored = *lorakeep::parse_dtype(dtype);
+  const auto type = lorakeep::to_scalar_type(stored);
+  if (shard_bytes > 0) {
+    // Sharded sets are the large ones (the merges', up to a 7B model):
+    // streamed, one tensor in memory at a time, whatever the model's size.
+    if (!bin.empty()) throw std::runtime_error("--bin holds the whole model in memory: not with --shard");
     std::vector<lorakeep::TensorInfo> infos;
     for (const auto& [name, shape] : layout(spec)) {
       lorakeep::TensorInfo info;
       info.name = name;
-      info.dtype = *lorakeep::parse_dtype(dtype);
+      info.dtype = stored;
       info.shape = shape;
       infos.push_back(info);
     }
     lorakeep::ShardOptions o;
     o.max_shard_size = shard_bytes;
-    lorakeep::detail::ShardedWriter writer(out, infos, {{"format", "pt"}}, o);
+    lorakeep::detail::ShardedWriter writer(out, std::move(infos), {{"format", "pt"}}, o);
     const RandomPool pool(seed, type);
     for (const auto& info : writer.order()) writer.write(pool.fill(info.name, info.shape));
     writer.finish();
@@ -191,13 +192,7 @@ int make(const std::string& spec, const std::string& dtype, const std::string& o
   at::manual_seed(seed);
   NamedTensors tensors;
   for (const auto& [name, shape] : layout(spec)) tensors.emplace_back(name, at::randn(shape).to(type));
-  if (shard_bytes > 0) {
-    lorakeep::ShardOptions o;
-    o.max_shard_size = shard_bytes;
-    lorakeep::save_sharded(out, tensors, {{"format", "pt"}}, o);
-  } else {
-    lorakeep::save_safetensors(out, tensors, {{"format", "pt"}});
-  }
+  lorakeep::save_safetensors(out, tensors, {{"format", "pt"}});
   if (!bin.empty()) lorakeep::detail::save_torch_pickle(bin, tensors);
   return 0;
 }
@@ -427,7 +422,7 @@ int main(int argc, char** argv) {
   mk->add_option("--dtype", dtype);
   mk->add_option("--out", out)->required();
   mk->add_option("--bin", bin, "also write it as a torch.save archive");
-  mk->add_option("--shard", shard, "write a sharded directory with shards of at most this size (e.g. 500MB)");
+  mk->add_option("--shard", shard, "write a sharded directory with shards of at most this size (e.g. 500MB), streamed");
   std::uint64_t seed = 0;
   mk->add_option("--seed", seed, "of the random values (default 0)");
   auto* ma = app.add_subcommand("make-adapter", "write a PEFT adapter for a base:N or llama:L layout");

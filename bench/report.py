@@ -18,6 +18,11 @@ def mib(b):
     return f"{b / MIB:.1f} MiB"
 
 
+def merge_rss_bound(row):
+    """The merges' memory target: 2 x the largest tensor + 128 MiB."""
+    return 2 * row["largest_tensor_bytes"] + 128 * MIB
+
+
 def above_idle(b):
     """A peak RSS less the idle process's, which differs by a few MiB from run to run."""
     return mib(b) if b >= 0 else f"0 MiB (peak {-b / MIB:.1f} MiB below idle)"
@@ -115,7 +120,7 @@ def merge_targets(merge):
         if not r["method"].startswith("lorakeep"):
             continue
         floor = one(merge, method=f"read inputs + write output once ({r['kind']})")
-        bound = 2 * r["largest_tensor_bytes"] + 128 * MIB
+        bound = merge_rss_bound(r)
         name = r["method"]
         lines.append(f"- {name}, peak RSS <= 2 x largest tensor + 128 MiB ({mib(bound)}): "
                      f"{verdict(r['peak_rss_bytes'] <= bound)} ({mib(r['peak_rss_bytes'])}, whole process)")
@@ -141,7 +146,7 @@ def scale_targets(rows):
         lines.append(f"- {name}, time <= 1.15x the floor (inputs read once, output written once with fsync): "
                      f"{verdict(r['ratio'] <= 1.15)} ({r['ratio']:.2f}x, median of {len(r['ratios'])} pair ratios, "
                      f"spread {spread})")
-        bound = 2 * r["largest_tensor_bytes"] + 128 * MIB
+        bound = merge_rss_bound(r)
         lines.append(f"- {name}, peak RSS above idle <= 2 x largest tensor + 128 MiB ({mib(bound)}): "
                      f"{verdict(r['peak_rss_above_idle_bytes'] <= bound)} ({above_idle(r['peak_rss_above_idle_bytes'])})")
     return lines
@@ -392,15 +397,11 @@ def scale_md(sec):
     lines = ["## Scale: merges of a 7B-shaped model, cold", "", *provenance(sec, RUN_PY_PEERS),
              f"- page cache: {'dropped (`/proc/sys/vm/drop_caches`)' if sec.get('caches') == 'drop_caches' else 'the inputs evicted with `posix_fadvise(DONTNEED)` (not root, or a smoke run)'} before every run",
              f"- Python recipes' memory limit: {sec.get('recipe_memory_limit', 'n/a')}; idle RSS of `lorakeep --version`: "
-             f"{mib(sec.get('idle_rss_bytes', -1))}", "",
-             "A Llama-2-7B-shaped BF16 model (`llama:L`: L decoder layers, hidden 4096, MLP 11008, vocabulary 32000, "
-             "Hugging Face's tensor names; L = 32 is Llama-2-7B) in shards of at most 4 GiB; a second model of the "
-             "same shape (the delta of merge-delta, the tuned model of make-delta, which writes a BF16 delta); a "
-             "rank-16 PEFT adapter on all 7 linear layers of every decoder layer. " + sec.get("note", ""), "",
+             f"{mib(sec.get('idle_rss_bytes', -1))}", "", sec.get("note", ""), "",
              "| model | command | time (median) | floor (median) | ratio (median) | pair ratios | "
              "peak RSS above idle | bound |", "|---|---|---|---|---|---|---|---|"]
     for r in merges:
-        bound = 2 * r["largest_tensor_bytes"] + 128 * MIB
+        bound = merge_rss_bound(r)
         lines.append(f"| {r['layout']} ({gb(r['model_bytes'])}) | {r['method']} | {secs(r['seconds'])} | "
                      f"{secs(r['floor_seconds'])} | {r['ratio']:.2f}x | "
                      f"{', '.join(f'{x:.2f}' for x in r['ratios'])} | {above_idle(r['peak_rss_above_idle_bytes'])} | "

@@ -27,6 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MIB = 1 << 20
 sys.path.insert(0, HERE)
+import measure  # noqa: E402
 import results as results_json  # noqa: E402
 import scale  # noqa: E402
 
@@ -82,16 +83,10 @@ class Runner:
 
 
 def timed_rss(argv):
-    """Runs a command under /usr/bin/time -v: (seconds, peak RSS bytes)."""
-    t0 = time.perf_counter()
-    out = subprocess.run(["/usr/bin/time", "-v", *argv], capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    if out.returncode != 0:
-        raise RuntimeError(f"{argv} failed: {out.stderr[-2000:]}")
-    rss = 0
-    for line in out.stderr.splitlines():
-        if "Maximum resident set size" in line:
-            rss = int(line.split()[-1]) * 1024
+    """(seconds, peak RSS bytes) of a command that must succeed."""
+    seconds, rss, code, ended = measure.timed_rss(argv)
+    if code != 0:
+        raise RuntimeError(f"{argv} failed: {ended}")
     return seconds, rss
 
 
@@ -199,8 +194,8 @@ def merge_matrix(r, cfg, log):
     subprocess.run([r.bench, "make", "--layout", layout, "--out", delta, "--shard", shard], check=True)
     subprocess.run([r.bench, "make-adapter", "--layout", layout, "--out", adapter, "--r", "16"], check=True)
     largest = min(64, mib) * MIB
-    sizes = lambda d: sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
-    inputs = {"delta": sizes(base) + sizes(delta), "lora": sizes(base) + sizes(adapter)}
+    size = measure.dir_bytes
+    inputs = {"delta": size(base) + size(delta), "lora": size(base) + size(adapter)}
     out = r.path("merged")
     peers = [r.python, os.path.join(HERE, "peers.py")]
     methods = [
@@ -230,15 +225,9 @@ def merge_matrix(r, cfg, log):
                 samples[name].append(sample)
             shutil.rmtree(out)
         for kind, inputs_dirs in (("delta", [base, delta]), ("lora", [base, adapter])):
-            t0 = time.perf_counter()
-            for d in inputs_dirs:
-                for f in sorted(os.listdir(d)):
-                    subprocess.run(["cat", os.path.join(d, f)], check=True, stdout=subprocess.DEVNULL)
-            os.makedirs(out)
-            subprocess.run(["dd", "if=/dev/zero", f"of={out}/o", "bs=1M", f"count={mib}", "conv=fsync"],
-                           check=True, capture_output=True)
+            seconds = measure.floor_run(measure.files_of(inputs_dirs), out, mib * MIB)
             if timed:
-                floors[kind].append(time.perf_counter() - t0)
+                floors[kind].append(seconds)
             shutil.rmtree(out)
     rows = []
     for name, kind, _ in methods:
@@ -295,12 +284,7 @@ def machine():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    mem = 0
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal"):
-                mem = int(line.split()[1]) * 1024
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": mem, "kernel": platform.release()}
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": measure.total_memory(), "kernel": platform.release()}
 
 
 def async_save_matrix(r, cfg, log):

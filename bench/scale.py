@@ -19,31 +19,28 @@ of at most 4 GiB):
   can be made), so that only they can be killed for memory.
 Every file is removed when done, or interrupted.
 """
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
-import time
+from statistics import median
 
-MIB = 1 << 20
+from measure import dir_bytes, files_of, floor_run, timed_rss, total_memory
+
 GIB = 1 << 30
 
 FULL = {"layers": [4, 32], "dims": "", "shard": "4GiB", "pairs": 3, "rank": 16, "drop_caches": True}
 SMOKE = {"layers": [1, 2], "dims": ":64:172:320", "shard": "100KB", "pairs": 1, "rank": 4, "drop_caches": False}
 
 
-def model_bytes(layers, dims):
+def llama_bytes(layers, dims):
+    """(whole model, largest tensor) in bytes of lorakeep_bench's BF16
+    layout llama:<layers><dims> (bench_main.cpp; dims ":H:M:V" or "" for
+    Llama-2-7B's)."""
     h, m, v = (4096, 11008, 32000) if not dims else (int(x) for x in dims[1:].split(":"))
     params = 2 * v * h + layers * (4 * h * h + 3 * h * m + 2 * h) + h
-    return 2 * params  # BF16
-
-
-def dir_bytes(d):
-    return sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
-
-
-def files_of(dirs):
-    return [os.path.join(d, f) for d in dirs for f in sorted(os.listdir(d))]
+    return 2 * params, 2 * max(v * h, h * m)
 
 
 class Caches:
@@ -106,7 +103,8 @@ class MemoryLimit:
                 self.how = f"memory cgroup ({limit_file} = {limit / GIB:.0f} GiB)"
                 break
             except OSError:
-                with_suppressed_rmdir(d)
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)
         if self.cgroup is None:
             self.how = f"prlimit --data={limit / GIB:.0f} GiB"
 
@@ -118,56 +116,20 @@ class MemoryLimit:
 
     def close(self):
         if self.cgroup:
-            with_suppressed_rmdir(self.cgroup)
+            with contextlib.suppress(OSError):
+                os.rmdir(self.cgroup)
 
 
-def with_suppressed_rmdir(d):
-    try:
-        os.rmdir(d)
-    except OSError:
-        pass
 
 
-def run_measured(argv):
-    """(seconds, peak RSS bytes, exit status, how it ended) of a command under
-    /usr/bin/time -v; a failure is returned, not raised."""
-    t0 = time.perf_counter()
-    out = subprocess.run(["/usr/bin/time", "-v", *argv], capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    rss, ended = 0, "ok"
-    for line in out.stderr.splitlines():
-        if "Maximum resident set size" in line:
-            rss = int(line.split()[-1]) * 1024
-        elif "Command terminated by signal" in line:
-            ended = f"killed by signal {line.split()[-1]}"
-    if out.returncode != 0 and ended == "ok":
-        tail = [ln for ln in out.stderr.splitlines() if ln.strip() and not ln.startswith("\t")][-1:]
-        ended = f"exit {out.returncode}" + (f": {tail[0].strip()[:200]}" if tail else "")
-    return seconds, rss, out.returncode, ended
 
 
-def floor_run(inputs, out, out_bytes):
-    """The floor: every input byte read once, then the output's bytes
-    written once and fsynced."""
-    t0 = time.perf_counter()
-    for path in inputs:
-        subprocess.run(["cat", path], check=True, stdout=subprocess.DEVNULL)
-    os.makedirs(out)
-    mib = -(-out_bytes // MIB)
-    subprocess.run(["dd", "if=/dev/zero", f"of={out}/o", "bs=1M", f"count={mib}", "conv=fsync"], check=True,
-                   capture_output=True)
-    return time.perf_counter() - t0
-
-
-def median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
 
 def scale_matrix(r, cfg, log, smoke):
     sc = SMOKE if smoke else FULL
     work = r.path("scale")
-    need = 3 * model_bytes(max(sc["layers"]), sc["dims"]) + 2 * GIB
+    need = 3 * llama_bytes(max(sc["layers"]), sc["dims"])[0] + 2 * GIB
     os.makedirs(work, exist_ok=True)
     free = shutil.disk_usage(work).free
     if free < need:
@@ -179,30 +141,31 @@ def scale_matrix(r, cfg, log, smoke):
     limit = MemoryLimit(min(20 * GIB, int(0.85 * total_memory())), f"lorakeep-bench-{os.getpid()}")
     try:
         rows = []
-        idle = run_measured([r.cli, "--version"])[1]
+        idle = timed_rss([r.cli, "--version"])[1]
         for layers in sc["layers"]:
             rows += one_size(r, sc, layers, work, caches, limit, idle, log)
         return {"rows": rows, "caches": caches.how, "recipe_memory_limit": limit.how, "idle_rss_bytes": idle,
-                "note": NOTE}
+                "note": note(sc)}
     finally:
         limit.close()
         shutil.rmtree(work, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
 
 
-NOTE = ("Cold: the page cache is dropped before every run. Each lorakeep command ran in interleaved pairs with "
-        "its floor (reading every input byte once with `cat`, then writing the output's bytes once with "
-        "`dd conv=fsync`), the order alternating; a pair's ratio is the command's time over the floor's. "
-        "Peak RSS is the whole process's (`/usr/bin/time -v`) less the idle RSS of `lorakeep --version` "
-        "(LibTorch loaded, nothing done). The Python recipes ran once each, in a memory limit of their own.")
+def note(sc):
+    """What the section measured, for BENCHMARKS.md."""
+    dims = f"hidden, MLP and vocabulary {sc['dims'][1:].replace(':', ', ')}" if sc["dims"] else \
+        "hidden 4096, MLP 11008, vocabulary 32000"
+    return (f"A Llama-2-7B-shaped BF16 model (`llama:L`: L decoder layers, {dims}, Hugging Face's tensor names; "
+            f"L = 32 at 7B's sizes is Llama-2-7B) in shards of at most {sc['shard']}; a second model of the same "
+            "shape (the delta of merge-delta, the tuned model of make-delta, which writes a BF16 delta); a "
+            f"rank-{sc['rank']} PEFT adapter on all 7 linear layers of every decoder layer. "
+            f"Cold (see the page cache above). Each lorakeep command ran in interleaved pairs ({sc['pairs']}) "
+            "with its floor (reading every input byte once with `cat`, then writing the output's bytes once with "
+            "`dd conv=fsync`), the order alternating; a pair's ratio is the command's time over the floor's. Peak "
+            "RSS is the whole process's (`/usr/bin/time -v`) less the idle RSS of `lorakeep --version` (LibTorch "
+            "loaded, nothing done). The Python recipes ran once each, in a memory limit of their own.")
 
-
-def total_memory():
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal"):
-                return int(line.split()[1]) * 1024
-    return 16 * GIB
 
 
 def one_size(r, sc, layers, work, caches, limit, idle, log):
@@ -213,8 +176,7 @@ def one_size(r, sc, layers, work, caches, limit, idle, log):
                         "--seed", str(seed)], check=True)
     subprocess.run([r.bench, "make-adapter", "--layout", spec, "--out", adapter, "--r", str(sc["rank"])], check=True)
     size = dir_bytes(base)
-    h, m, v = (4096, 11008, 32000) if not sc["dims"] else (int(x) for x in sc["dims"][1:].split(":"))
-    largest = 2 * max(v * h, h * m)
+    largest = llama_bytes(layers, sc["dims"])[1]
     shard = ["--max-shard-size", sc["shard"]]
     methods = [
         ("lorakeep merge-lora", [base, adapter], [r.cli, "merge-lora", "--base", base, "--adapter", adapter,
@@ -234,7 +196,7 @@ def one_size(r, sc, layers, work, caches, limit, idle, log):
             for which in (("floor", "method") if i % 2 == 0 else ("method", "floor")):
                 caches.drop(inputs)
                 if which == "method":
-                    seconds, rss, code, ended = run_measured(argv)
+                    seconds, rss, code, ended = timed_rss(argv)
                     if code != 0:
                         raise RuntimeError(f"{name} on {spec}: {ended}")
                     out_bytes = dir_bytes(out)
@@ -263,7 +225,7 @@ def one_size(r, sc, layers, work, caches, limit, idle, log):
     for name, input_dirs, argv in recipes:
         inputs = files_of(input_dirs)
         caches.drop(inputs)
-        seconds, rss, code, ended = run_measured(limit.argv(argv))
+        seconds, rss, code, ended = timed_rss(limit.argv(argv))
         res = dict(common, method=name, input_bytes=sum(map(os.path.getsize, inputs)), seconds=seconds,
                    peak_rss_bytes=rss, ended=ended)
         rows.append(res)
