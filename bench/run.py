@@ -302,7 +302,7 @@ def async_save_matrix(r, cfg, log):
 # The sections of bench/results.json this script measures, in order.
 MATRICES = {"reloads": reload_matrix, "saves": save_matrix, "merges": merge_matrix, "async_saves": async_save_matrix}
 # Measured only when asked for (--scale), and by every smoke run.
-OPT_IN = {"scale": lambda r, cfg, log: scale.scale_matrix(r, cfg, log, cfg is SMOKE)}
+OPT_IN = {"scale": lambda r, cfg, log: scale.scale_matrix(r, log, smoke=cfg is SMOKE)}
 
 
 def sections_arg(text):

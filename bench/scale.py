@@ -126,7 +126,7 @@ class MemoryLimit:
 
 
 
-def scale_matrix(r, cfg, log, smoke):
+def scale_matrix(r, log, smoke):
     sc = SMOKE if smoke else FULL
     work = r.path("scale")
     need = 3 * llama_bytes(max(sc["layers"]), sc["dims"])[0] + 2 * GIB
