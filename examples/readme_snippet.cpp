@@ -23,9 +23,9 @@ void fine_tune(Model& model, const std::string& yaml, TrainStep train_step, Eval
 
   lorakeep::CheckpointManager ckpt(run.checkpoint);  // atomic, checksummed checkpoint-<step>/
   lorakeep::CallbackList callbacks;
-  callbacks.add(std::make_shared<lorakeep::CheckpointCallback>(ckpt, *model, run.lora, &optimizer));
+  callbacks.add(std::make_shared<lorakeep::CheckpointCallback>(ckpt, *model, run.lora, run.callbacks, &optimizer));
   callbacks.add(std::make_shared<lorakeep::EarlyStopping>(ckpt, /*patience=*/3));
-  callbacks.add(std::make_shared<lorakeep::LoadBestAtEnd>(ckpt, *model));
+  callbacks.add(std::make_shared<lorakeep::LoadBestAtEnd>(ckpt, *model, run.callbacks));
   lorakeep::TrainingState state;
   state.max_steps = max_steps;
   callbacks.on_train_begin(state);

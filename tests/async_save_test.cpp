@@ -5,6 +5,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 
+#include <chrono>
 #include <cstdint>
 #include <set>
 #include <string>
@@ -20,16 +21,12 @@
 namespace lorakeep {
 namespace {
 
-using test::CrashNet;
-
 struct Run {
-  CrashNet net;
+  test::TestNet net = test::armed_net(/*seed=*/1, test::crash_lora(), /*width=*/64);
   std::unique_ptr<torch::optim::Adam> adam;
   TrainingState state;
 
   Run() {
-    torch::manual_seed(1);
-    inject_lora(*net, test::crash_lora());
     std::vector<at::Tensor> trainable;
     for (auto& p : net->parameters()) {
       if (p.requires_grad()) trainable.push_back(p);
@@ -86,7 +83,9 @@ TEST_CASE("save_async writes the snapshot taken at the call while training chang
   CheckpointManager ckpt(test::crash_options(dir / "run"));
   run.step();
   const NamedTensors at_call = copies(adapter_tensors(*run.net, test::crash_lora()));
+  const auto called = std::chrono::steady_clock::now();
   const AsyncSave ticket = ckpt.save_async(*run.net, test::crash_lora(), run.state, run.adam.get());
+  const double call_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - called).count();
   CHECK(ticket.checkpoint.step == 1);
   CHECK(run.state.best_global_step == 1);  // the best as it will be
   run.step();                              // training goes on while it is written
@@ -98,7 +97,7 @@ TEST_CASE("save_async writes the snapshot taken at the call while training chang
   CHECK_NOTHROW(detail::check_checkpoint_files(path, detail::read_manifest(path), /*full=*/true));
 
   // The file holds the values of the call, not the ones training made since.
-  CrashNet fresh;
+  test::TestNet fresh(64);
   load_adapter(path, *fresh);
   const NamedTensors loaded = adapter_tensors(*fresh, test::crash_lora());
   REQUIRE(loaded.size() == at_call.size());
@@ -115,11 +114,13 @@ TEST_CASE("save_async writes the snapshot taken at the call while training chang
   std::uint64_t rng_bytes = 0;
   for (const std::string& name : rng.names()) rng_bytes += rng.info(name).byte_size();
   CHECK(ticket.snapshot_bytes == adapter_bytes + file_size(path + "/" + detail::kOptimizerFile) + rng_bytes);
-  CHECK(ticket.blocking_seconds >= 0);
+  // The time the call kept the caller: measured within the call, not the write's.
+  CHECK(ticket.blocking_seconds > 0);
+  CHECK(ticket.blocking_seconds <= call_seconds);
 
   // Resuming from it restores what a synchronous save would have.
   Run resumed;
-  REQUIRE(ckpt.resume(*resumed.net, resumed.adam.get(), &resumed.state));
+  REQUIRE(ckpt.resume(*resumed.net, resumed.state, resumed.adam.get()));
   CHECK(resumed.state.global_step == 1);
 }
 
@@ -172,18 +173,18 @@ TEST_CASE("CheckpointCallback with save_async saves off the training thread, and
           "[checkpoint][async]") {
   test::TempDir dir;
   Run run;
-  CheckpointOptions options = test::crash_options(dir / "run");
+  CheckpointManager ckpt(test::crash_options(dir / "run"));
+  CallbackOptions options;
   options.save_strategy = SaveStrategy::kSteps;
   options.save_steps = 1;
   options.save_async = true;
-  CheckpointManager ckpt(options);
   struct Saves : Callback {
     void on_save(TrainingState&, const CheckpointInfo& c) override { seen.push_back(c); }
     std::vector<CheckpointInfo> seen;
   };
   auto saves = std::make_shared<Saves>();
   CallbackList callbacks;
-  callbacks.add(std::make_shared<CheckpointCallback>(ckpt, *run.net, test::crash_lora(), run.adam.get()));
+  callbacks.add(std::make_shared<CheckpointCallback>(ckpt, *run.net, test::crash_lora(), options, run.adam.get()));
   callbacks.add(saves);
   callbacks.on_train_begin(run.state);
   run.step();

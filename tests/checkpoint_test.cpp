@@ -12,7 +12,7 @@
 #include <torch/optim/adam.h>
 
 #include "lorakeep/callbacks.h"
-#include "lorakeep/checkpoint.h"
+#include "lorakeep/checkpoint_manager.h"
 #include "lorakeep/lora.h"
 #include "base/file_names.h"
 #include "checkpoint/manifest.h"
@@ -21,6 +21,7 @@
 #include "checkpoint/trainer_state.h"
 #include "tensor_util.h"
 #include "tensors/torch_compat.h"
+#include "test_model.h"
 #include "test_util.h"
 
 namespace lorakeep {
@@ -29,39 +30,14 @@ namespace {
 using Catch::Matchers::Contains;
 namespace fs = boost::filesystem;
 
-// A small model with two LoRA-capable layers.
-struct NetImpl : torch::nn::Module {
-  LoraLinear q_proj{nullptr}, v_proj{nullptr};
-  NetImpl() {
-    q_proj = register_module("q_proj", LoraLinear(16, 16));
-    v_proj = register_module("v_proj", LoraLinear(16, 16));
-  }
-  torch::Tensor forward(const torch::Tensor& x) { return v_proj(torch::relu(q_proj(x))); }
-};
-TORCH_MODULE(Net);
+using Net = test::TestNet;
+using test::armed_net;
 
-LoraConfig lora_config() {
-  LoraConfig c;
-  c.r = 4;
-  c.lora_alpha = 8;
-  c.target_modules = {"q_proj", "v_proj"};
-  return c;
-}
+LoraConfig lora_config() { return test::test_lora(); }
 
-Net lora_net(std::uint64_t seed = 0) {
-  torch::manual_seed(seed);
-  Net net;
-  inject_lora(*net, lora_config());
-  return net;
-}
+Net lora_net(std::uint64_t seed = 0) { return armed_net(seed); }
 
-// Moves the adapter to new values: a stand-in for a training step.
-void perturb(Net& net, double amount) {
-  torch::NoGradGuard no_grad;
-  for (auto& p : net->parameters()) {
-    if (p.requires_grad()) p.add_(amount);
-  }
-}
+void perturb(Net& net, double amount) { test::perturb(*net, amount); }
 
 NamedTensors adapter_snapshot(Net& net) { return test::clone_all(adapter_tensors(*net, lora_config())); }
 
@@ -71,7 +47,6 @@ CheckpointOptions options_for(const std::string& dir) {
   o.save_total_limit = 2;
   o.keep_best = 1;
   o.metric_for_best_model = "loss";
-  o.load_best_model_at_end = true;
   return o;
 }
 
@@ -157,7 +132,7 @@ TEST_CASE("a simulated run keeps exactly the newest 2 and the best and a restart
   CHECK(*again.best()->metric == 0.61);
   TrainingState resumed;
   Net fresh = lora_net(99);
-  const auto from = again.resume(*fresh, nullptr, &resumed);
+  const auto from = again.resume(*fresh, resumed);
   REQUIRE(from.has_value());
   CHECK(from->step == 60);
   CHECK(resumed.global_step == 60);
@@ -289,7 +264,7 @@ TEST_CASE("a trainer state with numbers past int64 reads and writes back without
   TrainingState s;
   detail::parse_trainer_state(R"({"num_train_epochs": 1e53, "log_history": [{"step": 1e300, "loss": 1}]})",
                               "trainer_state.json", &s);
-  const auto j = nlohmann::json::parse(detail::format_trainer_state(s, CheckpointOptions{}));
+  const auto j = nlohmann::json::parse(detail::format_trainer_state(s));
   CHECK(j["num_train_epochs"].get<double>() == 1e53);
   CHECK(j["log_history"][0]["step"].get<double>() == 1e300);
   const Error e = test::capture_error(
@@ -375,7 +350,7 @@ TEST_CASE("load_best_into restores the best adapter and resume restores the opti
   Net fresh = lora_net(3);
   torch::optim::Adam adam2(fresh->parameters(), torch::optim::AdamOptions(1e-2));
   TrainingState resumed;
-  const auto from = ckpt.resume(*fresh, &adam2, &resumed);
+  const auto from = ckpt.resume(*fresh, resumed, &adam2);
   REQUIRE(from.has_value());
   CHECK(from->step == 4);
   CHECK(resumed.global_step == 4);
@@ -403,18 +378,19 @@ TEST_CASE("load_best_into restores the best adapter and resume restores the opti
 TEST_CASE("CallbackList runs evaluation saving early stopping and the reload at the end", "[checkpoint][callbacks]") {
   test::TempDir dir;
   Net net = lora_net();
-  CheckpointOptions o = options_for(dir.path());
+  CheckpointManager ckpt(options_for(dir.path()));
+  CallbackOptions o;
   o.eval_strategy = EvalStrategy::kSteps;
   o.eval_steps = 2;
   o.save_strategy = SaveStrategy::kSteps;
   o.save_steps = 2;
-  CheckpointManager ckpt(o);
+  o.load_best_model_at_end = true;
   CallbackList callbacks;
-  callbacks.add(std::make_shared<CheckpointCallback>(ckpt, *net, lora_config()));
+  callbacks.add(std::make_shared<CheckpointCallback>(ckpt, *net, lora_config(), o));
   callbacks.add(std::make_shared<EarlyStopping>(ckpt, 2));
   auto logger = std::make_shared<MetricsLogger>(dir / "metrics.jsonl");
   callbacks.add(logger);
-  auto reload = std::make_shared<LoadBestAtEnd>(ckpt, *net);
+  auto reload = std::make_shared<LoadBestAtEnd>(ckpt, *net, o);
   callbacks.add(reload);
   TrainingState state;
   state.max_steps = 100;

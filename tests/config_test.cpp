@@ -107,7 +107,7 @@ TEST_CASE("every config in configs/ loads", "[config]") {
   CHECK(run.lora.target_modules == std::vector<std::string>{"q_proj", "k_proj", "v_proj", "o_proj"});
   CHECK(metric_key(run.checkpoint) == "eval_loss");
   CHECK_FALSE(greater_is_better(run.checkpoint));
-  CHECK(run.transfer.chunk_bytes == 64ull << 20);
+  CHECK(run.checkpoint.chunk_bytes == 64ull << 20);
   CHECK(run.checkpoint.save_total_limit == 2);
   // The example's sections land in the example's fields.
   const char_lm::Config tiny = char_lm::load_config(std::string(LORAKEEP_SOURCE_DIR) + "/configs/char_lm_tiny.yaml");
@@ -122,8 +122,8 @@ TEST_CASE("every config in configs/ loads", "[config]") {
 
 TEST_CASE("a minimal config takes the defaults of Trainer and PEFT", "[config]") {
   const RunConfig run = parse_run_config(kGood, "good.yaml");
-  CHECK(run.checkpoint.save_steps == 10);
-  CHECK(run.checkpoint.save_strategy == SaveStrategy::kSteps);
+  CHECK(run.callbacks.save_steps == 10);
+  CHECK(run.callbacks.save_strategy == SaveStrategy::kSteps);
   CHECK(metric_key(run.checkpoint) == "eval_accuracy");
   CHECK(greater_is_better(run.checkpoint));  // not a loss
   CHECK(run.lora.lora_alpha == 8);

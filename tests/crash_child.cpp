@@ -45,9 +45,7 @@ int main(int argc, char** argv) {
   }
   lorakeep::set_log_level(lorakeep::LogLevel::kError);
   const std::string mode = argv[1], dir = argv[2];
-  torch::manual_seed(0);
-  lorakeep::test::CrashNet net;
-  lorakeep::inject_lora(*net, lorakeep::test::crash_lora());
+  lorakeep::test::TestNet net = lorakeep::test::crash_net();
   std::vector<torch::Tensor> trainable;
   for (auto& p : net->parameters()) {
     if (p.requires_grad()) trainable.push_back(p);
@@ -66,7 +64,7 @@ int main(int argc, char** argv) {
     }
     const int log = ::open(argv[3], O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (log < 0) return 3;
-    ckpt.resume(*net, &adam, &state);
+    ckpt.resume(*net, state, &adam);
     append(log, "ready " + std::to_string(state.global_step));
     for (;;) {
       ++state.global_step;

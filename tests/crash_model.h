@@ -1,36 +1,23 @@
 // The training process of the reliability tests (crash_child), shared with
-// the tests that check what it leaves behind: two 64x64 LoRA layers of rank
-// 8, saved with the newest 2 and the best 1 kept.
+// the tests that check what it leaves behind: the shared test model at width
+// 64 with LoRA of rank 8, saved with the newest 2 and the best 1 kept.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <string>
 
-#include <torch/nn/module.h>
-#include <torch/nn/pimpl.h>
 #include <torch/optim/adam.h>
 
 #include "lorakeep/checkpoint_options.h"
-#include "lorakeep/lora.h"
+#include "test_model.h"
 
 namespace lorakeep::test {
 
-struct CrashNetImpl : torch::nn::Module {
-  LoraLinear q_proj{nullptr}, v_proj{nullptr};
-  CrashNetImpl() {
-    q_proj = register_module("q_proj", LoraLinear(64, 64));
-    v_proj = register_module("v_proj", LoraLinear(64, 64));
-  }
-};
-TORCH_MODULE(CrashNet);
+inline LoraConfig crash_lora() { return test_lora(/*r=*/8, /*alpha=*/8); }
 
-inline LoraConfig crash_lora() {
-  LoraConfig c;
-  c.r = 8;
-  c.target_modules = {"q_proj", "v_proj"};
-  return c;
-}
+// The children's model, armed: the same on every run and every rank.
+inline TestNet crash_net() { return armed_net(/*seed=*/0, crash_lora(), /*width=*/64); }
 
 inline CheckpointOptions crash_options(const std::string& dir) {
   CheckpointOptions o;
@@ -42,7 +29,7 @@ inline CheckpointOptions crash_options(const std::string& dir) {
 }
 
 // One Adam step of the children's training loop, on a batch fixed by `step`.
-inline void crash_train_step(CrashNet& net, torch::optim::Adam& adam, std::int64_t step) {
+inline void crash_train_step(TestNet& net, torch::optim::Adam& adam, std::int64_t step) {
   adam.zero_grad();
   const at::Tensor x = at::full({4, 64}, static_cast<double>(step % 7) / 7.0);
   net->v_proj(at::relu(net->q_proj(x))).pow(2).sum().backward();

@@ -7,7 +7,8 @@
 // Resumes from RUN_DIR, then for each step up to STEPS: one training step on
 // the same batch on every rank (so the replicas stay equal without gradient
 // averaging), an evaluation of this rank's share (dist_metric) with rank + 1
-// samples, a save. Then load_best_into. Prints, one per line:
+// samples reduced across the ranks, a save. Then load_best_into. Prints, one
+// per line:
 //   ready STEP                     after the resume
 //   saved STEP METRIC              the global metric recorded
 //   save-error STEP CODE MESSAGE   a save that threw (the loop goes on)
@@ -75,9 +76,7 @@ int main(int argc, char** argv) {
   std::signal(SIGXFSZ, SIG_IGN);  // a write past the file-size limit fails with EFBIG
   lorakeep::set_log_level(lorakeep::LogLevel::kError);
   const std::int64_t steps = std::atoll(argv[2]);
-  torch::manual_seed(0);
-  lorakeep::test::CrashNet net;
-  lorakeep::inject_lora(*net, lorakeep::test::crash_lora());
+  lorakeep::test::TestNet net = lorakeep::test::crash_net();
   std::vector<torch::Tensor> trainable;
   for (auto& p : net->parameters()) {
     if (p.requires_grad()) trainable.push_back(p);
@@ -94,13 +93,14 @@ int main(int argc, char** argv) {
     lorakeep::TrainingState state;
     const bool async = env_long("LK_ASYNC", 0) != 0;
     const long fsize_step = env_long("LK_FSIZE_STEP", -1), fill_step = env_long("LK_FILL_STEP", -1);
-    ckpt.resume(*net, &adam, &state);
+    ckpt.resume(*net, state, &adam);
     std::printf("ready %" PRId64 "\n", state.global_step);
     while (state.global_step < steps) {
       ++state.global_step;
       const std::int64_t step = state.global_step;
       lorakeep::test::crash_train_step(net, adam, step);
-      state.record_evaluation({{"eval_loss", lorakeep::test::dist_metric(step, rank)}}, rank + 1);
+      state.record_evaluation(
+          coordinator.reduce_metrics({{"eval_loss", lorakeep::test::dist_metric(step, rank)}}, rank + 1));
       if (rank == env_long("LK_DIVERGE_RANK", -1) && step == env_long("LK_DIVERGE_STEP", -1)) {
         torch::NoGradGuard no_grad;
         net->q_proj->lora_B->weight.add_(1e-3);

@@ -13,6 +13,7 @@
 #include <c10/core/CPUAllocator.h>
 #include "lorakeep/lora.h"
 #include "lorakeep/memory.h"
+#include "lorakeep/merge_lora.h"
 #include "lorakeep/tensor_source.h"
 #include "lora/rank_update.h"
 #include "tensors/pickle.h"

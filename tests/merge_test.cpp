@@ -11,6 +11,7 @@
 #include "lorakeep/lora.h"
 #include "lorakeep/lora_config.h"
 #include "lorakeep/merge.h"
+#include "lorakeep/merge_lora.h"
 #include "lorakeep/tensor_source.h"
 #include "lorakeep/transfer.h"
 #include "test_util.h"

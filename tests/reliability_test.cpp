@@ -18,7 +18,7 @@
 #include <boost/filesystem.hpp>
 #include <torch/optim/adam.h>
 
-#include "lorakeep/checkpoint.h"
+#include "lorakeep/checkpoint_manager.h"
 #include "lorakeep/lora.h"
 #include "lorakeep/memory.h"
 #include "lorakeep/transfer.h"
@@ -51,16 +51,11 @@ std::set<std::int64_t> keep(const std::map<std::int64_t, double>& metrics) {
   return out;
 }
 
-using Net = test::CrashNet;
+using Net = test::TestNet;
 
 NamedTensors snapshot(Net& net) { return test::clone_all(adapter_tensors(*net, test::crash_lora())); }
 
-Net fresh_net(std::uint64_t seed) {
-  torch::manual_seed(seed);
-  Net net;
-  inject_lora(*net, test::crash_lora());
-  return net;
-}
+Net fresh_net(std::uint64_t seed) { return test::armed_net(seed, test::crash_lora(), /*width=*/64); }
 
 // Runs `trials` kill trials on one run directory; returns how many kills
 // landed while a save was in flight.

@@ -11,7 +11,7 @@
 #include <torch/optim/adam.h>
 #include <torch/serialize/output-archive.h>
 
-#include "lorakeep/checkpoint.h"
+#include "lorakeep/checkpoint_manager.h"
 #include "lorakeep/lora.h"
 #include "lorakeep/memory.h"
 #include "lorakeep/safetensors.h"
@@ -19,6 +19,7 @@
 #include "base/file_names.h"
 #include "tensor_util.h"
 #include "tensors/rng.h"
+#include "test_model.h"
 #include "test_util.h"
 #include "transfer/load_plan.h"
 
@@ -28,29 +29,9 @@ namespace {
 using Catch::Matchers::Contains;
 namespace fs = boost::filesystem;
 
-// Two LoRA-capable layers, a head trained whole (modules_to_save) and a buffer.
-struct NetImpl : torch::nn::Module {
-  LoraLinear q_proj{nullptr}, v_proj{nullptr};
-  torch::nn::Linear head{nullptr};
-  torch::Tensor running;
-  explicit NetImpl(std::int64_t width = 16) {
-    q_proj = register_module("q_proj", LoraLinear(width, width));
-    v_proj = register_module("v_proj", LoraLinear(width, width));
-    head = register_module("head", torch::nn::Linear(width, 2));
-    running = register_buffer("running", torch::zeros({width}));
-  }
-  torch::Tensor forward(const torch::Tensor& x) { return head(v_proj(torch::relu(q_proj(x)))); }
-};
-TORCH_MODULE(Net);
+using Net = test::TestNet;
 
-LoraConfig lora_config() {
-  LoraConfig c;
-  c.r = 4;
-  c.lora_alpha = 8;
-  c.target_modules = {"q_proj", "v_proj"};
-  c.modules_to_save = {"head"};
-  return c;
-}
+LoraConfig lora_config() { return test::test_lora(/*r=*/4, /*alpha=*/8, /*train_head=*/true); }
 
 std::string optimizer_state(torch::optim::Optimizer& optimizer) {
   // Keyed by parameter (LibTorch keys its state by TensorImpl address); each
@@ -315,7 +296,7 @@ TEST_CASE("load_best_into and resume change nothing on a bad best, or load the o
     // model, optimizer and RNG are what checkpoint-1 holds.
     CheckpointManager ckpt(o);
     TrainingState state;
-    const auto from = ckpt.resume(*live.net, &live.adam, &state);
+    const auto from = ckpt.resume(*live.net, state, &live.adam);
     REQUIRE(from.has_value());
     CHECK(from->step == 1);
     CHECK(state.global_step == 1);
@@ -426,7 +407,7 @@ TEST_CASE("resume holds at most one extra copy of the optimizer state while it r
   CheckpointManager ckpt(o);
   TrainingState state;
   AllocationProbe probe;
-  REQUIRE(ckpt.resume(*live.net, &live.adam, &state).has_value());
+  REQUIRE(ckpt.resume(*live.net, state, &live.adam).has_value());
   INFO("optimizer state " << state_bytes << " bytes, allocator peak during resume " << probe.peak_bytes());
   CHECK(probe.peak_bytes() <= static_cast<std::int64_t>(state_bytes + (64u << 10)));  // two copies: 2 x state
   CHECK(probe.peak_bytes() >= static_cast<std::int64_t>(state_bytes / 2));            // the probe saw the parse
@@ -455,7 +436,7 @@ TEST_CASE("resume into an optimizer of other parameter groups changes nothing", 
   CheckpointManager ckpt(o);
   const Snapshot before = snapshot(*live.net, &two_groups);
   TrainingState state;
-  const Error e = test::capture_error([&] { ckpt.resume(*live.net, &two_groups, &state); });
+  const Error e = test::capture_error([&] { ckpt.resume(*live.net, state, &two_groups); });
   CHECK(e.code() == ErrorCode::kIncompatible);
   CHECK_THAT(e.what(), Contains("parameter groups") && Contains("checkpoint-2"));
   CHECK(snapshot(*live.net, &two_groups) == before);

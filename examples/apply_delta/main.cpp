@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
     char_lm::CharLM model(config.settings.model);
     lorakeep::load_into(*model, *lorakeep::open_tensor_source(base));
     lorakeep::LoadOptions add;
-    add.chunk_bytes = run.transfer.chunk_bytes;
+    add.chunk_bytes = run.checkpoint.chunk_bytes;
     const lorakeep::TransferReport report = lorakeep::apply_delta(*model, *lorakeep::open_tensor_source(delta), 1.0,
                                                                   add);
     std::printf("3. applied in place to a live base model: %s\n", report.summary().c_str());

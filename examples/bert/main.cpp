@@ -214,7 +214,7 @@ int train(const std::string& config_path, const std::string& model_dir_override,
   // The model, loaded CPU-first through lorakeep.
   const bert::BertConfig bc = bert::read_config(model_dir + "/config.json");
   bert::BertForSequenceClassification model(bc, k);
-  const bert::PretrainedLoad loaded = bert::load_pretrained(model, model_dir, run.transfer.chunk_bytes);
+  const bert::PretrainedLoad loaded = bert::load_pretrained(model, model_dir, run.checkpoint.chunk_bytes);
   std::printf("== model: %s (BERT, %lld layers, hidden %lld, %lld heads, vocabulary %lld)\n   %s\n", model_dir.c_str(),
               static_cast<long long>(bc.num_hidden_layers), static_cast<long long>(bc.hidden_size),
               static_cast<long long>(bc.num_attention_heads), static_cast<long long>(bc.vocab_size),
@@ -263,7 +263,7 @@ int train(const std::string& config_path, const std::string& model_dir_override,
   torch::optim::AdamW opt(trainable, torch::optim::AdamWOptions(t.learning_rate).weight_decay(t.weight_decay));
   lorakeep::CheckpointManager ckpt(run.checkpoint);
   lorakeep::CallbackList callbacks;
-  callbacks.add(std::make_shared<lorakeep::CheckpointCallback>(ckpt, *model, run.lora, &opt));
+  callbacks.add(std::make_shared<lorakeep::CheckpointCallback>(ckpt, *model, run.lora, run.callbacks, &opt));
   if (t.early_stopping_patience > 0) {
     callbacks.add(
         std::make_shared<lorakeep::EarlyStopping>(ckpt, t.early_stopping_patience, t.early_stopping_threshold));
@@ -272,7 +272,7 @@ int train(const std::string& config_path, const std::string& model_dir_override,
   auto tracker = std::make_shared<SaveTracker>();
   callbacks.add(tracker);
   callbacks.add(std::make_shared<Progress>(ckpt.metric_key(), ckpt.greater_is_better()));
-  auto load_best = std::make_shared<lorakeep::LoadBestAtEnd>(ckpt, *model);
+  auto load_best = std::make_shared<lorakeep::LoadBestAtEnd>(ckpt, *model, run.callbacks);
   callbacks.add(load_best);
 
   lorakeep::TrainingState state;
@@ -311,7 +311,7 @@ int train(const std::string& config_path, const std::string& model_dir_override,
     opt.step();
     ++state.global_step;
     state.epoch = state.global_step * t.batch_size / per_epoch;
-    if (run.checkpoint.logging_steps > 0 && state.global_step % run.checkpoint.logging_steps == 0) {
+    if (run.callbacks.logging_steps > 0 && state.global_step % run.callbacks.logging_steps == 0) {
       state.log({{"loss", loss.item<double>()}, {"learning_rate", t.learning_rate}, {"grad_norm", grad_norm}});
     }
     if (!callbacks.end_step(state, evaluate)) {

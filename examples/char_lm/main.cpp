@@ -178,7 +178,7 @@ int main(int argc, char** argv) {
     torch::optim::AdamW opt(trainable, torch::optim::AdamWOptions(t.learning_rate).weight_decay(t.weight_decay));
     lorakeep::CheckpointManager ckpt(run.checkpoint);
     lorakeep::CallbackList callbacks;
-    callbacks.add(std::make_shared<lorakeep::CheckpointCallback>(ckpt, *model, run.lora, &opt));
+    callbacks.add(std::make_shared<lorakeep::CheckpointCallback>(ckpt, *model, run.lora, run.callbacks, &opt));
     if (t.early_stopping_patience > 0) {
       callbacks.add(
           std::make_shared<lorakeep::EarlyStopping>(ckpt, t.early_stopping_patience, t.early_stopping_threshold));
@@ -186,8 +186,8 @@ int main(int argc, char** argv) {
     callbacks.add(std::make_shared<lorakeep::MetricsLogger>(out + "/metrics.jsonl"));
     auto tracker = std::make_shared<SaveTracker>();
     callbacks.add(tracker);
-    callbacks.add(std::make_shared<Progress>(ckpt.metric_key(), run.checkpoint.logging_steps));
-    auto load_best = std::make_shared<lorakeep::LoadBestAtEnd>(ckpt, *model);
+    callbacks.add(std::make_shared<Progress>(ckpt.metric_key(), run.callbacks.logging_steps));
+    auto load_best = std::make_shared<lorakeep::LoadBestAtEnd>(ckpt, *model, run.callbacks);
     callbacks.add(load_best);
 
     lorakeep::TrainingState state;
@@ -196,7 +196,7 @@ int main(int argc, char** argv) {
     const double tokens_per_epoch = static_cast<double>(tune_text.train.size(0));
     state.num_train_epochs = std::ceil(static_cast<double>(t.max_steps) * t.batch_size * block / tokens_per_epoch);
     if (resume) {
-      if (auto from = ckpt.resume(*model, &opt, &state))
+      if (auto from = ckpt.resume(*model, state, &opt))
         std::printf("   resumed at step %lld\n", static_cast<long long>(from->step));
     }
     const auto t1 = Clock::now();
@@ -212,7 +212,7 @@ int main(int argc, char** argv) {
       ++state.global_step;
       state.epoch = static_cast<double>(state.global_step) * t.batch_size * block / tokens_per_epoch;
       state.num_input_tokens_seen += static_cast<std::int64_t>(t.batch_size) * block;
-      if (run.checkpoint.logging_steps > 0 && state.global_step % run.checkpoint.logging_steps == 0) {
+      if (run.callbacks.logging_steps > 0 && state.global_step % run.callbacks.logging_steps == 0) {
         state.log({{"loss", loss.item<double>()}, {"learning_rate", t.learning_rate}, {"grad_norm", grad_norm}});
       }
       const bool go = callbacks.end_step(state, [&] {

@@ -213,13 +213,13 @@ int main(int argc, char** argv) {
     torch::optim::AdamW opt(trainable, torch::optim::AdamWOptions(t.learning_rate).weight_decay(t.weight_decay));
     lorakeep::CheckpointManager ckpt(run.checkpoint, coordinator);
     lorakeep::CallbackList callbacks;
-    callbacks.add(std::make_shared<lorakeep::CheckpointCallback>(ckpt, *model, run.lora, &opt));
+    callbacks.add(std::make_shared<lorakeep::CheckpointCallback>(ckpt, *model, run.lora, run.callbacks, &opt));
     if (t.early_stopping_patience > 0) {
       callbacks.add(
           std::make_shared<lorakeep::EarlyStopping>(ckpt, t.early_stopping_patience, t.early_stopping_threshold));
     }
     if (main_rank) callbacks.add(std::make_shared<lorakeep::MetricsLogger>(out + "/metrics.jsonl"));
-    callbacks.add(std::make_shared<lorakeep::LoadBestAtEnd>(ckpt, *model));
+    callbacks.add(std::make_shared<lorakeep::LoadBestAtEnd>(ckpt, *model, run.callbacks));
 
     // Each rank evaluates its own slice of the validation text; the metrics
     // are reduced (sample-weighted) before any callback sees them, so every

@@ -1,11 +1,11 @@
 // lorakeep/callbacks.h: training-loop callbacks in the shape of Hugging
 // Face's TrainerCallback, for LibTorch loops.
 //
-//   lorakeep::CheckpointManager ckpt(options);
+//   lorakeep::CheckpointManager ckpt(run.checkpoint);
 //   lorakeep::CallbackList callbacks;
-//   callbacks.add(std::make_shared<lorakeep::CheckpointCallback>(ckpt, *model, lora, &optimizer));
+//   callbacks.add(std::make_shared<lorakeep::CheckpointCallback>(ckpt, *model, lora, run.callbacks, &optimizer));
 //   callbacks.add(std::make_shared<lorakeep::EarlyStopping>(ckpt, /*patience=*/3));
-//   callbacks.add(std::make_shared<lorakeep::LoadBestAtEnd>(ckpt, *model));
+//   callbacks.add(std::make_shared<lorakeep::LoadBestAtEnd>(ckpt, *model, run.callbacks));
 //   lorakeep::TrainingState state;
 //   callbacks.on_train_begin(state);
 //   while (state.global_step < max_steps) {
@@ -28,7 +28,8 @@
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
 
-#include "lorakeep/checkpoint.h"
+#include "lorakeep/callback_options.h"
+#include "lorakeep/checkpoint_manager.h"
 #include "lorakeep/training_state.h"
 
 namespace lorakeep {
@@ -77,16 +78,20 @@ class CallbackList {
 };
 
 // Decides when to evaluate and save (the options' strategies, as Trainer's
-// DefaultFlowCallback does), and saves checkpoints through the manager.
-// With options().save_async it saves through save_async: on_save then
-// follows the host snapshot, and the write's error (if any) is raised by the
-// next save or by on_train_end, which waits for the save in flight.
-// Borrows all it is given: they must outlive it.
+// DefaultFlowCallback does), and saves checkpoints through the manager, the
+// adapter as `lora` describes it. With options.save_async it saves through
+// save_async: on_save then follows the host snapshot, and the write's error
+// (if any) is raised by the next save or by on_train_end, which waits for the
+// save in flight. on_train_begin records the logging, eval and save steps in
+// the state (trainer_state.json has them). Borrows the manager, the model and
+// the optimizer: they must outlive it. Throws Error(kInvalidArgument) for
+// options that validate() refuses.
 class CheckpointCallback : public Callback {
  public:
-  CheckpointCallback(CheckpointManager& manager, torch::nn::Module& model, LoraConfig lora,
+  CheckpointCallback(CheckpointManager& manager, torch::nn::Module& model, LoraConfig lora, CallbackOptions options,
                      torch::optim::Optimizer* optimizer = nullptr);
 
+  void on_train_begin(TrainingState& state) override;
   void on_step_end(TrainingState& state) override;
   void on_evaluate(TrainingState& state, const Metrics& metrics) override;
   std::optional<CheckpointInfo> save(TrainingState& state) override;
@@ -96,6 +101,7 @@ class CheckpointCallback : public Callback {
   CheckpointManager& manager_;
   torch::nn::Module& model_;
   LoraConfig lora_;
+  CallbackOptions options_;
   torch::optim::Optimizer* optimizer_;
   std::int64_t last_epoch_ = 0;
   std::optional<double> best_seen_;
@@ -125,7 +131,7 @@ class EarlyStopping : public Callback {
 // ask for it (load_best_model_at_end), and keeps the report.
 class LoadBestAtEnd : public Callback {
  public:
-  LoadBestAtEnd(CheckpointManager& manager, torch::nn::Module& model);
+  LoadBestAtEnd(CheckpointManager& manager, torch::nn::Module& model, const CallbackOptions& options);
   void on_train_end(TrainingState& state) override;
   // The reload's report, once it ran.
   const std::optional<TransferReport>& report() const { return report_; }
@@ -134,6 +140,7 @@ class LoadBestAtEnd : public Callback {
  private:
   CheckpointManager& manager_;
   torch::nn::Module& model_;
+  bool enabled_;
   std::optional<TransferReport> report_;
   std::optional<CheckpointInfo> loaded_;
 };

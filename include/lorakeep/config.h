@@ -1,5 +1,8 @@
 // lorakeep/config.h: a training run configured in YAML. lorakeep's sections
-// (checkpoint, lora, transfer) map onto its option structs; an application
+// (checkpoint, lora, transfer) map onto its option structs: `checkpoint`,
+// Trainer's names in one section, onto the manager's CheckpointOptions and
+// the callbacks' CallbackOptions; `transfer` onto the reload settings of
+// CheckpointOptions (chunk_bytes, verify_checksums). An application
 // declares its own sections of the same file on a ConfigSchema
 // (config_schema.h). Includes neither LibTorch nor a YAML library.
 //
@@ -17,25 +20,19 @@
 #include <cstdint>
 #include <string>
 
+#include "lorakeep/callback_options.h"
 #include "lorakeep/checkpoint_options.h"
 #include "lorakeep/config_schema.h"
 #include "lorakeep/lora_config.h"
 
 namespace lorakeep {
 
-// How reloads move data; copied into RunConfig::checkpoint (chunk_bytes,
-// verify_checksums), which load_best_into and resume honour.
-struct TransferSettings {
-  std::uint64_t chunk_bytes = 64ull << 20;  // host staging per piece ("64MiB" in YAML)
-  bool verify_checksums = true;             // reloads check every byte they read against the manifest first
-};
-
 // lorakeep's sections of the file; the application's land in its own fields.
 struct RunConfig {
-  std::string path;  // the file it came from
-  CheckpointOptions checkpoint;
+  std::string path;              // the file it came from
+  CheckpointOptions checkpoint;  // checkpoint: (the manager's keys) and transfer:
+  CallbackOptions callbacks;     // checkpoint: (when to evaluate, save and reload)
   LoraConfig lora;
-  TransferSettings transfer;
 };
 
 // Reads and checks a YAML run configuration: lorakeep's sections into the

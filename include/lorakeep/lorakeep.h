@@ -1,8 +1,11 @@
-// lorakeep/lorakeep.h: the whole public API in one include.
+// lorakeep/lorakeep.h: the whole public API in one include, but for
+// lorakeep/distributed.h (it brings c10d's headers).
 #pragma once
 
+#include "lorakeep/adapter.h"
+#include "lorakeep/callback_options.h"
 #include "lorakeep/callbacks.h"
-#include "lorakeep/checkpoint.h"
+#include "lorakeep/checkpoint_manager.h"
 #include "lorakeep/checkpoint_options.h"
 #include "lorakeep/config.h"
 #include "lorakeep/config_schema.h"
@@ -11,8 +14,10 @@
 #include "lorakeep/logging.h"
 #include "lorakeep/lora.h"
 #include "lorakeep/lora_config.h"
+#include "lorakeep/lora_linear.h"
 #include "lorakeep/memory.h"
 #include "lorakeep/merge.h"
+#include "lorakeep/merge_lora.h"
 #include "lorakeep/safetensors.h"
 #include "lorakeep/sharded.h"
 #include "lorakeep/tensor_info.h"

@@ -17,23 +17,25 @@ using Metrics = std::map<std::string, double>;
 
 // Not thread-safe: owned by the training loop.
 struct TrainingState {
-  // progress
+  // The run's arguments: the caller's, recorded in trainer_state.json and
+  // kept by resume (a run resumed with a larger max_steps trains on).
+  std::int64_t max_steps = 0;   // planned steps
+  double num_train_epochs = 0;  // planned epochs
+  std::int64_t train_batch_size = 0;
+  std::int64_t logging_steps = 500;  // CheckpointCallback sets these three from its options
+  std::int64_t eval_steps = 500;
+  std::int64_t save_steps = 500;
+
+  // progress (restored by resume)
   std::int64_t global_step = 0;  // optimizer steps done
   double epoch = 0;              // fractional epochs done, as Trainer counts them
-  std::int64_t max_steps = 0;    // planned steps (informational)
-  double num_train_epochs = 0;   // planned epochs (informational)
-  std::int64_t train_batch_size = 0;
   std::int64_t num_input_tokens_seen = 0;
   double total_flos = 0;
 
-  // history
+  // history (restored by resume)
   std::vector<Metrics> log_history;     // in order, each with "step" and "epoch"
   Metrics last_metrics;                 // the latest evaluation
   std::int64_t last_metrics_step = -1;  // the step it was made at
-  // With several ranks: the evaluation samples behind last_metrics on this
-  // rank (values of this rank's share, averaged across ranks by the next
-  // save, weighted by it), or 0 for values that are already global.
-  std::int64_t last_metrics_samples = 0;
 
   // best, kept by the checkpoint manager (by step, never by path)
   std::optional<double> best_metric;
@@ -57,9 +59,17 @@ struct TrainingState {
 
   // Appends `values` to log_history with the current step and epoch.
   void log(const Metrics& values);
-  // Logs an evaluation and makes it last_metrics; `samples` as
-  // last_metrics_samples.
-  void record_evaluation(const Metrics& metrics, std::int64_t samples = 0);
+  // Logs an evaluation and makes it last_metrics. With several ranks the
+  // values must be the job's, equal on every rank (reduce each rank's share
+  // with Coordinator::reduce_metrics first).
+  void record_evaluation(const Metrics& metrics);
+
+  // What resume restores, as Trainer splits it: progress, history, best and
+  // early-stopping state from `saved` (a checkpoint's); this run's
+  // arguments (max_steps, num_train_epochs, train_batch_size and the
+  // logging / eval / save steps) stay as the caller set them; the control
+  // flags are cleared.
+  void resume_from(const TrainingState& saved);
 };
 
 }  // namespace lorakeep

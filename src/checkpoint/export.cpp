@@ -13,7 +13,7 @@ namespace {
 
 namespace fs = boost::filesystem;
 
-void copy_verified(const std::string& from, const std::string& to, const FileEntry& expected) {
+void copy_verified(const std::string& from, const std::string& to, const FileDigest& expected) {
   ReadableFile in(from);
   WritableFile out = WritableFile::create(to);
   Xxh3Stream hash;

@@ -1,4 +1,4 @@
-#include "lorakeep/checkpoint.h"
+#include "lorakeep/checkpoint_manager.h"
 
 #include <unistd.h>
 
@@ -21,9 +21,9 @@
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
 
+#include "lorakeep/adapter.h"
 #include "lorakeep/distributed.h"
 #include "lorakeep/error.h"
-#include "lorakeep/lora.h"
 #include "lorakeep/version.h"
 #include "base/file_names.h"
 #include "base/logging.h"
@@ -37,7 +37,8 @@
 #include "io/checksum.h"
 #include "io/dir_lock.h"
 #include "io/read_file.h"
-#include "lora/adapter.h"
+#include "lora/adapter_load.h"
+#include "lora/adapter_writer.h"
 #include "tensors/rng.h"
 #include "tensors/safetensors_writer.h"
 #include "tensors/torch_compat.h"
@@ -59,21 +60,11 @@ std::string utc_now() {
   return buf;
 }
 
-// Writes one small file of a checkpoint being assembled, synced, and returns
-// its manifest entry.
-detail::FileEntry write_synced(const std::string& path, const std::string& bytes) {
-  detail::WritableFile f = detail::WritableFile::create(path);
-  f.append(bytes.data(), bytes.size());
-  f.sync();
-  f.close();
-  return detail::FileEntry{bytes.size(), detail::xxh3_64(bytes.data(), bytes.size())};
-}
-
 // The optimizer's state through LibTorch's archive, streamed into the file.
 // A failed write is kept and rethrown after save_to returns: the archive's
 // writer retries from its destructor, and a second throw there would
 // terminate the process.
-detail::FileEntry write_optimizer(const std::string& path, torch::optim::Optimizer& optimizer) {
+detail::FileDigest write_optimizer(const std::string& path, torch::optim::Optimizer& optimizer) {
   torch::serialize::OutputArchive archive;
   optimizer.save(archive);
   detail::WritableFile f = detail::WritableFile::create(path);
@@ -93,7 +84,7 @@ detail::FileEntry write_optimizer(const std::string& path, torch::optim::Optimiz
   f.sync();
   const std::uint64_t size = f.size();
   f.close();
-  return detail::FileEntry{size, hash.digest()};
+  return detail::FileDigest{size, hash.digest()};
 }
 
 // The saved RNG states of a checkpoint, read and checked; nothing set.
@@ -176,20 +167,17 @@ Contents snapshot(Contents live, std::size_t optimizer_hint) {
 // last (with the sizes and checksums of the others).
 void write_checkpoint_files(const std::string& tmp, const CheckpointOptions& options, detail::Manifest& manifest,
                             const Contents& contents, const LoraConfig& lora, const TrainingState& state) {
-  const AdapterSaveReport adapter = detail::write_adapter(tmp, contents.adapter, lora, /*direct=*/true);
+  const detail::WrittenAdapter adapter = detail::write_adapter(tmp, contents.adapter, lora, /*direct=*/true);
   manifest.files[detail::kAdapterWeightsFile] = {adapter.weights.file_size, adapter.weights.file_checksum};
   for (std::size_t i = 0; i < adapter.weights.tensors.size(); ++i) {
     manifest.tensors[adapter.weights.tensors[i].name] = adapter.weights.tensor_checksums[i];
   }
-  manifest.files[detail::kAdapterConfigFile] = [&] {
-    std::uint64_t size = 0;
-    const std::uint64_t sum = detail::checksum_file(adapter.config_path, &size);
-    return detail::FileEntry{size, sum};
-  }();
+  manifest.files[detail::kAdapterConfigFile] = adapter.config;
   if (contents.optimizer != nullptr) {
     manifest.files[detail::kOptimizerFile] = write_optimizer(join(tmp, detail::kOptimizerFile), *contents.optimizer);
   } else if (contents.optimizer_bytes) {
-    manifest.files[detail::kOptimizerFile] = write_synced(join(tmp, detail::kOptimizerFile), *contents.optimizer_bytes);
+    manifest.files[detail::kOptimizerFile] = detail::write_synced_file(join(tmp, detail::kOptimizerFile),
+                                                                       *contents.optimizer_bytes);
   }
   const int world = static_cast<int>(contents.rng.size());
   for (int rank = 0; rank < world; ++rank) {
@@ -198,9 +186,9 @@ void write_checkpoint_files(const std::string& tmp, const CheckpointOptions& opt
                                                    detail::SafetensorsWriter::Mode::kDirect, 1 << 20);
     manifest.files[name] = {r.file_size, r.file_checksum};
   }
-  manifest.files[detail::kTrainerStateFile] = write_synced(join(tmp, detail::kTrainerStateFile),
-                                                           detail::format_trainer_state(state, options));
-  write_synced(join(tmp, detail::kManifestFile), detail::format_manifest(manifest));
+  manifest.files[detail::kTrainerStateFile] = detail::write_synced_file(join(tmp, detail::kTrainerStateFile),
+                                                                        detail::format_trainer_state(state));
+  detail::write_synced_file(join(tmp, detail::kManifestFile), detail::format_manifest(manifest));
 }
 
 // What one rank reports in a collective step: its local work's result, or
@@ -291,6 +279,15 @@ NamedTensors read_tensors(detail::WireReader& r) {
 }
 
 bool same_value(double a, double b) { return a == b || (std::isnan(a) && std::isnan(b)); }
+
+bool same_metrics(const Metrics& a, const Metrics& b) {
+  if (a.size() != b.size()) return false;
+  for (const auto& [k, v] : a) {
+    auto it = b.find(k);
+    if (it == b.end() || !same_value(it->second, v)) return false;
+  }
+  return true;
+}
 
 }  // namespace
 
@@ -450,7 +447,7 @@ void CheckpointManager::Impl::open_coordinated() {
     open_for_writing();
     token = std::to_string(::getpid()) + "-" + std::to_string(std::random_device{}()) + "-" +
             std::to_string(std::time(nullptr));
-    write_synced(join(options.output_dir, detail::shared_check_file_name(token)), token);
+    detail::write_synced_file(join(options.output_dir, detail::shared_check_file_name(token)), token);
     detail::WireWriter w;
     w.str(token).str(committed_steps());
     return w.bytes();
@@ -639,14 +636,18 @@ AsyncSave CheckpointManager::save_async(torch::nn::Module& module, const LoraCon
   return ticket;
 }
 
-std::optional<CheckpointInfo> CheckpointManager::wait(TrainingState* state) {
+std::optional<CheckpointInfo> CheckpointManager::wait() {
+  impl_->finish();
+  return latest();
+}
+
+std::optional<CheckpointInfo> CheckpointManager::wait(TrainingState& state) {
   impl_->finish(state);
   return latest();
 }
 
 // Every rank: its step, adapter digest, metrics and RNG state, gathered; the
-// checks and the metrics' reduction computed alike on every rank (`state`
-// gets the global metrics). Returns the RNG states by rank.
+// checks computed alike on every rank. Returns the RNG states by rank.
 std::vector<NamedTensors> CheckpointManager::Impl::agree_on_save(torch::nn::Module& module, const LoraConfig& lora,
                                                                  TrainingState& state, const std::string& what) {
   const std::int64_t step = state.global_step;
@@ -654,7 +655,7 @@ std::vector<NamedTensors> CheckpointManager::Impl::agree_on_save(torch::nn::Modu
   const std::vector<RankResult> parts = gather_results(coordinator, what, [&] {
     detail::WireWriter w;
     w.i64(step).i64(static_cast<std::int64_t>(adapter_digest(module, lora)));
-    w.i64(evaluated ? 1 : 0).i64(state.last_metrics_samples);
+    w.i64(evaluated ? 1 : 0);
     const Metrics metrics = evaluated ? state.last_metrics : Metrics{};
     w.i64(static_cast<std::int64_t>(metrics.size()));
     for (const auto& [k, v] : metrics) w.str(k).f64(v);
@@ -667,7 +668,6 @@ std::vector<NamedTensors> CheckpointManager::Impl::agree_on_save(torch::nn::Modu
     std::int64_t step;
     std::uint64_t digest;
     bool evaluated;
-    std::int64_t samples;
     Metrics metrics;
     NamedTensors rng;
   };
@@ -678,7 +678,6 @@ std::vector<NamedTensors> CheckpointManager::Impl::agree_on_save(torch::nn::Modu
     part.step = r.i64();
     part.digest = static_cast<std::uint64_t>(r.i64());
     part.evaluated = r.i64() == 1;
-    part.samples = r.i64();
     for (std::int64_t n = r.i64(); n > 0; --n) {
       std::string k = r.str();
       part.metrics[k] = r.f64();
@@ -713,50 +712,13 @@ std::vector<NamedTensors> CheckpointManager::Impl::agree_on_save(torch::nn::Modu
                     ") (hint: are the gradients averaged across ranks, and was every rank's adapter initialised "
                     "alike?)");
   }
-  Metrics global = zero.metrics;
-  if (zero.evaluated) {
-    std::vector<std::pair<std::int64_t, Metrics>> weighted;
-    std::size_t local = 0;
-    for (const Part& p : ranks) {
-      weighted.emplace_back(p.samples, p.metrics);
-      if (p.samples > 0) ++local;
+  for (std::size_t r = 1; r < ranks.size(); ++r) {
+    if (!same_metrics(ranks[r].metrics, zero.metrics)) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "at the " + what + " rank " + std::to_string(r) +
+                      "'s evaluation differs from rank 0's (hint: reduce each rank's evaluation of its share with "
+                      "Coordinator::reduce_metrics before recording it, so that every rank records the job's)");
     }
-    if (local == ranks.size()) {
-      global = detail::weighted_mean(weighted);
-    } else if (local != 0) {
-      throw Error(ErrorCode::kInvalidArgument, "at the " + what +
-                                                   " some ranks gave local metrics (with a sample "
-                                                   "count) and others global ones (hint: record_evaluation with the "
-                                                   "same kind of values on every rank)");
-    } else {
-      for (std::size_t r = 1; r < ranks.size(); ++r) {
-        for (const auto& [k, v] : zero.metrics) {
-          auto it = ranks[r].metrics.find(k);
-          if (it == ranks[r].metrics.end() || !same_value(it->second, v) ||
-              ranks[r].metrics.size() != zero.metrics.size()) {
-            throw Error(ErrorCode::kInvalidArgument,
-                        "at the " + what + " rank " + std::to_string(r) + "'s global metric '" + k +
-                            "' differs from rank 0's (hint: values recorded without a sample count must be the "
-                            "same on every rank; give each rank's sample count to have them averaged)");
-          }
-        }
-      }
-    }
-  }
-
-  if (zero.evaluated) {
-    // Every rank goes on with the global values, in the log too.
-    for (auto it = state.log_history.rbegin(); it != state.log_history.rend(); ++it) {
-      auto s = it->find("step");
-      if (s == it->end() || s->second != static_cast<double>(step)) continue;
-      bool same = true;
-      for (const auto& [k, v] : state.last_metrics) same = same && it->count(k) && same_value(it->at(k), v);
-      if (!same) continue;
-      for (const auto& [k, v] : global) (*it)[k] = v;
-      break;
-    }
-    state.last_metrics = global;
-    state.last_metrics_samples = 0;
   }
   std::vector<NamedTensors> rng;
   if (options.save_rng) {
@@ -850,7 +812,8 @@ detail::AdapterLoad CheckpointManager::Impl::prepare_adapter(const std::string& 
   transfer.chunk_bytes = options.chunk_bytes;
   transfer.verify_checksums = by_tensor;
   if (by_tensor) transfer.checksums = manifest.tensors;
-  return detail::AdapterLoad(dir, module, transfer);
+  return detail::AdapterLoad(dir, read_adapter_config(dir), open_tensor_source(detail::adapter_weights_path(dir)),
+                             module, transfer);
 }
 
 namespace {
@@ -990,8 +953,8 @@ void check_optimizer_groups(torch::serialize::InputArchive& archive, torch::opti
 
 }  // namespace
 
-std::optional<CheckpointInfo> CheckpointManager::resume(torch::nn::Module& module, torch::optim::Optimizer* optimizer,
-                                                        TrainingState* state) {
+std::optional<CheckpointInfo> CheckpointManager::resume(torch::nn::Module& module, TrainingState& state,
+                                                        torch::optim::Optimizer* optimizer) {
   Impl& m = *impl_;
   m.finish();
   std::vector<std::int64_t> newest_first;
@@ -1018,9 +981,6 @@ std::optional<CheckpointInfo> CheckpointManager::resume(torch::nn::Module& modul
         }
         return join(path, name);
       };
-      restored.max_steps = state->max_steps;
-      restored.num_train_epochs = state->num_train_epochs;
-      restored.train_batch_size = state->train_batch_size;
       const std::string trainer_state = listed(detail::kTrainerStateFile);
       detail::parse_trainer_state(detail::read_small_file(trainer_state, 256ull << 20), trainer_state, &restored);
       if (optimizer != nullptr && manifest.files.count(detail::kOptimizerFile)) {
@@ -1066,7 +1026,7 @@ std::optional<CheckpointInfo> CheckpointManager::resume(torch::nn::Module& modul
     restored.last_metrics = manifest.metrics;
     restored.last_metrics_step = manifest.metrics.empty() ? -1 : manifest.step;
     m.set_best(restored);
-    *state = restored;
+    state.resume_from(restored);
     detail::log_info("resumed from '{}' at step {}", path, step);
     return m.committed.at(step);
   }

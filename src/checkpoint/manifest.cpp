@@ -146,7 +146,7 @@ Manifest parse_manifest(std::string_view text, const std::string& path) {
     if (!f.is_object()) bad(path, "'files." + name + "' must be an object");
     const OrderedJson& size = field(f, "size", path);
     if (!size.is_number_unsigned()) bad(path, "'files." + name + ".size' must be a non-negative integer");
-    m.files[name] = FileEntry{size.get<std::uint64_t>(), read_checksum(field(f, "xxh3", path), path, "files." + name)};
+    m.files[name] = FileDigest{size.get<std::uint64_t>(), read_checksum(field(f, "xxh3", path), path, "files." + name)};
   }
   const OrderedJson& tensors = field(j, "tensors", path);
   if (!tensors.is_object()) bad(path, "'tensors' must be an object");

@@ -7,7 +7,7 @@
 //    "step": 400, "epoch": 1.25, "metrics": {"eval_loss": 1.93},
 //    "metric_for_best_model": "eval_loss", "greater_is_better": false,
 //    "files": {"adapter_model.safetensors": {"size": 1234, "xxh3": "00ab..."}, ...},
-//    "tensors": {"base_model.model.q_proj.lora_A.weight": "91c2...", ...},
+//    "tensors": {"<an adapter key>": "91c2...", ...},
 //    "created": "2026-11-22T08:00:00Z", "manifest_xxh3": "5d1e..."}
 //
 // "manifest_xxh3" is the XXH3-64 of the file's own text with that value
@@ -23,13 +23,9 @@
 #include <string_view>
 
 #include "lorakeep/training_state.h"
+#include "io/checksum.h"
 
 namespace lorakeep::detail {
-
-struct FileEntry {
-  std::uint64_t size = 0;
-  std::uint64_t xxh3 = 0;
-};
 
 struct Manifest {
   int format_version = 1;
@@ -39,7 +35,7 @@ struct Manifest {
   Metrics metrics;                    // the evaluation at this step, if any
   std::string metric_for_best_model;  // e.g. "eval_loss"; empty: no metric tracked
   bool greater_is_better = false;
-  std::map<std::string, FileEntry> files;        // every other file of the checkpoint
+  std::map<std::string, FileDigest> files;       // every other file of the checkpoint
   std::map<std::string, std::uint64_t> tensors;  // adapter tensor -> XXH3-64 of its bytes
   std::string created;                           // ISO 8601, UTC
 

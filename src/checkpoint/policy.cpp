@@ -6,6 +6,17 @@
 
 namespace lorakeep::detail {
 
+bool is_better(double metric, double than, bool greater_is_better) {
+  if (std::isnan(metric)) return false;
+  if (std::isnan(than)) return true;
+  return greater_is_better ? metric > than : metric < than;
+}
+
+bool improves(double metric, std::optional<double> best, bool greater_is_better) {
+  if (!best) return !std::isnan(metric);
+  return is_better(metric, *best, greater_is_better);
+}
+
 std::vector<std::int64_t> rank_by_metric(const std::vector<CheckpointRecord>& records, bool greater_is_better) {
   std::vector<CheckpointRecord> rated;
   for (const CheckpointRecord& r : records) {
@@ -13,10 +24,8 @@ std::vector<std::int64_t> rank_by_metric(const std::vector<CheckpointRecord>& re
   }
   std::stable_sort(rated.begin(), rated.end(),
                    [greater_is_better](const CheckpointRecord& a, const CheckpointRecord& b) {
-                     const double x = *a.metric, y = *b.metric;
-                     const bool nx = std::isnan(x), ny = std::isnan(y);
-                     if (nx != ny) return ny;  // a number beats NaN
-                     if (!nx && x != y) return greater_is_better ? x > y : x < y;
+                     if (is_better(*a.metric, *b.metric, greater_is_better)) return true;
+                     if (is_better(*b.metric, *a.metric, greater_is_better)) return false;
                      return a.step < b.step;  // a tie keeps the earlier
                    });
   std::vector<std::int64_t> steps;

@@ -13,9 +13,19 @@ struct CheckpointRecord {
   std::optional<double> metric;  // absent: not evaluated at that step, so never the best
 };
 
-// Steps of the evaluated checkpoints, best first: by metric (greater or
-// smaller is better), NaN worst of all, ties broken by the earlier step. The
-// step decides, never a path string ("checkpoint-1000" < "checkpoint-200").
+// Which metric is better: the one comparison behind the best checkpoint, a
+// save_strategy of best and early stopping. `metric` is strictly better than
+// `than` (greater or smaller, as the metric says); NaN is never better, and a
+// number is better than NaN.
+bool is_better(double metric, double than, bool greater_is_better);
+
+// Whether `metric` improves on `best`: is_better, or, with no best yet, any
+// number (NaN never improves).
+bool improves(double metric, std::optional<double> best, bool greater_is_better);
+
+// Steps of the evaluated checkpoints, best first (is_better), ties broken by
+// the earlier step. The step decides, never a path string
+// ("checkpoint-1000" < "checkpoint-200").
 std::vector<std::int64_t> rank_by_metric(const std::vector<CheckpointRecord>& records, bool greater_is_better);
 
 // The checkpoints to delete after a commit, oldest first.

@@ -39,7 +39,7 @@ Manifest read_manifest(const std::string& checkpoint_dir) {
   return m;
 }
 
-void check_checkpoint_file(const std::string& checkpoint_dir, const std::string& name, const FileEntry& entry,
+void check_checkpoint_file(const std::string& checkpoint_dir, const std::string& name, const FileDigest& entry,
                            bool full) {
   const std::string path = join(checkpoint_dir, name);
   struct stat st;

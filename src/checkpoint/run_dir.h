@@ -41,7 +41,7 @@ RunDirScan scan_run_dir(const std::string& dir);
 Manifest read_manifest(const std::string& checkpoint_dir);
 
 // One file the manifest lists, as check_checkpoint_files checks it.
-void check_checkpoint_file(const std::string& checkpoint_dir, const std::string& name, const FileEntry& entry,
+void check_checkpoint_file(const std::string& checkpoint_dir, const std::string& name, const FileDigest& entry,
                            bool full);
 
 // Every file the manifest lists: present (else Error(kNotFound) naming it)

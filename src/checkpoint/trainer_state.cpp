@@ -26,14 +26,14 @@ nlohmann::json log_value(const std::string& key, double v) {
 
 }  // namespace
 
-std::string format_trainer_state(const TrainingState& s, const CheckpointOptions& o) {
+std::string format_trainer_state(const TrainingState& s) {
   nlohmann::json j;
   j["best_global_step"] = s.best_global_step ? nlohmann::json(*s.best_global_step) : nlohmann::json(nullptr);
   j["best_metric"] = s.best_metric ? number(*s.best_metric) : nlohmann::json(nullptr);
   j["best_model_checkpoint"] = s.best_model_checkpoint.empty() ? nlohmann::json(nullptr)
                                                                : nlohmann::json(s.best_model_checkpoint);
   j["epoch"] = number(s.epoch);
-  j["eval_steps"] = o.eval_steps > 0 ? o.eval_steps : o.logging_steps;
+  j["eval_steps"] = s.eval_steps;
   j["global_step"] = s.global_step;
   j["is_hyper_param_search"] = false;
   j["is_local_process_zero"] = true;
@@ -44,7 +44,7 @@ std::string format_trainer_state(const TrainingState& s, const CheckpointOptions
     for (const auto& [k, v] : entry) e[k] = log_value(k, v);
     j["log_history"].push_back(std::move(e));
   }
-  j["logging_steps"] = o.logging_steps;
+  j["logging_steps"] = s.logging_steps;
   j["max_steps"] = s.max_steps;
   j["num_input_tokens_seen"] = s.num_input_tokens_seen;
   if (is_int64_value(s.num_train_epochs)) {
@@ -52,7 +52,7 @@ std::string format_trainer_state(const TrainingState& s, const CheckpointOptions
   } else {
     j["num_train_epochs"] = s.num_train_epochs;
   }
-  j["save_steps"] = o.save_steps;
+  j["save_steps"] = s.save_steps;
   nlohmann::json callbacks = nlohmann::json::object();
   callbacks["TrainerControl"] = {{"args",
                                   {{"should_epoch_stop", false},
@@ -92,6 +92,9 @@ void parse_trainer_state(std::string_view text, const std::string& path, Trainin
   };
   integer("global_step", &s->global_step);
   integer("max_steps", &s->max_steps);
+  integer("logging_steps", &s->logging_steps);
+  integer("eval_steps", &s->eval_steps);
+  integer("save_steps", &s->save_steps);
   integer("train_batch_size", &s->train_batch_size);
   integer("num_input_tokens_seen", &s->num_input_tokens_seen);
   real("epoch", &s->epoch);

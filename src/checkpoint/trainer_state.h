@@ -7,17 +7,16 @@
 #include <string>
 #include <string_view>
 
-#include "lorakeep/checkpoint_options.h"
 #include "lorakeep/training_state.h"
 
 namespace lorakeep::detail {
 
 // Non-finite numbers are written as null (Python would write a bare NaN,
 // which is not JSON).
-std::string format_trainer_state(const TrainingState& state, const CheckpointOptions& options);
+std::string format_trainer_state(const TrainingState& state);
 
-// Fills the progress, history, best and early-stopping fields of `*state`
-// from a trainer_state.json (ours or Trainer's; unknown keys are ignored).
+// Fills the fields of `*state` that trainer_state.json holds (ours or
+// Trainer's; unknown keys are ignored).
 // Throws Error(kCorruption) naming `path` and the field.
 void parse_trainer_state(std::string_view text, const std::string& path, TrainingState* state);
 

@@ -5,8 +5,8 @@
 #include <cstdio>
 
 #include "lorakeep/error.h"
-#include "lorakeep/lora.h"
 #include "lorakeep/merge.h"
+#include "lorakeep/merge_lora.h"
 #include "base/text.h"
 #include "cli/cli.h"
 

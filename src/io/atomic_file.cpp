@@ -188,6 +188,14 @@ void write_file_atomically(const std::string& path, const std::function<void(Wri
   }
 }
 
+FileDigest write_synced_file(const std::string& path, const std::string& bytes) {
+  WritableFile f = WritableFile::create(path);
+  f.append(bytes.data(), bytes.size());
+  f.sync();
+  f.close();
+  return FileDigest{bytes.size(), xxh3_64(bytes.data(), bytes.size())};
+}
+
 bool remove_all_logged(const std::string& path) {
   boost::system::error_code ec;
   boost::filesystem::remove_all(path, ec);

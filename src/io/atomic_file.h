@@ -9,6 +9,8 @@
 #include <functional>
 #include <string>
 
+#include "io/checksum.h"
+
 namespace lorakeep::detail {
 
 // An open file being written. Not thread-safe; move-only.
@@ -93,6 +95,11 @@ class StagedDirectory {
 // then published (replacing `path` if it exists). On any failure the temp file
 // is removed and `path` is unchanged.
 void write_file_atomically(const std::string& path, const std::function<void(WritableFile&)>& fill);
+
+// Writes one small file that must not exist yet, synced (for a directory
+// published whole later), and returns its digest, computed from the bytes
+// written. Throws Error(kIOError) naming it.
+FileDigest write_synced_file(const std::string& path, const std::string& bytes);
 
 // fsync(2) of a directory. Throws Error(kIOError).
 void sync_directory(const std::string& dir);

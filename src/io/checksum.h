@@ -8,6 +8,12 @@ namespace lorakeep::detail {
 
 std::uint64_t xxh3_64(const void* data, std::uint64_t size);
 
+// A file's size and XXH3-64, as a manifest records them.
+struct FileDigest {
+  std::uint64_t size = 0;
+  std::uint64_t xxh3 = 0;
+};
+
 // Incremental XXH3-64 over pieces fed in order. Not thread-safe.
 class Xxh3Stream {
  public:

@@ -9,6 +9,7 @@
 
 #include "lorakeep/error.h"
 #include "base/logging.h"
+#include "checkpoint/policy.h"
 
 namespace lorakeep {
 
@@ -59,11 +60,19 @@ bool CallbackList::end_step(TrainingState& state, const std::function<Metrics()>
 // ---------------------------------------------------------------------------
 
 CheckpointCallback::CheckpointCallback(CheckpointManager& manager, torch::nn::Module& model, LoraConfig lora,
-                                       torch::optim::Optimizer* optimizer)
-    : manager_(manager), model_(model), lora_(std::move(lora)), optimizer_(optimizer) {}
+                                       CallbackOptions options, torch::optim::Optimizer* optimizer)
+    : manager_(manager), model_(model), lora_(std::move(lora)), options_(options), optimizer_(optimizer) {
+  validate(options_, manager_.options());
+}
+
+void CheckpointCallback::on_train_begin(TrainingState& state) {
+  state.logging_steps = options_.logging_steps;
+  state.eval_steps = options_.eval_steps > 0 ? options_.eval_steps : options_.logging_steps;
+  state.save_steps = options_.save_steps;
+}
 
 void CheckpointCallback::on_step_end(TrainingState& state) {
-  const CheckpointOptions& o = manager_.options();
+  const CallbackOptions& o = options_;
   const std::int64_t step = state.global_step;
   const std::int64_t epoch = static_cast<std::int64_t>(std::floor(state.epoch + 1e-9));
   const bool epoch_ended = epoch > last_epoch_;
@@ -86,23 +95,21 @@ void CheckpointCallback::on_step_end(TrainingState& state) {
 }
 
 void CheckpointCallback::on_evaluate(TrainingState& state, const Metrics& metrics) {
-  if (manager_.options().save_strategy != SaveStrategy::kBest) return;
+  if (options_.save_strategy != SaveStrategy::kBest) return;
   auto it = metrics.find(manager_.metric_key());
-  if (it == metrics.end() || std::isnan(it->second)) return;
-  const bool better = !best_seen_ ||
-                      (manager_.greater_is_better() ? it->second > *best_seen_ : it->second < *best_seen_);
-  if (better) {
+  if (it == metrics.end()) return;
+  if (detail::improves(it->second, best_seen_, manager_.greater_is_better())) {
     best_seen_ = it->second;
     state.should_save = true;
   }
 }
 
 std::optional<CheckpointInfo> CheckpointCallback::save(TrainingState& state) {
-  if (manager_.options().save_async) return manager_.save_async(model_, lora_, state, optimizer_).checkpoint;
+  if (options_.save_async) return manager_.save_async(model_, lora_, state, optimizer_).checkpoint;
   return manager_.save(model_, lora_, state, optimizer_);
 }
 
-void CheckpointCallback::on_train_end(TrainingState& state) { manager_.wait(&state); }
+void CheckpointCallback::on_train_end(TrainingState& state) { manager_.wait(state); }
 
 // ---------------------------------------------------------------------------
 
@@ -127,8 +134,7 @@ void EarlyStopping::on_evaluate(TrainingState& state, const Metrics& metrics) {
     return;
   }
   const double v = it->second;
-  const bool improved = !std::isnan(v) && (!best_ || (greater_ ? v > *best_ : v < *best_)) &&
-                        (!best_ || std::fabs(v - *best_) > threshold_);
+  const bool improved = detail::improves(v, best_, greater_) && (!best_ || std::fabs(v - *best_) > threshold_);
   TrainingState::EarlyStoppingState& es = *state.early_stopping;
   if (improved) {
     best_ = v;
@@ -142,10 +148,13 @@ void EarlyStopping::on_evaluate(TrainingState& state, const Metrics& metrics) {
 
 // ---------------------------------------------------------------------------
 
-LoadBestAtEnd::LoadBestAtEnd(CheckpointManager& manager, torch::nn::Module& model) : manager_(manager), model_(model) {}
+LoadBestAtEnd::LoadBestAtEnd(CheckpointManager& manager, torch::nn::Module& model, const CallbackOptions& options)
+    : manager_(manager), model_(model), enabled_(options.load_best_model_at_end) {
+  validate(options, manager_.options());
+}
 
 void LoadBestAtEnd::on_train_end(TrainingState& state) {
-  if (!manager_.options().load_best_model_at_end) return;
+  if (!enabled_) return;
   loaded_ = manager_.best();
   report_ = manager_.load_best_into(model_);
   (void)state;

@@ -14,28 +14,28 @@ namespace {
 using detail::SchemaAccess;
 using detail::SectionReader;
 
-void declare_checkpoint(ConfigSection& s, CheckpointOptions* c) {
+void declare_checkpoint(ConfigSection& s, CheckpointOptions* c, CallbackOptions* cb) {
   s.required()
       .text("output_dir", &c->output_dir)
-      .choice("save_strategy", &c->save_strategy,
+      .choice("save_strategy", &cb->save_strategy,
               {{"no", SaveStrategy::kNo},
                {"steps", SaveStrategy::kSteps},
                {"epoch", SaveStrategy::kEpoch},
                {"best", SaveStrategy::kBest}})
-      .integer("save_steps", &c->save_steps, 1)
-      .choice("eval_strategy", &c->eval_strategy,
+      .integer("save_steps", &cb->save_steps, 1)
+      .choice("eval_strategy", &cb->eval_strategy,
               {{"no", EvalStrategy::kNo}, {"steps", EvalStrategy::kSteps}, {"epoch", EvalStrategy::kEpoch}})
-      .integer("eval_steps", &c->eval_steps, 0)
-      .integer("logging_steps", &c->logging_steps, 0)
+      .integer("eval_steps", &cb->eval_steps, 0)
+      .integer("logging_steps", &cb->logging_steps, 0)
       .integer("save_total_limit", &c->save_total_limit, 0)
       .integer("keep_best", &c->keep_best, 0)
       .text("metric_for_best_model", &c->metric_for_best_model)
       .boolean("greater_is_better", &c->greater_is_better)
-      .boolean("load_best_model_at_end", &c->load_best_model_at_end)
+      .boolean("load_best_model_at_end", &cb->load_best_model_at_end)
       .boolean("fallback_to_next_best", &c->fallback_to_next_best)
       .boolean("save_optimizer", &c->save_optimizer)
       .boolean("save_rng", &c->save_rng)
-      .boolean("save_async", &c->save_async)
+      .boolean("save_async", &cb->save_async)
       .check([c](const SectionCheck& check) {
         if (c->output_dir.empty()) check.fail("needs an output_dir");
       });
@@ -107,8 +107,9 @@ void declare_lora(ConfigSection& s, LoraConfig* c) {
       });
 }
 
-void declare_transfer(ConfigSection& s, TransferSettings* t) {
-  s.bytes("chunk_bytes", &t->chunk_bytes, 64).boolean("verify_checksums", &t->verify_checksums);
+// How reloads move data: read by load_best_into and resume.
+void declare_transfer(ConfigSection& s, CheckpointOptions* c) {
+  s.bytes("chunk_bytes", &c->chunk_bytes, 64).boolean("verify_checksums", &c->verify_checksums);
 }
 
 }  // namespace
@@ -124,13 +125,12 @@ RunConfig parse_run_config(const std::string& text, const std::string& name, con
   run.path = name;
   try {
     ConfigSchema own;
-    declare_checkpoint(own.section("checkpoint"), &run.checkpoint);
+    declare_checkpoint(own.section("checkpoint"), &run.checkpoint, &run.callbacks);
     declare_lora(own.section("lora"), &run.lora);
-    declare_transfer(own.section("transfer"), &run.transfer);
+    declare_transfer(own.section("transfer"), &run.checkpoint);
     detail::read_sections(root, name, own, app);
-    run.checkpoint.chunk_bytes = run.transfer.chunk_bytes;
-    run.checkpoint.verify_checksums = run.transfer.verify_checksums;
     validate(run.checkpoint);
+    validate(run.callbacks, run.checkpoint);
   } catch (const Error& e) {
     if (e.code() == ErrorCode::kInvalidArgument && std::string(e.what()).rfind(name, 0) != 0) {
       throw Error(ErrorCode::kInvalidArgument, name + ": " + e.what());

@@ -14,11 +14,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::string_view text(reinterpret_cast<const char*>(data), size);
   TrainingState state;
   if (!fuzz::parses([&] { detail::parse_trainer_state(text, "trainer_state.json", &state); })) return 0;
-  const CheckpointOptions options;
-  const std::string written = detail::format_trainer_state(state, options);
+  const std::string written = detail::format_trainer_state(state);
   TrainingState reread;
   detail::parse_trainer_state(written, "written", &reread);
-  const std::string again = detail::format_trainer_state(reread, options);
+  const std::string again = detail::format_trainer_state(reread);
   fuzz::require(again == written, "trainer_state.json changed in a round trip:\n" + written + "\n---\n" + again);
   return 0;
 }

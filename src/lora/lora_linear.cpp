@@ -6,7 +6,7 @@
 #include <torch/nn/init.h>
 
 #include "lorakeep/error.h"
-#include "lorakeep/lora.h"
+#include "lorakeep/lora_linear.h"
 
 namespace lorakeep {
 namespace {
@@ -56,7 +56,7 @@ torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
   torch::Tensor result = base_forward(x);
   if (!has_adapter() || merged_) return result;
   torch::Tensor h = x.to(lora_A->weight.scalar_type());
-  if (dropout_ && is_training()) h = dropout_(h);
+  if (dropout_ && adapter_.dropout > 0 && is_training()) h = dropout_(h);
   return result + (lora_B(lora_A(h)) * scaling_).to(result.scalar_type());
 }
 
@@ -90,9 +90,24 @@ void LoraLinearImpl::add_adapter(const LoraAdapterOptions& o) {
       lora_B->weight.zero_();
     }  // "false": nn.Linear's own initialisation for both, as PEFT leaves them
   }
-  if (o.dropout > 0) dropout_ = register_module("lora_dropout", torch::nn::Dropout(o.dropout));
-  scaling_ = o.use_rslora ? o.alpha / std::sqrt(static_cast<double>(o.r)) : o.alpha / o.r;
+  adapter_ = o;
   merged_ = false;
+  set_scaling(o.alpha, o.use_rslora, o.dropout);
+}
+
+void LoraLinearImpl::set_scaling(double alpha, bool use_rslora, double dropout) {
+  if (!has_adapter()) throw Error(ErrorCode::kInvalidArgument, "the layer has no LoRA adapter");
+  if (merged_) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "the layer's adapter is merged into its weight with the old scaling (hint: unmerge first)");
+  }
+  adapter_.alpha = alpha;
+  adapter_.use_rslora = use_rslora;
+  adapter_.dropout = dropout;
+  const double r = static_cast<double>(adapter_.r);
+  scaling_ = use_rslora ? alpha / std::sqrt(r) : alpha / r;
+  if (dropout > 0 && !dropout_) dropout_ = register_module("lora_dropout", torch::nn::Dropout(dropout));
+  if (dropout_) dropout_->options.p(dropout);
 }
 
 torch::Tensor LoraLinearImpl::delta_f32_or_wider() const {

@@ -1,4 +1,4 @@
-// lorakeep/checkpoint.h: the checkpoint manager. Saves LoRA adapter
+// lorakeep/checkpoint_manager.h: the checkpoint manager. Saves LoRA adapter
 // checkpoints atomically and with checksums in Hugging Face Trainer's layout,
 // keeps the best by an evaluation metric, rotates the rest, resumes, and at
 // the end of training reloads the best adapter CPU-first into the live model.
@@ -7,8 +7,13 @@
 //   o.output_dir = "runs/exp1";
 //   o.save_total_limit = 2;
 //   lorakeep::CheckpointManager ckpt(o);
+//   ckpt.resume(*model, state, &optimizer);               // a fresh run: nothing to resume
 //   ckpt.save(*model, lora_config, state, &optimizer);   // checkpoint-<step>/
 //   ckpt.load_best_into(*model);                          // at the end
+//
+// Every call takes the model first, then what it reads or fills in the
+// order config, state, optimizer; an optional optimizer is a pointer (null:
+// none), everything else a reference.
 #pragma once
 
 #include <cstdint>
@@ -66,9 +71,9 @@ class CheckpointManager {
   // every rank with Error(kInvalidArgument)). Then:
   //  - save: each rank's adapter is hashed and compared with rank 0's (replicas
   //    that differ fail the save on every rank with Error(kIncompatible)
-  //    naming them); the evaluation is reduced (state.last_metrics_samples > 0
-  //    on every rank: the sample-weighted mean, NaN if any rank has NaN; else
-  //    the values must be equal on every rank); each rank's RNG state is sent
+  //    naming them); the evaluation recorded must be equal on every rank
+  //    (reduce each rank's share with Coordinator::reduce_metrics first; else
+  //    Error(kInvalidArgument) on every rank); each rank's RNG state is sent
   //    to rank 0, which writes lorakeep_rng_<rank>.safetensors for each, commits
   //    and rotates, and tells every rank its outcome: the same best and state
   //    everywhere, or the same Error everywhere.
@@ -86,8 +91,10 @@ class CheckpointManager {
   CheckpointManager(const CheckpointManager&) = delete;
   CheckpointManager& operator=(const CheckpointManager&) = delete;
 
-  // Commits checkpoint-<state.global_step>: the adapter of `module` (PEFT's
-  // files, tensors streamed from any device through host memory), optimizer
+  // Commits checkpoint-<state.global_step>: the adapter of `module` as `lora`
+  // describes it (PEFT's files, tensors streamed from any device through host
+  // memory; a config that disagrees with the armed layers fails first, as
+  // adapter_tensors says, with nothing written), optimizer
   // and RNG state if the options say so, trainer_state.json from `state`, and
   // the manifest last; each file fsynced, the directory renamed into place and
   // output_dir fsynced. The evaluation recorded at this step (state.last_metrics)
@@ -95,7 +102,8 @@ class CheckpointManager {
   // rotation deletes what the policy no longer keeps (failures are logged,
   // never thrown). A checkpoint of the same step is replaced atomically.
   // On failure nothing new is visible, earlier checkpoints are intact, and
-  // `state` is unchanged. Throws Error(kIOError) naming the path.
+  // `state` is unchanged. Throws Error(kInvalidArgument) as adapter_tensors,
+  // Error(kIOError) naming the path.
   CheckpointInfo save(torch::nn::Module& module, const LoraConfig& lora, TrainingState& state,
                       torch::optim::Optimizer* optimizer = nullptr);
 
@@ -117,10 +125,11 @@ class CheckpointManager {
   AsyncSave save_async(torch::nn::Module& module, const LoraConfig& lora, TrainingState& state,
                        torch::optim::Optimizer* optimizer = nullptr);
 
-  // Waits for the save in flight; raises its error, after resetting the best
-  // fields of `state` (if given) from what was committed. Returns the newest
-  // committed checkpoint.
-  std::optional<CheckpointInfo> wait(TrainingState* state = nullptr);
+  // Waits for the save in flight and raises its error; the second form first
+  // resets the best fields of `state` from what was committed. Returns the
+  // newest committed checkpoint.
+  std::optional<CheckpointInfo> wait();
+  std::optional<CheckpointInfo> wait(TrainingState& state);
 
   std::optional<CheckpointInfo> best() const;
   std::optional<CheckpointInfo> latest() const;
@@ -139,10 +148,12 @@ class CheckpointManager {
   // fit the model (nothing changed).
   TransferReport load_best_into(torch::nn::Module& module);
 
-  // Restores the newest intact checkpoint into `module` (CPU-first), the
-  // optimizer (if given and saved), the RNG (the CPU generator and each CUDA
-  // device's, if saved) and `*state` (progress, log history, early-stopping
-  // state; best recomputed from the manifests). Everything is read and
+  // Restores the newest intact checkpoint into `module` (CPU-first), `state`
+  // (progress, log history, early-stopping state, best recomputed from the
+  // manifests; this run's max_steps, num_train_epochs, batch size and
+  // logging / eval / save steps stay the caller's, as Trainer keeps its new
+  // arguments: see TrainingState::resume_from), the optimizer (if given and
+  // saved) and the RNG (the CPU generator and each CUDA device's, if saved). Everything is read and
   // checked before anything changes: the adapter planned and verified as
   // load_best_into does, trainer_state.json, the optimizer archive and the
   // RNG file verified against their file checksums and parsed. A checkpoint
@@ -151,11 +162,11 @@ class CheckpointManager {
   // parsed into host memory (one copy of it), then each parameter's state
   // moves to the parameter's device in turn: on an accelerator the extra
   // device memory is one parameter's state, never a second copy of all of it.
-  // Returns the checkpoint, or nullopt for a fresh run. Throws
-  // Error(kIncompatible) if the adapter or optimizer state does not fit (the
-  // model and optimizer unchanged).
-  std::optional<CheckpointInfo> resume(torch::nn::Module& module, torch::optim::Optimizer* optimizer,
-                                       TrainingState* state);
+  // Returns the checkpoint, or nullopt for a fresh run (`state` unchanged).
+  // Throws Error(kIncompatible) if the adapter or optimizer state does not
+  // fit (the model, optimizer and state unchanged).
+  std::optional<CheckpointInfo> resume(torch::nn::Module& module, TrainingState& state,
+                                       torch::optim::Optimizer* optimizer = nullptr);
 
   const CheckpointOptions& options() const;
   const Coordinator& coordinator() const;

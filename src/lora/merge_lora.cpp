@@ -4,12 +4,15 @@
 
 #include <ATen/ATen.h>
 
+#include "lorakeep/merge_lora.h"
+
+#include "lorakeep/adapter.h"
 #include "lorakeep/error.h"
-#include "lorakeep/lora.h"
 #include "base/clock.h"
 #include "base/logging.h"
 #include "base/text.h"
-#include "lora/adapter.h"
+#include "lora/adapter_load.h"
+#include "lora/peft_keys.h"
 #include "lora/rank_update.h"
 #include "merge/pipeline.h"
 #include "tensors/sharded_writer.h"
@@ -48,7 +51,6 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
   const auto adapter = open_tensor_source(detail::adapter_weights_path(adapter_dir));
   const detail::AdapterLayout layout = detail::classify_adapter_keys(*adapter);
   const auto source = open_tensor_source(base);
-  const std::string prefix = detail::kPeftPrefix;
 
   // The adapted model's names carry base_prefix; the base file's lack it.
   const std::string& base_prefix = options.base_prefix;
@@ -77,8 +79,8 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
       continue;
     }
     const std::string weight = path.substr(base_prefix.size()) + ".weight";
-    const TensorInfo& a = adapter->info(prefix + path + ".lora_A.weight");
-    const TensorInfo& b = adapter->info(prefix + path + ".lora_B.weight");
+    const TensorInfo& a = adapter->info(detail::file_key({detail::PeftTensor::kLoraA, path}));
+    const TensorInfo& b = adapter->info(detail::file_key({detail::PeftTensor::kLoraB, path}));
     if (!source->contains(weight)) {
       problems.push_back("the adapter adapts '" + path + "' but the base has no '" + weight + "'" + prefix_hint(path));
       continue;
@@ -113,13 +115,13 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
   for (const std::string& name : layout.whole) {
     const std::string in_base = starts_with(name, base_prefix) ? name.substr(base_prefix.size()) : std::string();
     if (!in_base.empty() && source->contains(in_base) &&
-        source->info(in_base).shape != adapter->info(prefix + name).shape) {
+        source->info(in_base).shape != adapter->info(detail::file_key({detail::PeftTensor::kWhole, name})).shape) {
       problems.push_back("'" + in_base + "' is " + format_shape(source->info(in_base).shape) + " in the base but " +
-                         format_shape(adapter->info(prefix + name).shape) + " in the adapter" +
-                         (base_prefix.empty() ? "" : " ('" + name + "')"));
+                         format_shape(adapter->info(detail::file_key({detail::PeftTensor::kWhole, name})).shape) +
+                         " in the adapter" + (base_prefix.empty() ? "" : " ('" + name + "')"));
       continue;
     }
-    whole[name] = prefix + name;
+    whole[name] = detail::file_key({detail::PeftTensor::kWhole, name});
   }
   if (!problems.empty()) {
     std::string msg = "cannot merge adapter '" + adapter_dir + "' into '" + base +
@@ -169,8 +171,10 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
       const c10::ScalarType compute = stored == c10::kDouble ? c10::kDouble : c10::kFloat;
       if (layer != layer_of.end()) {
         const std::string& path = layer->second;
-        const at::Tensor A = adapter->tensor(prefix + path + ".lora_A.weight").to(compute);  // [r, in]
-        const at::Tensor B = adapter->tensor(prefix + path + ".lora_B.weight").to(compute);  // [out, r]
+        const at::Tensor A =
+            adapter->tensor(detail::file_key({detail::PeftTensor::kLoraA, path})).to(compute);  // [r, in]
+        const at::Tensor B =
+            adapter->tensor(detail::file_key({detail::PeftTensor::kLoraB, path})).to(compute);  // [out, r]
         fold.r = A.size(0);
         const double alpha = alpha_for(config, path);
         const double scaling = config.use_rslora ? alpha / std::sqrt(static_cast<double>(fold.r))

@@ -1,0 +1,104 @@
+// lorakeep/adapter.h: a LoRA adapter on a LibTorch model, as PEFT does it:
+// arm the layers a LoraConfig selects, save PEFT's adapter directory, load
+// one (CPU-first, validated before anything changes), merge it into the base
+// weights in memory. Saves and loads check that the config and the armed
+// layers agree: an adapter file never says what the model did not compute.
+//
+//   lorakeep::LoraConfig config;
+//   config.target_modules = {"q_proj", "v_proj"};
+//   lorakeep::inject_lora(*model, config);                     // train...
+//   lorakeep::save_adapter("out/adapter", *model, config);     // PEFT loads this directory
+//   lorakeep::load_adapter("out/adapter", *other_model);       // and so does lorakeep
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <torch/nn/module.h>
+
+#include "lorakeep/lora_config.h"
+#include "lorakeep/lora_linear.h"
+#include "lorakeep/safetensors.h"
+#include "lorakeep/transfer.h"
+
+namespace lorakeep {
+
+// Arms, anywhere in `module`'s tree, every LoraLinear that PEFT's rules select
+// (is_lora_target), with rank and alpha from rank_pattern / alpha_pattern;
+// freezes every other parameter; makes the parameters of modules_to_save
+// trainable. Returns the names of the trainable parameters: the adapter
+// factors and the modules_to_save parameters, as named_parameters() spells
+// them. Borrows `module` for the call only.
+// Throws Error(kInvalidArgument) when the targets select nothing (the message
+// lists the module paths there are), when a selected module is a plain
+// torch::nn::Linear (with a hint to declare it as lorakeep::LoraLinear) or not
+// a linear layer, when a selected layer already has an adapter, or when a
+// selected layer's weight layout contradicts config.fan_in_fan_out (PEFT
+// would correct the flag; an adapter saved with the wrong one would be merged
+// untransposed). Nothing is armed then.
+std::vector<std::string> inject_lora(torch::nn::Module& module, const LoraConfig& config);
+
+// The tensors an adapter file of `config` holds, under PEFT's keys (the two
+// factors of every armed layer, the parameters of modules_to_save). Views of
+// the live tensors, not copies. First checks that `config` describes the
+// armed layers, since it is what the file will say they compute: the armed
+// set is the set its targets select; each layer's rank (r, rank_pattern),
+// alpha (lora_alpha, alpha_pattern), use_rslora, lora_dropout and
+// fan_in_fan_out are the config's; every modules_to_save entry names a
+// module. Throws Error(kInvalidArgument) listing every disagreement (layer,
+// field, both values), or when nothing is armed.
+NamedTensors adapter_tensors(torch::nn::Module& module, const LoraConfig& config);
+
+// The identity of an adapter's values: an XXH3-64 over the name, dtype, shape
+// and bytes of every tensor adapter_tensors gives, in that order. Equal on
+// replicas that hold the same adapter; what a coordinated save compares
+// across ranks. Tensors on a device are copied to the host one at a time.
+std::uint64_t adapter_digest(torch::nn::Module& module, const LoraConfig& config);
+
+struct AdapterSaveReport {
+  SaveReport weights;       // adapter_model.safetensors
+  std::string config_path;  // adapter_config.json
+};
+
+// Writes PEFT's adapter directory: adapter_model.safetensors (metadata
+// {"format": "pt"}) and adapter_config.json (inference_mode true). A new
+// directory is assembled under a temporary name and renamed into place; in an
+// existing one each file is replaced atomically, weights first.
+// Throws as adapter_tensors (nothing written), Error(kIOError).
+AdapterSaveReport save_adapter(const std::string& dir, torch::nn::Module& module, const LoraConfig& config);
+
+struct AdapterLoadOptions {
+  // performance
+  std::uint64_t chunk_bytes = 64ull << 20;  // host staging per piece; bounds the extra memory (see transfer.h)
+};
+
+// Loads a PEFT adapter directory (adapter_config.json plus
+// adapter_model.safetensors or adapter_model.bin) into `module` through the
+// transfer engine: CPU-first, and validated in full before anything changes.
+// If no layer of `module` is armed yet, the config's targets are armed, as
+// PEFT's from_pretrained does (every other parameter frozen); what arming
+// would create is worked out first and the adapter checked against it, and
+// arming leaves the global random generators where they were. Validation, in
+// order: the config is a LoRA config lorakeep supports; every key is a PEFT
+// adapter key; A / B come in pairs; every adapted layer exists and is (or
+// would be) armed, none of them merged (Error(kInvalidArgument): unmerge
+// first); an armed layer has the file's rank (else Error(kIncompatible)
+// naming both); then names, shapes and dtypes (load_into, strict). Loaded
+// into armed layers, the file's scaling (lora_alpha / alpha_pattern,
+// use_rslora) and lora_dropout replace the layers' own, set with the write,
+// so that the model computes what the file's adapter computes.
+// Throws as parse_adapter_config and load_into; Error(kNotFound) if a file is
+// missing; on any failure before the first write the model is unchanged (its
+// parameters, their names and requires_grad, its buffers). An I/O error after
+// writing began throws as load_into says (the model partly written).
+TransferReport load_adapter(const std::string& dir, torch::nn::Module& module, const AdapterLoadOptions& options = {});
+
+// The config saved beside an adapter. Throws as parse_adapter_config.
+LoraConfig read_adapter_config(const std::string& dir);
+
+// Merges (or unmerges) every armed layer of `module`; returns how many.
+int merge_lora(torch::nn::Module& module, bool safe = false);
+int unmerge_lora(torch::nn::Module& module);
+
+}  // namespace lorakeep

@@ -1,0 +1,152 @@
+#include "lora/adapter_load.h"
+
+#include <map>
+#include <set>
+
+#include <boost/filesystem.hpp>
+
+#include "lorakeep/error.h"
+#include "base/file_names.h"
+#include "lora/peft_keys.h"
+#include "tensors/rng.h"
+
+namespace lorakeep::detail {
+
+std::string adapter_weights_path(const std::string& dir) {
+  namespace fs = boost::filesystem;
+  boost::system::error_code ec;
+  for (const char* name : {kAdapterWeightsFile, kAdapterPickleFile}) {
+    const std::string path = (fs::path(dir) / name).string();
+    if (fs::exists(path, ec)) return path;
+  }
+  throw Error(ErrorCode::kNotFound,
+              "adapter directory '" + dir + "' has neither " + kAdapterWeightsFile + " nor " + kAdapterPickleFile);
+}
+
+AdapterLoad::AdapterLoad(const std::string& dir, LoraConfig config, std::unique_ptr<TensorSource> weights,
+                         torch::nn::Module& module, const LoadOptions& transfer)
+    : module_(&module), config_(std::move(config)), source_(std::move(weights)) {
+  const AdapterLayout layout = classify_adapter_keys(*source_);
+  // The config's rank of each layer is the rank its factors have: the
+  // scaling, which depends on it, is computed from the config.
+  for (const std::string& path : layout.layers) {
+    const std::vector<std::int64_t>& shape = source_->info(file_key({PeftTensor::kLoraA, path})).shape;
+    if (shape.size() != 2) continue;  // the transfer plan names the shape
+    const std::int64_t in_file = shape[0];
+    if (in_file != rank_for(config_, path)) {
+      throw Error(ErrorCode::kCorruption, "adapter '" + dir + "': its config gives '" + path + "' rank " +
+                                              std::to_string(rank_for(config_, path)) + ", its factors have rank " +
+                                              std::to_string(in_file) + " (nothing was changed)");
+    }
+  }
+
+  // The layers the adapter fills: those armed already, or, in a model with
+  // none armed, those injection would arm (planned only: nothing changes
+  // until everything is checked).
+  std::map<std::string, std::shared_ptr<LoraLinearImpl>> armed;
+  for (auto& [path, layer] : armed_layers(module)) armed[path] = layer;
+  NamedTensors targets;
+  if (armed.empty()) {
+    to_arm_ = plan_injection(module, config_);
+    for (const PlannedLayer& t : to_arm_) armed[t.path] = t.layer;
+    targets = planned_factors(to_arm_);
+  } else {
+    to_rescale_.assign(armed.begin(), armed.end());
+    targets = live_factors(to_rescale_);
+  }
+  std::vector<std::string> absent, merged, other_rank;
+  for (const std::string& path : layout.layers) {
+    auto it = armed.find(path);
+    if (it == armed.end()) {
+      absent.push_back(path);
+    } else if (to_arm_.empty() && it->second->merged()) {
+      merged.push_back(path);
+    } else if (to_arm_.empty() && it->second->rank() != rank_for(config_, path)) {
+      other_rank.push_back("'" + path + "' (" + std::to_string(rank_for(config_, path)) + " in the file, " +
+                           std::to_string(it->second->rank()) + " armed)");
+    }
+  }
+  if (!absent.empty()) {
+    std::vector<std::string> have;
+    for (const auto& [path, layer] : armed) have.push_back(path);
+    throw Error(ErrorCode::kIncompatible,
+                "adapter '" + dir + "' adapts " + std::to_string(absent.size()) + " layer(s) the model has no " +
+                    (to_arm_.empty() ? "adapter on" : "target among") + ": " + list_paths(absent) + " (the model's " +
+                    (to_arm_.empty() ? "adapted" : "target") + " layers: " + list_paths(have) +
+                    ") (hint: wrong base model, or different target_modules?) (nothing was changed)");
+  }
+  if (!merged.empty()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "cannot load adapter '" + dir + "' into merged layers: " + list_paths(merged) +
+                    " (their weights hold the merged adapter, which a load would not take out; hint: unmerge_lora "
+                    "first) (nothing was changed)");
+  }
+  if (!other_rank.empty()) {
+    throw Error(ErrorCode::kIncompatible, "adapter '" + dir +
+                                              "' has another rank than the armed layers: " + list_paths(other_rank) +
+                                              " (hint: load it into a model that is not armed yet, which arms the "
+                                              "file's ranks) (nothing was changed)");
+  }
+  // The whole tensors the file holds (modules_to_save, task heads): live
+  // parameters already, whose tensors arming does not replace.
+  std::map<std::string, at::Tensor> named;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) named[item.key()] = item.value();
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) named[item.key()] = item.value();
+  std::vector<std::string> unknown;
+  for (const std::string& name : layout.whole) {
+    auto it = named.find(name);
+    if (it == named.end()) unknown.push_back(name);
+    else targets.emplace_back(name, it->second);
+  }
+  if (!unknown.empty()) {
+    throw Error(ErrorCode::kIncompatible, "adapter '" + dir + "' holds whole tensors the model does not have: " +
+                                              list_paths(unknown) + " (hint: wrong base model?) (nothing was changed)");
+  }
+  // PEFT saves every parameter of modules_to_save: one missing means the
+  // file is incomplete, and loading the rest would mix two trainings.
+  const std::set<std::string> in_file(layout.whole.begin(), layout.whole.end());
+  std::vector<std::string> lacking;
+  for (const auto& item : module.named_modules("", /*include_self=*/false)) {
+    if (!is_module_to_save(config_, item.key())) continue;
+    for (const auto& p : item.value()->named_parameters(/*recurse=*/true)) {
+      const std::string name = item.key() + "." + p.key();
+      if (!in_file.count(name)) lacking.push_back(name);
+    }
+  }
+  if (!lacking.empty()) {
+    throw Error(ErrorCode::kCorruption, "adapter '" + dir + "' lacks tensors of its modules_to_save: " +
+                                            list_paths(lacking) + " (nothing was changed)");
+  }
+  LoadOptions options = transfer;
+  options.op = TransferOp::kCopy;
+  options.scale = 1.0;
+  options.strip_prefix = kPeftPrefix;
+  options.add_prefix.clear();
+  options.strict = true;
+  plan_.emplace(targets, *source_, options);
+}
+
+AdapterLoad::~AdapterLoad() = default;
+AdapterLoad::AdapterLoad(AdapterLoad&&) noexcept = default;
+
+TransferReport AdapterLoad::apply() {
+  if (!to_arm_.empty()) {
+    // Arming initialises the factors the load then overwrites: the training
+    // run's random stream must not move for that.
+    RngGuard keep_random_stream;
+    arm(*module_, config_, to_arm_);
+    std::vector<std::pair<std::string, std::shared_ptr<LoraLinearImpl>>> armed;
+    for (const PlannedLayer& t : to_arm_) armed.emplace_back(t.path, t.layer);
+    plan_->retarget(live_factors(armed));
+    to_arm_.clear();
+  }
+  TransferReport report = plan_->apply();
+  // The file's scaling with its factors: the layer now computes the file's
+  // adapter (checked in the constructor: none merged, the same ranks).
+  for (const auto& [path, layer] : to_rescale_) {
+    layer->set_scaling(alpha_for(config_, path), config_.use_rslora, config_.lora_dropout);
+  }
+  return report;
+}
+
+}  // namespace lorakeep::detail

@@ -1,0 +1,54 @@
+// PEFT's adapter keys: built and parsed here, and nowhere else.
+//
+//   "base_model.model.q_proj.lora_A.weight"  <=>  {kLoraA, "q_proj"}
+//   "base_model.model.q_proj.lora_B.weight"  <=>  {kLoraB, "q_proj"}
+//   "base_model.model.classifier.weight"     <=>  {kWhole, "classifier.weight"}
+//
+// The live model names a tensor as the key less PEFT's prefix
+// ("q_proj.lora_A.weight", a LoraLinear's factor). PEFT strips its adapter
+// name ("default") from the keys it saves. Kinds that lorakeep does not
+// implement yet (lora_embedding_A / B, lora_magnitude_vector, lora_B.bias)
+// are recognised by name and refused.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "lorakeep/tensor_source.h"
+
+namespace lorakeep::detail {
+
+enum class PeftTensor {
+  kLoraA,  // a LoRA layer's A factor [r, in]
+  kLoraB,  // its B factor [out, r]
+  kWhole,  // a tensor saved whole (modules_to_save, task heads)
+};
+
+struct PeftKey {
+  PeftTensor kind = PeftTensor::kWhole;
+  std::string path;  // the layer's module path for a factor, the tensor's name for kWhole
+};
+
+// {kLoraA, "q_proj"} => "q_proj.lora_A.weight": the tensor's name in the model.
+std::string model_name(const PeftKey& key);
+
+// {kLoraA, "q_proj"} => "base_model.model.q_proj.lora_A.weight": its key in
+// an adapter file.
+std::string file_key(const PeftKey& key);
+
+// The inverse of file_key. Throws Error(kCorruption) naming `file` for a key
+// without PEFT's prefix, Error(kNotSupported) for a kind of LoRA tensor
+// lorakeep does not implement.
+PeftKey parse_file_key(const std::string& key, const std::string& file);
+
+// What an adapter file holds.
+struct AdapterLayout {
+  std::vector<std::string> layers;  // module paths with both factors
+  std::vector<std::string> whole;   // names of whole tensors
+};
+
+// Parses every key of `source`. Throws as parse_file_key, and
+// Error(kCorruption) for a layer with one factor only.
+AdapterLayout classify_adapter_keys(const TensorSource& source);
+
+}  // namespace lorakeep::detail

@@ -1,0 +1,153 @@
+// Resume: what comes from the checkpoint (progress, history, best) and what
+// stays the new run's (its arguments), as Trainer splits them.
+#include <nlohmann/json.hpp>
+#include <torch/optim/adam.h>
+
+#include "lorakeep/callbacks.h"
+#include "lorakeep/checkpoint_manager.h"
+#include "tensor_util.h"
+#include "test_model.h"
+#include "test_util.h"
+
+namespace lorakeep {
+namespace {
+
+CheckpointOptions options_for(const std::string& dir) {
+  CheckpointOptions o;
+  o.output_dir = dir;
+  o.metric_for_best_model = "loss";
+  return o;
+}
+
+// A training program: `max_steps` in all, resuming from `dir` first,
+// evaluating and saving every 10 steps. Returns the steps it trained.
+std::int64_t train(const std::string& dir, std::int64_t max_steps, TrainingState& state) {
+  test::TestNet net = test::armed_net(0);
+  torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(1e-2));
+  CheckpointManager ckpt(options_for(dir));
+  CallbackOptions every10;
+  every10.save_steps = 10;
+  every10.eval_strategy = EvalStrategy::kSteps;
+  every10.eval_steps = 10;
+  every10.logging_steps = 5;
+  CallbackList callbacks;
+  callbacks.add(std::make_shared<CheckpointCallback>(ckpt, *net, test::test_lora(), every10, &adam));
+  state.max_steps = max_steps;
+  state.train_batch_size = 4;
+  state.num_train_epochs = static_cast<double>(max_steps) / 10;
+  ckpt.resume(*net, state, &adam);
+  callbacks.on_train_begin(state);
+  std::int64_t trained = 0;
+  while (state.global_step < state.max_steps) {
+    adam.zero_grad();
+    net->forward(at::ones({4, 16})).pow(2).sum().backward();
+    adam.step();
+    ++state.global_step;
+    ++trained;
+    state.epoch = static_cast<double>(state.global_step) / 10;
+    if (!callbacks.end_step(state, [&] {
+          return Metrics{{"eval_loss", 1.0 / static_cast<double>(state.global_step)}};
+        })) {
+      break;
+    }
+  }
+  callbacks.on_train_end(state);
+  return trained;
+}
+
+}  // namespace
+
+TEST_CASE("resume keeps the new run's max_steps: a run of 20 steps extended to 40 trains 20 more",
+          "[checkpoint][resume]") {
+  test::TempDir dir;
+  TrainingState first;
+  CHECK(train(dir.path(), 20, first) == 20);
+  CHECK(test::checkpoint_steps(dir.path()) == std::set<std::int64_t>{10, 20});
+
+  TrainingState second;
+  CHECK(train(dir.path(), 40, second) == 20);
+  CHECK(second.global_step == 40);
+  CHECK(second.max_steps == 40);
+  CHECK(second.num_train_epochs == 4);
+  CHECK(test::checkpoint_steps(dir.path()) == std::set<std::int64_t>{10, 20, 30, 40});
+  // The checkpoint's progress came along: the history of the first run, then the second's.
+  REQUIRE(second.log_history.size() == 4);  // one evaluation per 10 steps
+  CHECK(second.log_history.front().at("step") == 10);
+  CHECK(second.best_global_step == 40);  // 1 / step: the newest is the best
+  const auto j = nlohmann::json::parse(test::read_file(dir / "checkpoint-40/trainer_state.json"));
+  CHECK(j["max_steps"] == 40);
+  CHECK(j["num_train_epochs"] == 4);
+  CHECK(j["logging_steps"] == 5);
+  CHECK(j["eval_steps"] == 10);
+  CHECK(j["save_steps"] == 10);
+  CHECK(j["log_history"].size() == 4);
+
+  // The same run resumed as it was planned: nothing left to train.
+  TrainingState third;
+  CHECK(train(dir.path(), 40, third) == 0);
+  CHECK(third.global_step == 40);
+}
+
+TEST_CASE("resume_from takes progress, history and best from the checkpoint and the arguments from the caller",
+          "[checkpoint][resume]") {
+  TrainingState saved;
+  saved.global_step = 20;
+  saved.epoch = 2;
+  saved.max_steps = 20;
+  saved.num_train_epochs = 2;
+  saved.train_batch_size = 8;
+  saved.logging_steps = 1;
+  saved.num_input_tokens_seen = 640;
+  saved.total_flos = 1e9;
+  saved.log_history = {{{"loss", 1.0}, {"step", 20}}};
+  saved.best_metric = 0.5;
+  saved.best_global_step = 10;
+  saved.best_model_checkpoint = "runs/x/checkpoint-10";
+  saved.early_stopping = TrainingState::EarlyStoppingState{3, 0.0, 1};
+  saved.should_stop = true;
+
+  TrainingState run;
+  run.max_steps = 40;
+  run.num_train_epochs = 4;
+  run.train_batch_size = 16;
+  run.logging_steps = 5;
+  run.resume_from(saved);
+  CHECK(run.max_steps == 40);
+  CHECK(run.num_train_epochs == 4);
+  CHECK(run.train_batch_size == 16);
+  CHECK(run.logging_steps == 5);
+  CHECK(run.global_step == 20);
+  CHECK(run.epoch == 2);
+  CHECK(run.num_input_tokens_seen == 640);
+  CHECK(run.total_flos == 1e9);
+  CHECK(run.log_history == saved.log_history);
+  CHECK(run.best_global_step == 10);
+  CHECK(run.best_metric == 0.5);
+  CHECK(run.best_model_checkpoint == "runs/x/checkpoint-10");
+  CHECK(run.early_stopping->counter == 1);
+  CHECK_FALSE(run.should_stop);  // a control flag of the old run does not stop the new one
+}
+
+TEST_CASE("resume without an optimizer restores the model and the state from a run directory with checkpoints",
+          "[checkpoint][resume]") {
+  // Before its state became a reference, resume(module, &optimizer, nullptr)
+  // on such a directory dereferenced the null state.
+  test::TempDir dir;
+  TrainingState state;
+  train(dir.path(), 20, state);
+  CheckpointManager ckpt(options_for(dir.path()));
+  test::TestNet fresh = test::armed_net(7);
+  TrainingState resumed;
+  resumed.max_steps = 25;
+  const auto from = ckpt.resume(*fresh, resumed);
+  REQUIRE(from.has_value());
+  CHECK(from->step == 20);
+  CHECK(resumed.global_step == 20);
+  CHECK(resumed.max_steps == 25);
+  test::TestNet reference = test::armed_net(8);
+  load_adapter(dir / "checkpoint-20", *reference);
+  CHECK(test::bitwise_equal(test::clone_all(adapter_tensors(*fresh, test::test_lora())),
+                            test::clone_all(adapter_tensors(*reference, test::test_lora()))));
+}
+
+}  // namespace lorakeep
