@@ -7,8 +7,9 @@
 //   lorakeep_bench reload --layout adapter:512 --file adapter.safetensors --method lorakeep-verify --repeat 5
 //   lorakeep_bench save   --layout adapter:512 --dir out --method lorakeep --repeat 3
 //
-// Layouts (bench/layouts.py mirrors them):
+// Layouts (layout() in bench/peers.py mirrors all but llama):
 //   adapter:N   N MiB of F32 LoRA factors, alternately [64, 4096] and [4096, 64] (1 MiB each)
+//   embedding:N one tensor of N MiB, [N * 256, 1024] F32
 //   tiny:N      N tensors of [8, 16] (per-tensor overhead)
 //   base:N      N MiB in [4096, 4096] blocks (64 MiB each; the last may be smaller)
 //   llama:L[:H:M:V]  a Llama-shaped model of L decoder layers, Hugging Face's names (hidden H, MLP M,

@@ -9,7 +9,10 @@ set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/install-deps.sh" --demo "$root/build"
-cmake -S "$root" -B "$root/build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
+# build/ configured exactly as scripts/test.sh's first pass: the tests then
+# reuse the demo's objects.
+source "$root/scripts/cmake-args.sh"
+cmake -S "$root" -B "$root/build" "${cmake_args[@]}" > /dev/null
 cmake --build "$root/build" -j "$(nproc)" --target bert_lora lorakeep_cli
 
 cd "$root"

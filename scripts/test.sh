@@ -29,10 +29,9 @@ if ((sanitize)) && [[ $torch != 1.13 ]]; then
   exit 2
 fi
 
-# Line tables (-g1), not full debug information: LibTorch's templates make
-# -g twice as slow to compile, and tests need file:line in traces only.
-cmake_args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O2 -g1 -DNDEBUG"
-            -DLORAKEEP_PYTHON="$root/build/venv/bin/python")
+# build/'s configuration, shared with scripts/demo.sh; the other passes add
+# to it.
+source "$root/scripts/cmake-args.sh"
 exclude=()
 if ((!slow)); then exclude+=(slow); fi
 build=$root/build
@@ -58,7 +57,7 @@ fi
 if [[ $torch == 2.15 && ! -f $root/build/gpu-kit/MANIFEST.sha256 ]]; then "$root/scripts/gpu-kit.sh"; fi
 
 configure_log=$(mktemp)
-if ! cmake -S "$root" -B "$build" -G Ninja "${cmake_args[@]}" > "$configure_log" 2>&1; then
+if ! cmake -S "$root" -B "$build" "${cmake_args[@]}" > "$configure_log" 2>&1; then
   cat "$configure_log"
   exit 1
 fi

@@ -7,6 +7,7 @@ set(LORAKEEP_TORCH_FREE_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/base/file_names.cpp
   ${CMAKE_CURRENT_LIST_DIR}/base/logging.cpp
   ${CMAKE_CURRENT_LIST_DIR}/base/text.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/checkpoint/checkpoint_reader.cpp
   ${CMAKE_CURRENT_LIST_DIR}/checkpoint/export.cpp
   ${CMAKE_CURRENT_LIST_DIR}/checkpoint/manifest.cpp
   ${CMAKE_CURRENT_LIST_DIR}/checkpoint/checkpoint_options.cpp
@@ -22,6 +23,7 @@ set(LORAKEEP_TORCH_FREE_SOURCES
   ${CMAKE_CURRENT_LIST_DIR}/format/utf8.cpp
   ${CMAKE_CURRENT_LIST_DIR}/io/atomic_file.cpp
   ${CMAKE_CURRENT_LIST_DIR}/io/checksum.cpp
+  ${CMAKE_CURRENT_LIST_DIR}/io/file_ops.cpp
   ${CMAKE_CURRENT_LIST_DIR}/io/read_file.cpp
   ${CMAKE_CURRENT_LIST_DIR}/lora/lora_config.cpp
   ${CMAKE_CURRENT_LIST_DIR}/train/callback_options.cpp

@@ -75,7 +75,7 @@ def self_test(root):
         victim = copy / "src" / "io" / "read_file.cpp"
         victim.write_text(victim.read_text() + '\n#include "checkpoint/manifest.h"\n')
         up = check(copy)
-        victim.write_text(victim.read_text() + '#include "transfer/plan.h"\n')
+        victim.write_text(victim.read_text() + '#include "transfer/plan_phase.h"\n')
         both = check(copy)
     ok_up = any("read_file.cpp" in p and "above 'io'" in p for p in up)
     ok_private = any("read_file.cpp" in p and "private to transfer/" in p for p in both)

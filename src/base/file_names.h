@@ -43,8 +43,6 @@ std::string rng_file_name(int rank, int world);
 
 // ".shared-check-<token>".
 std::string shared_check_file_name(const std::string& token);
-inline constexpr const char* kMetricsLogFile = "metrics.jsonl";
-inline constexpr const char* kReportFile = "report.html";
 
 // "model" => "model.safetensors" (a set of one shard).
 std::string single_shard_file_name(const std::string& base);

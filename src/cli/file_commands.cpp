@@ -11,7 +11,7 @@
 #include "base/file_names.h"
 #include "base/text.h"
 #include "checkpoint/run_dir.h"
-#include "cli/cli.h"
+#include "cli/commands.h"
 
 namespace lorakeep::cli {
 namespace {

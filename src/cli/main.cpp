@@ -10,7 +10,7 @@
 #include "lorakeep/error.h"
 #include "lorakeep/logging.h"
 #include "lorakeep/version.h"
-#include "cli/cli.h"
+#include "cli/commands.h"
 
 namespace {
 

@@ -8,7 +8,7 @@
 #include "lorakeep/merge.h"
 #include "lorakeep/merge_lora.h"
 #include "base/text.h"
-#include "cli/cli.h"
+#include "cli/commands.h"
 
 namespace lorakeep::cli {
 namespace {

@@ -10,7 +10,6 @@
 
 #include "lorakeep/error.h"
 #include "format/utf8.h"
-#include "io/read_file.h"
 
 namespace lorakeep::detail {
 
@@ -45,10 +44,6 @@ OrderedJson parse_json_strict(std::string_view text, const std::string& path) {
     throw Error(ErrorCode::kCorruption, "'" + path + "' has the key '" + duplicate + "' twice in one object");
   }
   return j;
-}
-
-OrderedJson read_json_file(const std::string& path, std::uint64_t max_bytes) {
-  return parse_json_strict(read_small_file(path, max_bytes), path);
 }
 
 bool json_integer(const OrderedJson& v, std::int64_t* out, std::int64_t lo, std::int64_t hi) {

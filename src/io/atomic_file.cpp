@@ -1,7 +1,6 @@
 #include "io/atomic_file.h"
 
 #include <fcntl.h>
-#include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -14,6 +13,7 @@
 
 #include "lorakeep/error.h"
 #include "base/logging.h"
+#include "io/file_ops.h"
 
 namespace lorakeep::detail {
 namespace {
@@ -28,20 +28,21 @@ std::string parent_of(const std::string& path) {
 }
 
 void fsync_path(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  FileOps& ops = file_ops();
+  const int fd = ops.open_for_sync(path);
   if (fd < 0) io_fail("cannot open '" + path + "' to sync it", errno);
-  if (::fsync(fd) != 0) {
+  if (ops.fsync(fd) != 0) {
     const int e = errno;
-    ::close(fd);
+    ops.close(fd);
     io_fail("cannot sync '" + path + "'", e);
   }
-  ::close(fd);
+  ops.close(fd);
 }
 
 }  // namespace
 
 WritableFile WritableFile::create(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  const int fd = file_ops().create(path);
   if (fd < 0) io_fail("cannot create '" + path + "'", errno);
   return WritableFile(path, fd);
 }
@@ -52,7 +53,7 @@ WritableFile::WritableFile(WritableFile&& other) noexcept
 }
 
 WritableFile::~WritableFile() {
-  if (fd_ >= 0 && ::close(fd_) != 0) log_warn("cannot close '{}': {}", path_, std::strerror(errno));
+  if (fd_ >= 0 && file_ops().close(fd_) != 0) log_warn("cannot close '{}': {}", path_, std::strerror(errno));
 }
 
 void WritableFile::append(const void* data, std::uint64_t size) {
@@ -93,13 +94,13 @@ void WritableFile::start_writeback() {
 }
 
 void WritableFile::sync() {
-  if (::fsync(fd_) != 0) io_fail("cannot sync '" + path_ + "'", errno);
+  if (file_ops().fsync(fd_) != 0) io_fail("cannot sync '" + path_ + "'", errno);
 }
 
 void WritableFile::close() {
   const int fd = fd_;
   fd_ = -1;
-  if (::close(fd) != 0) io_fail("cannot close '" + path_ + "'", errno);
+  if (file_ops().close(fd) != 0) io_fail("cannot close '" + path_ + "'", errno);
 }
 
 std::string temp_path_beside(const std::string& final_path) {
@@ -111,22 +112,23 @@ std::string temp_path_beside(const std::string& final_path) {
 }
 
 void publish(const std::string& tmp, const std::string& final_path, bool replace) {
+  FileOps& ops = file_ops();
   fsync_path(tmp);
   struct stat existing;
   if (replace && ::lstat(final_path.c_str(), &existing) == 0 && S_ISDIR(existing.st_mode)) {
     // rename(2) cannot replace a non-empty directory: swap the two in one
     // step, then delete the old one, which now sits at `tmp`.
-    int rc = ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_path.c_str(), RENAME_EXCHANGE);
+    int rc = ops.exchange(tmp, final_path);
     if (rc != 0 && errno == EINVAL) {
       // No RENAME_EXCHANGE on this file system: move the old one aside first.
       const std::string aside = temp_path_beside(final_path);
-      if (::rename(final_path.c_str(), aside.c_str()) != 0) {
+      if (ops.rename(final_path, aside) != 0) {
         io_fail("cannot move '" + final_path + "' aside to replace it", errno);
       }
-      rc = ::rename(tmp.c_str(), final_path.c_str());
+      rc = ops.rename(tmp, final_path);
       if (rc != 0) {
         const int e = errno;
-        ::rename(aside.c_str(), final_path.c_str());
+        ops.rename(aside, final_path);
         io_fail("cannot rename '" + tmp + "' to '" + final_path + "'", e);
       }
       sync_directory(parent_of(final_path));
@@ -138,14 +140,13 @@ void publish(const std::string& tmp, const std::string& final_path, bool replace
     remove_all_logged(tmp);
     return;
   }
-  int rc = replace ? ::rename(tmp.c_str(), final_path.c_str())
-                   : ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_path.c_str(), RENAME_NOREPLACE);
+  int rc = replace ? ops.rename(tmp, final_path) : ops.rename_noreplace(tmp, final_path);
   if (rc != 0 && !replace && errno == EINVAL) {
     // The file system cannot refuse to replace: check, then rename (racy only
     // against another writer, which the run directory lock excludes).
     struct stat st;
     if (::lstat(final_path.c_str(), &st) == 0) io_fail("cannot rename '" + tmp + "' to '" + final_path + "'", EEXIST);
-    rc = ::rename(tmp.c_str(), final_path.c_str());
+    rc = ops.rename(tmp, final_path);
   }
   if (rc != 0) io_fail("cannot rename '" + tmp + "' to '" + final_path + "'", errno);
   sync_directory(parent_of(final_path));
@@ -183,7 +184,7 @@ void write_file_atomically(const std::string& path, const std::function<void(Wri
     file.close();  // publish() syncs it
     publish(tmp, path, /*replace=*/true);
   } catch (...) {
-    ::unlink(tmp.c_str());
+    file_ops().unlink(tmp);
     throw;
   }
 }

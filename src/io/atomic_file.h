@@ -80,9 +80,8 @@ class StagedDirectory {
 
   // The temporary directory to fill.
   const std::string& path() const { return tmp_; }
-  const std::string& final_path() const { return final_; }
 
-  // publish(path(), final_path(), replace). Throws as publish(); the
+  // publish(path(), <the final path>, replace). Throws as publish(); the
   // temporary directory is then still removed by the destructor.
   void publish(bool replace);
 

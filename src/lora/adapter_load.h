@@ -13,7 +13,7 @@
 #include "lorakeep/lora_config.h"
 #include "lorakeep/tensor_source.h"
 #include "lora/injection.h"
-#include "transfer/load_plan.h"
+#include "transfer/apply_phase.h"
 
 namespace lorakeep::detail {
 

@@ -1,11 +1,14 @@
-// PEFT's adapter keys: built and parsed here, and nowhere else.
+// PEFT's adapter keys: built and parsed here, and nowhere else. A key is
+// PEFT's prefix (kPeftPrefix), then a LoRA layer's module path and the suffix
+// of its factor (spelled in peft_keys.cpp only), or the name of a tensor
+// saved whole:
 //
-//   "base_model.model.q_proj.lora_A.weight"  <=>  {kLoraA, "q_proj"}
-//   "base_model.model.q_proj.lora_B.weight"  <=>  {kLoraB, "q_proj"}
-//   "base_model.model.classifier.weight"     <=>  {kWhole, "classifier.weight"}
+//   "base_model.model." + "q_proj" + the lora_A factor's suffix  <=>  {kLoraA, "q_proj"}
+//   "base_model.model." + "q_proj" + the lora_B factor's suffix  <=>  {kLoraB, "q_proj"}
+//   "base_model.model.classifier.weight"                         <=>  {kWhole, "classifier.weight"}
 //
-// The live model names a tensor as the key less PEFT's prefix
-// ("q_proj.lora_A.weight", a LoraLinear's factor). PEFT strips its adapter
+// The live model names a tensor as the key less PEFT's prefix (for a factor:
+// the name of a LoraLinear's lora_A or lora_B parameter). PEFT strips its adapter
 // name ("default") from the keys it saves. Kinds that lorakeep does not
 // implement yet (lora_embedding_A / B, lora_magnitude_vector, lora_B.bias)
 // are recognised by name and refused.
@@ -29,11 +32,12 @@ struct PeftKey {
   std::string path;  // the layer's module path for a factor, the tensor's name for kWhole
 };
 
-// {kLoraA, "q_proj"} => "q_proj.lora_A.weight": the tensor's name in the model.
+// {kLoraA, "q_proj"} => "q_proj" + the lora_A factor's suffix: the tensor's
+// name in the model.
 std::string model_name(const PeftKey& key);
 
-// {kLoraA, "q_proj"} => "base_model.model.q_proj.lora_A.weight": its key in
-// an adapter file.
+// {kLoraA, "q_proj"} => PEFT's prefix + model_name(key): its key in an
+// adapter file.
 std::string file_key(const PeftKey& key);
 
 // The inverse of file_key. Throws Error(kCorruption) naming `file` for a key

@@ -65,8 +65,6 @@ at::Tensor HostStaging::view(c10::ScalarType type, at::IntArrayRef shape, bool p
 
 std::uint64_t HostStaging::bytes() const { return buffer_.defined() ? static_cast<std::uint64_t>(buffer_.numel()) : 0; }
 
-void* HostStaging::data() const { return buffer_.defined() ? buffer_.data_ptr() : nullptr; }
-
 void HostStaging::reset() { buffer_ = at::Tensor(); }
 
 }  // namespace lorakeep::detail

@@ -46,7 +46,6 @@ class HostStaging {
   at::Tensor view(c10::ScalarType type, at::IntArrayRef shape, bool pinned = false);
 
   std::uint64_t bytes() const;
-  void* data() const;
   // Frees the buffer (a window: forgets it).
   void reset();
 

@@ -1,6 +1,7 @@
 #include "tensors/rng.h"
 
 #include <algorithm>
+#include <cstring>
 #include <mutex>
 
 #include <ATen/ATen.h>
@@ -9,6 +10,7 @@
 
 #include "lorakeep/error.h"
 #include "base/logging.h"
+#include "format/header.h"
 
 namespace lorakeep::detail {
 namespace {
@@ -56,6 +58,24 @@ std::vector<std::pair<at::Generator, const at::Tensor*>> match(const NamedTensor
 }
 
 }  // namespace
+
+NamedTensors parse_rng_states(const std::string& bytes, const std::string& origin) {
+  const auto* file = reinterpret_cast<const std::uint8_t*>(bytes.data());
+  const SafetensorsHeader header = parse_safetensors_header(file, bytes.size(), origin);
+  NamedTensors states;
+  for (const TensorInfo& t : header.tensors) {
+    if (t.dtype != Dtype::kU8 || t.shape.size() != 1) {
+      throw Error(ErrorCode::kCorruption, "'" + origin + "' holds '" + t.name +
+                                              "', which is not a vector of uint8 (hint: not an RNG state lorakeep "
+                                              "wrote)");
+    }
+    at::Tensor state = at::empty({t.shape[0]}, at::kByte);
+    std::memcpy(state.data_ptr(), file + header.data_start() + t.data_begin, t.byte_size());
+    states.emplace_back(t.name, std::move(state));
+  }
+  check_rng_states(states, origin);
+  return states;
+}
 
 NamedTensors capture_rng_states() {
   NamedTensors out;

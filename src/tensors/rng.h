@@ -16,6 +16,11 @@ NamedTensors capture_rng_states();
 // naming `origin` and the state.
 void check_rng_states(const NamedTensors& states, const std::string& origin);
 
+// The states in `bytes`, a safetensors file of uint8 vectors as a checkpoint
+// holds them (parsed from these bytes, already verified by the caller),
+// checked by check_rng_states. Throws Error(kCorruption) naming `origin`.
+NamedTensors parse_rng_states(const std::string& bytes, const std::string& origin);
+
 // check_rng_states, then sets them all; generators not named are left alone.
 // Throws as check_rng_states, with nothing changed.
 void restore_rng_states(const NamedTensors& states, const std::string& origin);

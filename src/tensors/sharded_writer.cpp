@@ -1,4 +1,4 @@
-#include "lorakeep/sharded.h"
+#include "tensors/sharded_writer.h"
 
 #include <unordered_map>
 
@@ -9,10 +9,8 @@
 #include "base/file_names.h"
 #include "format/header.h"
 #include "format/shard_index.h"
-#include "tensors/sharded_writer.h"
 
-namespace lorakeep {
-namespace detail {
+namespace lorakeep::detail {
 namespace {
 
 namespace fs = boost::filesystem;
@@ -135,14 +133,4 @@ ShardedSaveReport ShardedWriter::finish() {
   return report;
 }
 
-}  // namespace detail
-
-ShardedSaveReport save_sharded(const std::string& dir, const NamedTensors& tensors,
-                               const std::map<std::string, std::string>& metadata, const ShardOptions& options) {
-  detail::IndexedTensors indexed = detail::index_tensors(tensors);
-  detail::ShardedWriter writer(dir, std::move(indexed.specs), metadata, options);
-  for (const TensorInfo& t : writer.order()) writer.write(*indexed.by_name.at(t.name));
-  return writer.finish();
-}
-
-}  // namespace lorakeep
+}  // namespace lorakeep::detail

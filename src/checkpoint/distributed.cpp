@@ -304,18 +304,15 @@ Metrics Coordinator::reduce_metrics(const Metrics& local, std::int64_t samples) 
   }
   if (state_->world == 1) return local;
   detail::WireWriter w;
-  w.i64(samples).i64(static_cast<std::int64_t>(local.size()));
-  for (const auto& [k, v] : local) w.str(k).f64(v);
+  w.i64(samples).metrics(local);
   const std::vector<std::string> parts = all_gather("reduction of the metrics", w.bytes());
   std::vector<std::pair<std::int64_t, Metrics>> ranks;
   for (const std::string& p : parts) {
-    detail::WireReader r(p, "metrics");
+    detail::WireReader r(p, "reduction of the metrics");
     std::pair<std::int64_t, Metrics> m;
     m.first = r.i64();
-    for (std::int64_t n = r.i64(); n > 0; --n) {
-      std::string k = r.str();
-      m.second[k] = r.f64();
-    }
+    m.second = r.metrics();
+    r.end();
     ranks.push_back(std::move(m));
   }
   return detail::weighted_mean(ranks);

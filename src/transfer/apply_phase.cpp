@@ -1,4 +1,4 @@
-#include "transfer/load_plan.h"
+#include "transfer/apply_phase.h"
 
 #include <algorithm>
 #include <atomic>
@@ -22,7 +22,7 @@
 #include "tensors/pieces.h"
 #include "tensors/torch_error.h"
 #include "transfer/device_stager.h"
-#include "transfer/plan.h"
+#include "transfer/plan_phase.h"
 
 namespace lorakeep {
 namespace {
@@ -239,19 +239,6 @@ class Applier {
 
 }  // namespace
 
-std::string TransferReport::summary() const {
-  char buf[512];
-  std::snprintf(
-      buf, sizeof buf,
-      "loaded %zu tensors (%s) from '%s' in %.3f s (%.2f GB/s, checksums %.3f s); extra %s allocator peak "
-      "%s (a full temporary copy: %s); extra RSS peak %s",
-      tensors, detail::format_bytes(bytes).c_str(), source.c_str(), seconds, gb_per_s, verify_seconds, device.c_str(),
-      peak_device_bytes < 0 ? "n/a" : detail::format_bytes(static_cast<std::uint64_t>(peak_device_bytes)).c_str(),
-      detail::format_bytes(naive_device_bytes).c_str(),
-      peak_rss_bytes < 0 ? "n/a" : detail::format_bytes(static_cast<std::uint64_t>(peak_rss_bytes)).c_str());
-  return buf;
-}
-
 namespace detail {
 
 struct LoadPlan::State {
@@ -401,23 +388,5 @@ TransferReport LoadPlan::apply() {
 }
 
 }  // namespace detail
-
-TransferReport load_into(const NamedTensors& targets, const TensorSource& source, const LoadOptions& options) {
-  detail::LoadPlan plan(targets, source, options);
-  return plan.apply();
-}
-
-TransferReport load_into(torch::nn::Module& module, const TensorSource& source, const LoadOptions& options) {
-  NamedTensors targets;
-  for (const auto& item : module.named_parameters(/*recurse=*/true)) targets.emplace_back(item.key(), item.value());
-  for (const auto& item : module.named_buffers(/*recurse=*/true)) targets.emplace_back(item.key(), item.value());
-  return load_into(targets, source, options);
-}
-
-TransferReport apply_delta(torch::nn::Module& base, const TensorSource& delta, double scale, LoadOptions options) {
-  options.op = TransferOp::kAdd;
-  options.scale = scale;
-  return load_into(base, delta, options);
-}
 
 }  // namespace lorakeep

@@ -1,4 +1,4 @@
-#include "transfer/plan.h"
+#include "transfer/plan_phase.h"
 
 #include <algorithm>
 #include <map>
@@ -35,7 +35,7 @@ bool convertible(c10::ScalarType from, c10::ScalarType to, const LoadOptions& o)
 }
 
 // Suggests the prefix change that would match names the source has and the
-// targets lack: "base_model.model.lin0.lora_A.weight" vs "lin0.lora_A.weight".
+// targets lack: "base_model.model.lin0.weight" vs "lin0.weight".
 std::string prefix_hint(const std::vector<std::string>& unexpected, const std::vector<std::string>& missing) {
   std::map<std::string, int> strip, add;
   for (const std::string& u : unexpected) {

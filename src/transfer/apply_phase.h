@@ -2,6 +2,8 @@
 // checkpoint/): a load in its two phases, for callers that must finish
 // validating everything they will touch before the first write, including
 // tensors that do not exist yet (the factors of layers a load will arm).
+// The constructor runs the plan phase (transfer/plan_phase.h); apply() is the
+// apply phase, implemented in apply_phase.cpp with the staging it needs.
 #pragma once
 
 #include <memory>

@@ -1,0 +1,133 @@
+#include "checkpoint/checkpoint_writer.h"
+
+#include <unistd.h>
+
+#include <ctime>
+
+#include <ATen/ATen.h>
+#include <boost/filesystem.hpp>
+
+#include "lorakeep/adapter.h"
+#include "lorakeep/version.h"
+#include "base/file_names.h"
+#include "base/logging.h"
+#include "checkpoint/manifest.h"
+#include "checkpoint/optimizer_state.h"
+#include "checkpoint/trainer_state.h"
+#include "io/atomic_file.h"
+#include "lora/adapter_writer.h"
+#include "tensors/safetensors_writer.h"
+#include "tensors/torch_error.h"
+
+namespace lorakeep::detail {
+namespace {
+
+std::string join(const std::string& dir, const std::string& name) {
+  return (boost::filesystem::path(dir) / name).string();
+}
+
+std::string utc_now() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// Writes every file of a checkpoint into `dir`, each synced, the manifest
+// last (with the sizes and checksums of the others).
+void write_files(const std::string& dir, Manifest& manifest, const CheckpointContents& contents, const LoraConfig& lora,
+                 const TrainingState& state) {
+  const WrittenAdapter adapter = write_adapter(dir, contents.adapter, lora, /*direct=*/true);
+  manifest.files[kAdapterWeightsFile] = {adapter.weights.file_size, adapter.weights.file_checksum};
+  for (std::size_t i = 0; i < adapter.weights.tensors.size(); ++i) {
+    manifest.tensors[adapter.weights.tensors[i].name] = adapter.weights.tensor_checksums[i];
+  }
+  manifest.files[kAdapterConfigFile] = adapter.config;
+  if (contents.optimizer != nullptr) {
+    manifest.files[kOptimizerFile] = write_optimizer_state(join(dir, kOptimizerFile), *contents.optimizer);
+  } else if (contents.optimizer_bytes) {
+    manifest.files[kOptimizerFile] = write_synced_file(join(dir, kOptimizerFile), *contents.optimizer_bytes);
+  }
+  const int world = static_cast<int>(contents.rng.size());
+  for (int rank = 0; rank < world; ++rank) {
+    const std::string name = rng_file_name(rank, world);
+    const SaveReport r = write_safetensors(join(dir, name), contents.rng[static_cast<std::size_t>(rank)], {},
+                                           SafetensorsWriter::Mode::kDirect, 1 << 20);
+    manifest.files[name] = {r.file_size, r.file_checksum};
+  }
+  manifest.files[kTrainerStateFile] = write_synced_file(join(dir, kTrainerStateFile), format_trainer_state(state));
+  write_synced_file(join(dir, kManifestFile), format_manifest(manifest));
+}
+
+}  // namespace
+
+CheckpointContents CheckpointContents::live(torch::nn::Module& module, const LoraConfig& lora,
+                                            torch::optim::Optimizer* optimizer, const CheckpointOptions& options,
+                                            std::vector<NamedTensors> rng) {
+  CheckpointContents c;
+  c.adapter = adapter_tensors(module, lora);
+  if (options.save_optimizer) c.optimizer = optimizer;
+  if (options.save_rng) c.rng = std::move(rng);
+  return c;
+}
+
+CheckpointContents CheckpointContents::snapshot(std::size_t optimizer_reserve) const {
+  CheckpointContents c;
+  for (const auto& [name, t] : adapter) {
+    at::Tensor host = at::empty(t.sizes(), t.options().device(at::kCPU));
+    host.copy_(t.detach());
+    c.adapter.emplace_back(name, std::move(host));
+  }
+  if (optimizer != nullptr) c.optimizer_bytes = serialize_optimizer_state(*optimizer, optimizer_reserve);
+  c.rng = rng;
+  return c;
+}
+
+std::uint64_t CheckpointContents::host_bytes() const {
+  std::uint64_t n = optimizer_bytes ? optimizer_bytes->size() : 0;
+  for (const auto& [name, t] : adapter) n += t.nbytes();
+  for (const NamedTensors& states : rng) {
+    for (const auto& [name, t] : states) n += t.nbytes();
+  }
+  return n;
+}
+
+CheckpointInfo commit_checkpoint(CommittedSet& committed, const CheckpointOptions& options, const LoraConfig& lora,
+                                 TrainingState& state, const CheckpointContents& contents) {
+  const std::int64_t step = state.global_step;
+  const std::string final_dir = committed.path_of(step);
+  const std::string tmp = join(options.output_dir, temp_checkpoint_dir_name(step, ::getpid()));
+
+  Manifest manifest;
+  manifest.library_version = LORAKEEP_VERSION;
+  manifest.step = step;
+  manifest.epoch = state.epoch;
+  if (state.last_metrics_step == step) manifest.metrics = state.last_metrics;
+  manifest.metric_for_best_model = committed.key();
+  manifest.greater_is_better = committed.greater();
+  manifest.created = utc_now();
+  const CheckpointInfo info = committed.info_of(manifest, final_dir);
+
+  const TrainingState before = state;
+  committed.set_best(state, &info);
+  try {
+    StagedDirectory staged(final_dir, tmp);
+    with_torch_errors(ErrorCode::kInvalidArgument, "cannot save '" + final_dir + "'", [&] {
+      write_files(staged.path(), manifest, contents, lora, state);
+      staged.publish(/*replace=*/true);
+    });
+  } catch (...) {
+    state = before;
+    throw;
+  }
+  committed.put(info);
+  log_info("saved '{}'{}", final_dir,
+           info.metric ? " (" + committed.key() + " " + std::to_string(*info.metric) + ")" : std::string());
+  committed.rotate(options.save_total_limit, options.keep_best);
+  committed.set_best(state);
+  return info;
+}
+
+}  // namespace lorakeep::detail

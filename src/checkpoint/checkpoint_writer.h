@@ -1,0 +1,55 @@
+// The one writer of a checkpoint directory (checkpoint_reader.h is its one
+// reader): the adapter as PEFT writes it, the optimizer's archive, the RNG
+// states by rank, trainer_state.json, each file synced and hashed as it is
+// written, and lorakeep_manifest.json last, listing them; then the directory
+// published in one rename and the committed set rotated.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/optim/optimizer.h>
+
+#include "lorakeep/checkpoint_manager.h"
+#include "checkpoint/committed_set.h"
+
+namespace lorakeep::detail {
+
+// What a checkpoint holds besides its trainer state: the adapter's tensors
+// (views of the live parameters, streamed through host memory as they are
+// written, or host copies taken earlier), the optimizer (streamed from the
+// live one, or its serialized bytes), the RNG states by rank.
+struct CheckpointContents {
+  NamedTensors adapter;
+  torch::optim::Optimizer* optimizer = nullptr;
+  std::optional<std::string> optimizer_bytes;
+  std::vector<NamedTensors> rng;  // empty: not saved
+
+  // From the live objects, nothing copied yet; what the options save. Throws
+  // as adapter_tensors (a config that disagrees with the armed layers).
+  static CheckpointContents live(torch::nn::Module& module, const LoraConfig& lora, torch::optim::Optimizer* optimizer,
+                                 const CheckpointOptions& options, std::vector<NamedTensors> rng);
+
+  // The same contents copied into host memory: what a save off the training
+  // thread writes while training changes the live ones. `optimizer_reserve`:
+  // the expected size of the optimizer's bytes.
+  CheckpointContents snapshot(std::size_t optimizer_reserve) const;
+
+  // Host bytes a snapshot holds.
+  std::uint64_t host_bytes() const;
+};
+
+// Writes and commits checkpoint-<state.global_step> into `committed`'s run
+// directory, replacing a checkpoint of that step; state's best fields as they
+// are once it is in (recorded in trainer_state.json, as Trainer does); then
+// rotates. On failure nothing new is visible, earlier checkpoints are intact,
+// and `state` and `committed` are unchanged. Throws Error(kIOError) naming
+// the path, Error(kInvalidArgument) for what LibTorch refuses to serialize.
+CheckpointInfo commit_checkpoint(CommittedSet& committed, const CheckpointOptions& options, const LoraConfig& lora,
+                                 TrainingState& state, const CheckpointContents& contents);
+
+}  // namespace lorakeep::detail

@@ -1,0 +1,141 @@
+#include "checkpoint/restore.h"
+
+#include <set>
+#include <string>
+#include <vector>
+
+#include "lorakeep/adapter.h"
+#include "base/file_names.h"
+#include "base/logging.h"
+#include "checkpoint/checkpoint_reader.h"
+#include "checkpoint/collective.h"
+#include "checkpoint/optimizer_state.h"
+#include "lora/adapter_load.h"
+#include "tensors/rng.h"
+
+namespace lorakeep::detail {
+namespace {
+
+// The adapter load of `checkpoint`, planned against `module`, after every
+// file was checked, nothing changed. Each byte is checked once, before
+// anything is written: the adapter's tensors against their own checksums in
+// the transfer plan, as they are read for it (the whole file, for an older
+// manifest without them); the adapter config as it is read to be parsed;
+// the files in `read_later` for their size only (the caller reads them
+// verified); every other file against its checksum, streamed.
+AdapterLoad prepare_adapter(const CheckpointReader& checkpoint, const CheckpointOptions& options,
+                            torch::nn::Module& module, const std::set<std::string>& read_later = {}) {
+  const bool verify = options.verify_checksums;
+  const bool by_tensor = verify && !checkpoint.manifest().tensors.empty();
+  for (const auto& [name, entry] : checkpoint.manifest().files) {
+    const bool read_here = name == kAdapterConfigFile || read_later.count(name) != 0 ||
+                           (by_tensor && name == kAdapterWeightsFile);
+    checkpoint.check(name, verify && !read_here);
+  }
+  LoadOptions transfer;
+  transfer.chunk_bytes = options.chunk_bytes;
+  transfer.verify_checksums = by_tensor;
+  if (by_tensor) transfer.checksums = checkpoint.manifest().tensors;
+  return AdapterLoad(checkpoint.dir(), checkpoint.adapter_config(verify),
+                     open_tensor_source(adapter_weights_path(checkpoint.dir())), module, transfer);
+}
+
+std::string rank_prefix(const RankOutcome& failure, int world) {
+  return world == 1 ? std::string() : "rank " + std::to_string(failure.rank) + ": ";
+}
+
+}  // namespace
+
+TransferReport restore_best(Coordinator& coordinator, const CommittedSet& committed, const CheckpointOptions& options,
+                            torch::nn::Module& module) {
+  const int world = coordinator.world_size();
+  const std::vector<std::int64_t> order = agreed_steps(coordinator, "choice of the best checkpoint",
+                                                       committed.ranked());
+  if (order.empty()) {
+    throw Error(ErrorCode::kNotFound, "no checkpoint in '" + options.output_dir + "' has a '" + committed.key() +
+                                          "' (hint: was it evaluated at a saved step?)");
+  }
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    const std::string path = committed.path_of(order[i]);
+    // Every rank validates; only when all succeeded does any rank write.
+    std::optional<AdapterLoad> load;
+    const std::vector<RankOutcome> checked = gather_outcomes(coordinator, "validation of '" + path + "'", [&] {
+      load.emplace(prepare_adapter(CheckpointReader(path), options, module));
+      return std::string();
+    });
+    const auto failed = failures(checked);
+    if (failed.empty()) {
+      TransferReport report;
+      apply_everywhere(coordinator, "loading of '" + path + "'", [&] { report = load->apply(); });
+      const auto it = committed.by_step().find(order[i]);
+      const double metric = it != committed.by_step().end() && it->second.metric ? *it->second.metric : 0.0;
+      log_info("loaded the best checkpoint '{}' ({} {}): {}", path, committed.key(), metric, report.summary());
+      return report;
+    }
+    if (!options.fallback_to_next_best || !all_damaged(failed) || i + 1 == order.size()) {
+      failed.front()->raise(world);
+    }
+    log_error("THE BEST CHECKPOINT '{}' IS DAMAGED ({}{}); falling back to the next best, '{}'", path,
+              rank_prefix(*failed.front(), world), failed.front()->message, committed.path_of(order[i + 1]));
+  }
+  throw Error(ErrorCode::kNotFound, "no loadable checkpoint");  // unreachable
+}
+
+std::optional<CheckpointInfo> restore_latest(Coordinator& coordinator, const CommittedSet& committed,
+                                             const CheckpointOptions& options, torch::nn::Module& module,
+                                             TrainingState& state, torch::optim::Optimizer* optimizer) {
+  const int world = coordinator.world_size();
+  const std::vector<std::int64_t> newest_first = agreed_steps(coordinator, "choice of the checkpoint to resume from",
+                                                              committed.newest_first());
+  const std::string rng_name = rng_file_name(coordinator.rank(), world);
+  const bool verify = options.verify_checksums;
+  for (const std::int64_t step : newest_first) {
+    const std::string path = committed.path_of(step);
+    // Everything the resume will set is read and checked first, on every
+    // rank: the adapter (planned and verified), the trainer state, the
+    // optimizer archive (parsed into host memory), this rank's RNG states.
+    // Nothing changes until all of it passed on all ranks.
+    std::optional<AdapterLoad> adapter;
+    std::optional<OptimizerStateLoad> optimizer_state;
+    NamedTensors rng;
+    TrainingState restored;
+    std::optional<CheckpointReader> checkpoint;
+    const std::vector<RankOutcome> checked = gather_outcomes(coordinator, "validation of '" + path + "'", [&] {
+      checkpoint.emplace(path);
+      adapter.emplace(prepare_adapter(*checkpoint, options, module, {kTrainerStateFile, rng_name}));
+      restored = checkpoint->trainer_state(verify);
+      if (optimizer != nullptr && checkpoint->lists(kOptimizerFile)) {
+        optimizer_state.emplace(checkpoint->path(kOptimizerFile), *optimizer);
+      }
+      if (checkpoint->lists(rng_name)) {
+        rng = parse_rng_states(checkpoint->read_verified(rng_name, verify), checkpoint->path(rng_name));
+      } else if (checkpoint->lists(rng_file_name(0, 2)) || checkpoint->lists(kRngFile)) {
+        log_warn("'{}' has no {} (saved by another number of ranks): the random generators are not restored", path,
+                 rng_name);
+      }
+      return std::string();
+    });
+    if (const auto failed = failures(checked); !failed.empty()) {
+      if (!all_damaged(failed)) failed.front()->raise(world);
+      log_error("cannot resume from '{}' ({}{}); trying an older checkpoint", path, rank_prefix(*failed.front(), world),
+                failed.front()->message);
+      continue;
+    }
+    apply_everywhere(coordinator, "resuming from '" + path + "'", [&] {
+      if (optimizer_state) optimizer_state->apply();  // first: it was checked as far as Optimizer::load checks
+      adapter->apply();
+      if (!rng.empty()) restore_rng_states(rng, checkpoint->path(rng_name));
+    });
+    const Manifest& manifest = checkpoint->manifest();
+    restored.global_step = manifest.step;
+    restored.last_metrics = manifest.metrics;
+    restored.last_metrics_step = manifest.metrics.empty() ? -1 : manifest.step;
+    committed.set_best(restored);
+    state.resume_from(restored);
+    log_info("resumed from '{}' at step {}", path, step);
+    return committed.by_step().at(step);
+  }
+  return std::nullopt;
+}
+
+}  // namespace lorakeep::detail
