@@ -25,4 +25,6 @@ bool bitwise_equal(const NamedTensors& a, const NamedTensors& b) {
   return true;
 }
 
+NamedTensors adapter_snapshot(TestNet& net) { return clone_all(adapter_tensors(*net, lora_config())); }
+
 }  // namespace lorakeep::test

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "lorakeep/safetensors.h"
+#include "test_model.h"
 
 namespace lorakeep::test {
 
@@ -12,5 +13,9 @@ NamedTensors clone_all(const NamedTensors& tensors);
 // Same names, shapes, dtypes and bytes (NaN payloads and the sign of zero
 // included, which torch::equal would not see).
 bool bitwise_equal(const NamedTensors& a, const NamedTensors& b);
+
+// A detached copy of the adapter of `net` armed with lora_config()
+// (test_model.h), to compare against later.
+NamedTensors adapter_snapshot(TestNet& net);
 
 }  // namespace lorakeep::test

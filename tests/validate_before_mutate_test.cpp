@@ -21,7 +21,7 @@
 #include "tensors/rng.h"
 #include "test_model.h"
 #include "test_util.h"
-#include "transfer/load_plan.h"
+#include "transfer/apply_phase.h"
 
 namespace lorakeep {
 namespace {
