@@ -7,7 +7,8 @@
 
 namespace lorakeep::test {
 
-// Detached copies of `tensors`, to compare against later.
+// Detached host copies of `tensors` (wherever they live), to compare against
+// later.
 NamedTensors clone_all(const NamedTensors& tensors);
 
 // Same names, shapes, dtypes and bytes (NaN payloads and the sign of zero

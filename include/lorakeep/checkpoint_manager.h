@@ -160,11 +160,14 @@ class CheckpointManager {
   // that fails (kCorruption, kNotFound) is logged and the next older one is
   // tried, nothing changed by the failed one. The optimizer's saved state is
   // parsed into host memory (one copy of it), then each parameter's state
-  // moves to the parameter's device in turn: on an accelerator the extra
-  // device memory is one parameter's state, never a second copy of all of it.
-  // Returns the checkpoint, or nullopt for a fresh run (`state` unchanged).
-  // Throws Error(kIncompatible) if the adapter or optimizer state does not
-  // fit (the model, optimizer and state unchanged).
+  // moves to the parameter's device in turn (any device: LibTorch's own
+  // optimizers through their typed state): the device holds the final state
+  // and, until it is in place, the optimizer's state from before the call
+  // (none in a fresh run), never a second copy of the saved state. Returns
+  // the checkpoint, or nullopt for a fresh run (`state` unchanged). Throws
+  // Error(kIncompatible) if the adapter or optimizer state does not fit,
+  // Error(kOutOfMemory) if the device cannot hold the optimizer's state (the
+  // model, optimizer, RNG and state unchanged either way).
   std::optional<CheckpointInfo> resume(torch::nn::Module& module, TrainingState& state,
                                        torch::optim::Optimizer* optimizer = nullptr);
 

@@ -20,6 +20,7 @@ enum class ErrorCode {
   kNotSupported,     // valid data using a feature this build cannot handle
   kIOError,          // the operating system refused a read, write, fsync or rename
   kLocked,           // another process holds the run directory
+  kOutOfMemory,      // an allocation failed (on a device: its allocator ran out)
 };
 
 // "corruption" for ErrorCode::kCorruption: the lowercase name used in messages

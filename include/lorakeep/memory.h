@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include <c10/core/Device.h>
 
@@ -19,10 +20,13 @@ namespace lorakeep {
 //
 // CPU: the first CPU probe installs a counting wrapper around LibTorch's CPU
 // allocator for the rest of the process (one atomic add per allocation when no
-// probe is active). CUDA (only where LibTorch has CUDA): the caching
-// allocator's own statistics for that device; its peak is reset when the probe
-// is created, so concurrent CUDA probes on one device share a baseline.
-// Other devices: counts nothing (peak_bytes() returns -1).
+// probe is active). Other devices: the allocator's own statistics for that
+// device, where it keeps any: CUDA's caching allocator (where LibTorch has
+// CUDA), a c10::DeviceAllocator (LibTorch 2.8 and later), or the
+// DeviceMemoryStats registered for the device type. Their peak is reset when
+// the probe is created, so concurrent probes on one device share a baseline.
+// A device without statistics counts nothing: peak_bytes() returns -1 and
+// unmeasured() says why.
 //
 // Thread-safety: probes may be created, read and destroyed from any thread;
 // allocations from every thread count.
@@ -39,12 +43,33 @@ class AllocationProbe {
   // Bytes allocated since creation, counting frees of anything.
   std::int64_t current_bytes() const;
   const c10::Device& device() const { return device_; }
+  // Empty if the probe counts; otherwise why it cannot.
+  const std::string& unmeasured() const { return unmeasured_; }
 
  private:
   c10::Device device_;
   int slot_ = -1;          // CPU: index into the probe table
-  std::int64_t base_ = 0;  // CUDA: allocated bytes at creation
+  std::int64_t base_ = 0;  // other devices: allocated bytes at creation
+  std::string unmeasured_;
 };
+
+// The statistics of a device allocator that LibTorch offers no way to read
+// (an out-of-tree backend on LibTorch 1.x): AllocationProbe reads them for
+// devices of its type. Implementations must be thread-safe.
+class DeviceMemoryStats {
+ public:
+  virtual ~DeviceMemoryStats() = default;
+  // Bytes allocated and not yet freed on the device.
+  virtual std::int64_t allocated_bytes(c10::DeviceIndex index) const = 0;
+  // The highest allocated_bytes() since the last reset_peak().
+  virtual std::int64_t peak_allocated_bytes(c10::DeviceIndex index) const = 0;
+  virtual void reset_peak(c10::DeviceIndex index) = 0;
+};
+
+// Makes `stats` the statistics of every device of `type` (replacing any
+// registered before). Not owned: it must outlive every probe. Safe to call
+// from static initializers.
+void register_device_memory_stats(c10::DeviceType type, DeviceMemoryStats* stats);
 
 // For tests of the seed's bug: while it lives, a CPU allocation that would
 // take the bytes allocated since its creation past `max_extra_bytes` fails as

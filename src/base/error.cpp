@@ -11,6 +11,7 @@ const char* error_code_name(ErrorCode code) {
     case ErrorCode::kNotSupported: return "not_supported";
     case ErrorCode::kIOError: return "io_error";
     case ErrorCode::kLocked: return "locked";
+    case ErrorCode::kOutOfMemory: return "out_of_memory";
   }
   return "unknown";
 }

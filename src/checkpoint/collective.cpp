@@ -31,7 +31,7 @@ RankOutcome RankOutcome::decode(const std::string& bytes, int rank, const std::s
   } else {
     outcome.ok = false;
     const std::int64_t code = in.i64();
-    if (ok != 0 || code < 0 || code > static_cast<std::int64_t>(ErrorCode::kLocked)) {
+    if (ok != 0 || code < 0 || code > static_cast<std::int64_t>(ErrorCode::kOutOfMemory)) {
       throw Error(ErrorCode::kCorruption, "a malformed message from rank " + std::to_string(rank) + " (" + what +
                                               ") (hint: are all ranks running the same lorakeep version?)");
     }

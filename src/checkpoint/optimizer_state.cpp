@@ -1,8 +1,16 @@
 #include "checkpoint/optimizer_state.h"
 
 #include <exception>
+#include <memory>
 #include <sstream>
+#include <type_traits>
+#include <vector>
 
+#include <torch/optim/adagrad.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/adamw.h>
+#include <torch/optim/rmsprop.h>
+#include <torch/optim/sgd.h>
 #include <torch/serialize/output-archive.h>
 
 #include "lorakeep/error.h"
@@ -13,16 +21,45 @@
 namespace lorakeep::detail {
 namespace {
 
+at::Tensor moved(const at::Tensor& t, const c10::Device& device) { return t.defined() ? t.to(device) : t; }
+
+// Moves the tensors of a state of LibTorch's own optimizers to `device`
+// through their typed accessors; false for another type.
+bool move_builtin_state(torch::optim::OptimizerParamState& state, const c10::Device& d) {
+  using namespace torch::optim;
+  if (auto* s = dynamic_cast<AdamParamState*>(&state)) {
+    s->exp_avg(moved(s->exp_avg(), d)).exp_avg_sq(moved(s->exp_avg_sq(), d));
+    s->max_exp_avg_sq(moved(s->max_exp_avg_sq(), d));
+  } else if (auto* w = dynamic_cast<AdamWParamState*>(&state)) {
+    w->exp_avg(moved(w->exp_avg(), d)).exp_avg_sq(moved(w->exp_avg_sq(), d));
+    w->max_exp_avg_sq(moved(w->max_exp_avg_sq(), d));
+  } else if (auto* g = dynamic_cast<SGDParamState*>(&state)) {
+    g->momentum_buffer(moved(g->momentum_buffer(), d));
+  } else if (auto* a = dynamic_cast<AdagradParamState*>(&state)) {
+    a->sum(moved(a->sum(), d));
+  } else if (auto* r = dynamic_cast<RMSpropParamState*>(&state)) {
+    r->square_avg(moved(r->square_avg(), d)).momentum_buffer(moved(r->momentum_buffer(), d));
+    r->grad_avg(moved(r->grad_avg(), d));
+  } else {
+    return false;
+  }
+  return true;
+}
+
 // Moves each parameter's optimizer state to the parameter's device, one
-// parameter at a time, through the state's own serialization (the only
-// generic access LibTorch's optimizers give to their state tensors): the
-// device then holds at most one parameter's state beyond the final state.
+// parameter at a time. LibTorch's own optimizers through their typed
+// accessors (a plain .to(device): any device); another optimizer's state
+// through its own serialization, the only generic access LibTorch gives to
+// state tensors (its archive loads onto the CPU and CUDA in LibTorch 1.x, onto
+// more devices in 2.x). The device then holds at most one parameter's state
+// beyond the final state.
 void move_state_to_parameters(torch::optim::Optimizer& optimizer) {
   for (auto& group : optimizer.param_groups()) {
     for (const at::Tensor& param : group.params()) {
       if (param.device().is_cpu()) continue;
       auto it = optimizer.state().find(optimizer_state_key(optimizer, param));
       if (it == optimizer.state().end()) continue;
+      if (move_builtin_state(*it->second, param.device())) continue;
       torch::serialize::OutputArchive out;
       it->second->serialize(out);
       std::ostringstream bytes;
@@ -122,15 +159,30 @@ OptimizerStateLoad::OptimizerStateLoad(const std::string& path, torch::optim::Op
 }
 
 void OptimizerStateLoad::apply() {
-  // Its groups were checked against the archive, which is all
-  // Optimizer::load checks.
-  with_torch_errors(
-      ErrorCode::kIncompatible,
-      "cannot restore the optimizer from '" + path_ + "' (hint: another optimizer type, or other parameters?)", [&] {
-        optimizer_->load(*archive_);
-        archive_.reset();
-        move_state_to_parameters(*optimizer_);
-      });
+  // Optimizer::load replaces the state and every group's options: both are
+  // kept aside until the loaded state is on the parameters' devices, and put
+  // back if that fails (a device out of memory), so the optimizer is
+  // replaced only once everything it needs is allocated.
+  std::decay_t<decltype(optimizer_->state())> kept_state;
+  kept_state.swap(optimizer_->state());
+  std::vector<std::unique_ptr<torch::optim::OptimizerOptions>> kept_options;
+  for (auto& group : optimizer_->param_groups()) kept_options.push_back(group.options().clone());
+  try {
+    // Its groups were checked against the archive, which is all
+    // Optimizer::load checks.
+    with_torch_errors(
+        ErrorCode::kIncompatible,
+        "cannot restore the optimizer from '" + path_ + "' (hint: another optimizer type, or other parameters?)", [&] {
+          optimizer_->load(*archive_);
+          move_state_to_parameters(*optimizer_);
+        });
+  } catch (const Error& e) {
+    optimizer_->state().swap(kept_state);
+    auto& groups = optimizer_->param_groups();
+    for (std::size_t i = 0; i < groups.size(); ++i) groups[i].set_options(std::move(kept_options[i]));
+    throw Error(e.code(), std::string(e.what()) + " (the optimizer was left as it was)");
+  }
+  archive_.reset();
 }
 
 }  // namespace lorakeep::detail

@@ -3,22 +3,30 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <string>
 
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/util/Exception.h>
 
+#include "lorakeep/error.h"
+#include "tensors/torch_compat.h"
+
 #ifdef LORAKEEP_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
-
-#include "lorakeep/error.h"
-#include "tensors/torch_compat.h"
+#if LORAKEEP_TORCH_AT_LEAST(2, 8)
+#include <c10/core/CachingDeviceAllocator.h>
+#define LORAKEEP_HAS_DEVICE_ALLOCATOR 1
+#else
+#define LORAKEEP_HAS_DEVICE_ALLOCATOR 0
+#endif
 
 namespace lorakeep {
 namespace {
@@ -130,12 +138,77 @@ std::uint64_t status_kib(const char* field) {
   return value * 1024;
 }
 
+// DeviceMemoryStats by device type (zero-initialized before any static
+// initializer runs).
+std::atomic<DeviceMemoryStats*> g_device_stats[c10::COMPILE_TIME_MAX_DEVICE_TYPES];
+
+struct DeviceReading {
+  std::int64_t current = 0;
+  std::int64_t peak = 0;
+};
+
+// The allocator statistics of a device other than the CPU (resetting its
+// peak first if asked to); false, saying why in *why, if it keeps none that
+// lorakeep can read.
+bool read_device(const c10::Device& device, bool reset_peak, DeviceReading* out, std::string* why) {
+  const c10::DeviceIndex index = device.has_index() ? device.index() : 0;
+  const auto type = static_cast<std::size_t>(device.type());
+  if (DeviceMemoryStats* stats = type < c10::COMPILE_TIME_MAX_DEVICE_TYPES ? g_device_stats[type].load() : nullptr) {
+    if (reset_peak) stats->reset_peak(index);
+    out->current = stats->allocated_bytes(index);
+    out->peak = stats->peak_allocated_bytes(index);
+    return true;
+  }
+#ifdef LORAKEEP_WITH_CUDA
+  if (device.is_cuda()) {
+    if (reset_peak) c10::cuda::CUDACachingAllocator::resetPeakStats(index);
+    const auto& bytes = c10::cuda::CUDACachingAllocator::getDeviceStats(index).allocated_bytes[0];
+    out->current = bytes.current;
+    out->peak = bytes.peak;
+    return true;
+  }
+#endif
+#if LORAKEEP_HAS_DEVICE_ALLOCATOR
+  c10::DeviceAllocator* allocator = nullptr;
+  try {
+    allocator = dynamic_cast<c10::DeviceAllocator*>(c10::GetAllocator(device.type()));
+  } catch (const c10::Error&) {
+  }
+  if (allocator != nullptr) {
+    if (reset_peak) allocator->resetPeakStats(index);
+    const auto& bytes = allocator->getDeviceStats(index).allocated_bytes[0];
+    out->current = bytes.current;
+    out->peak = bytes.peak;
+    return true;
+  }
+  *why = "the " + c10::DeviceTypeName(device.type(), /*lower_case=*/true) +
+         " allocator keeps no statistics (it is no c10::DeviceAllocator and registered no "
+         "lorakeep::DeviceMemoryStats)";
+#else
+  *why = "LibTorch " + std::string(detail::torch_version_string()) + " reads no statistics of the " +
+         c10::DeviceTypeName(device.type(), /*lower_case=*/true) +
+         " allocator, and it registered no lorakeep::DeviceMemoryStats";
+#endif
+  return false;
+}
+
 }  // namespace
+
+void register_device_memory_stats(c10::DeviceType type, DeviceMemoryStats* stats) {
+  const auto index = static_cast<std::size_t>(type);
+  if (index >= c10::COMPILE_TIME_MAX_DEVICE_TYPES) {
+    throw Error(ErrorCode::kInvalidArgument, "register_device_memory_stats: no device type " + std::to_string(index));
+  }
+  g_device_stats[index].store(stats);
+}
 
 AllocationProbe::AllocationProbe(c10::Device device) : device_(device) {
   if (device_.is_cpu()) {
     install_counting_allocator();
-    if (!g_installed) return;
+    if (!g_installed) {
+      unmeasured_ = "LibTorch's CPU allocator offers no raw interface to count through";
+      return;
+    }
     for (int i = 0; i < kMaxProbes; ++i) {
       bool expected = false;
       if (g_slots[i].used.compare_exchange_strong(expected, true)) {
@@ -149,14 +222,10 @@ AllocationProbe::AllocationProbe(c10::Device device) : device_(device) {
     }
     throw Error(ErrorCode::kInvalidArgument, "more than 64 allocation probes at once");
   }
-#ifdef LORAKEEP_WITH_CUDA
-  if (device_.is_cuda()) {
-    // The allocator's peak is per device: reset it so that it is this
-    // probe's (as documented, concurrent CUDA probes share it).
-    c10::cuda::CUDACachingAllocator::resetPeakStats(device_.index());
-    base_ = c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index()).allocated_bytes[0].current;
-  }
-#endif
+  // The allocator's peak is per device: reset it so that it is this probe's
+  // (as documented, concurrent probes on one device share it).
+  DeviceReading now;
+  if (read_device(device_, /*reset_peak=*/true, &now, &unmeasured_)) base_ = now.current;
 }
 
 AllocationProbe::~AllocationProbe() {
@@ -168,23 +237,18 @@ AllocationProbe::~AllocationProbe() {
 
 std::int64_t AllocationProbe::peak_bytes() const {
   if (slot_ >= 0) return g_slots[slot_].peak.load();
-#ifdef LORAKEEP_WITH_CUDA
-  if (device_.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index());
-    return std::max<std::int64_t>(0, stats.allocated_bytes[0].peak - base_);
-  }
-#endif
-  return -1;
+  DeviceReading now;
+  std::string why;
+  if (device_.is_cpu() || !unmeasured_.empty() || !read_device(device_, false, &now, &why)) return -1;
+  return std::max<std::int64_t>(0, now.peak - base_);
 }
 
 std::int64_t AllocationProbe::current_bytes() const {
   if (slot_ >= 0) return g_live.load() - g_slots[slot_].base.load();
-#ifdef LORAKEEP_WITH_CUDA
-  if (device_.is_cuda()) {
-    return c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index()).allocated_bytes[0].current - base_;
-  }
-#endif
-  return -1;
+  DeviceReading now;
+  std::string why;
+  if (device_.is_cpu() || !unmeasured_.empty() || !read_device(device_, false, &now, &why)) return -1;
+  return now.current - base_;
 }
 
 CpuAllocationLimit::CpuAllocationLimit(std::int64_t max_extra_bytes) {

@@ -162,7 +162,18 @@ Staging allocate_staging(const std::vector<Planned>& planned, const LoadOptions&
     s.workers[t].source = s.arena.window(t * per_worker, worker_source);
     s.workers[t].convert = s.arena.window(t * per_worker + round_up(worker_source), worker_convert);
   }
-  for (const auto& [name, d] : devices) s.stagers[name] = detail::make_stager(d.device, d.needs);
+  for (const auto& [name, d] : devices) {
+    try {
+      s.stagers[name] = detail::make_stager(d.device, d.needs);
+    } catch (const c10::OutOfMemoryError& e) {
+      const std::string why = e.what_without_backtrace();
+      throw Error(ErrorCode::kOutOfMemory, "out of memory on " + name + " allocating the load's staging (one piece: " +
+                                               detail::format_bytes(d.needs.piece_bytes) +
+                                               "): " + why.substr(0, why.find('\n')) +
+                                               "\n  hint: free memory on the device, or load with a smaller "
+                                               "chunk_bytes");
+    }
+  }
   return s;
 }
 
@@ -174,9 +185,11 @@ class Applier {
   Applier(const TensorSource& source, const LoadOptions& o, HostBuffers& buffers, Staging& staging, RssSampler& rss)
       : source_(source), o_(o), buffers_(buffers), staging_(staging), rss_(rss) {}
 
+  // Sets `written` just before the first write to p.target.
   // REQUIRES: p.target is not empty.
-  void apply(const Planned& p) {
+  void apply(const Planned& p, std::atomic<bool>& written) {
     p_ = &p;
+    written_ = &written;
     src_size_ = c10::elementSize(p.source_type);
     per_ = piece_elements(p, o_, buffers_.budget);
     source_.prefetch(p.source_name);
@@ -190,9 +203,10 @@ class Applier {
     const at::Tensor src = buffers_.source.view(p_->source_type, dst.sizes());
     source_.read(p_->source_name, begin, src.data_ptr(), size);
     if (dst.device().is_cpu()) {
+      written_->store(true);
       apply_cpu(dst, src);
     } else {
-      staging_.stagers.at(dst.device().str())->apply(dst, src, o_.op, o_.scale);
+      staging_.stagers.at(dst.device().str())->apply(dst, src, o_.op, o_.scale, *written_);
     }
     progress_ += size;
     if (progress_ >= (16u << 20)) {
@@ -232,6 +246,7 @@ class Applier {
   Staging& staging_;
   RssSampler& rss_;
   const Planned* p_ = nullptr;
+  std::atomic<bool>* written_ = nullptr;
   std::uint64_t src_size_ = 1;
   std::int64_t per_ = 1;
   std::uint64_t progress_ = 0;
@@ -295,14 +310,19 @@ TransferReport LoadPlan::apply() {
   const c10::Device probe_device = devices.size() == 1 ? c10::Device(*devices.begin()) : c10::Device(c10::kCPU);
   AllocationProbe probe(probe_device);
   RssSampler rss;
-  Staging staging = with_torch_errors(ErrorCode::kIncompatible, "cannot load '" + source.path() + "'",
-                                      [&] { return allocate_staging(planned, options); });
+  Staging staging;
+  try {
+    staging = with_torch_errors(ErrorCode::kIncompatible, "allocating the staging",
+                                [&] { return allocate_staging(planned, options); });
+  } catch (const Error& e) {
+    throw Error(e.code(), "cannot load '" + source.path() + "': " + e.what() + " (nothing was changed)");
+  }
   rss.sample();
 
   // From here on nothing allocates a tensor of a parameter's size, and the
   // staging is in place: writes begin. reached[i]: planned[i] may have been
-  // written (set before its first byte; the pieces of one tensor may set
-  // its entry from several threads).
+  // written (set just before its first write; the pieces of one tensor may
+  // set its entry from several threads).
   std::unique_ptr<std::atomic<bool>[]> reached(new std::atomic<bool>[planned.size()]);
   for (std::size_t i = 0; i < planned.size(); ++i) reached[i].store(false);
   try {
@@ -317,8 +337,7 @@ TransferReport LoadPlan::apply() {
       if (p.target.device().is_cpu()) {
         on_host.push_back(i);
       } else {
-        reached[i].store(true);
-        serial.apply(p);
+        serial.apply(p, reached[i]);
       }
     }
     for (auto& [device, stager] : staging.stagers) stager->finish();
@@ -346,15 +365,15 @@ TransferReport LoadPlan::apply() {
     run_parallel(work.size(), staging.threads, [&](std::size_t k, unsigned worker) {
       const Work& w = work[k];
       const Planned& p = planned[w.index];
-      reached[w.index].store(true);
       if (!direct(p, options)) {
         // This thread is one of those keeping every core busy: LibTorch's
         // arithmetic on it stays on it.
         std::optional<OpenMpThreadLimit> one_thread;
         if (staging.threads > 1) one_thread.emplace(1);
-        Applier(source, options, staging.workers[worker], staging, rss).apply(p);
+        Applier(source, options, staging.workers[worker], staging, rss).apply(p, reached[w.index]);
         return;
       }
+      reached[w.index].store(true);  // the read below writes the target
       // Read-ahead helps only while a later read waits for an earlier one:
       // for a single read it is one more system call for the same pages.
       if (w.begin == 0 && w.size < p.info->byte_size()) source.prefetch(p.source_name);

@@ -63,29 +63,14 @@ class CudaStager final : public DeviceStager {
     }
   }
 
-  void apply(const at::Tensor& dst, const at::Tensor& src, TransferOp op, double scale) override {
+  void apply(const at::Tensor& dst, const at::Tensor& src, TransferOp op, double scale,
+             std::atomic<bool>& written) override {
     const int slot = static_cast<int>(turn_++ % 2);
     done_[slot].synchronize();  // the copy that last read this buffer is over
-    // Copies go over in the parameter's dtype; adds in the wider of the two,
-    // rounded once on the device.
-    const c10::ScalarType type = op == TransferOp::kCopy ? dst.scalar_type()
-                                                         : c10::promoteTypes(src.scalar_type(), dst.scalar_type());
-    at::Tensor host = pinned_[slot].view(type, dst.sizes());
+    at::Tensor host = pinned_[slot].view(piece_type(op, src, dst), dst.sizes());
     host.copy_(src);  // dtype conversion (or a plain copy) on the host, into pinned memory
     c10::cuda::CUDAStreamGuard on_side(stream_);
-    if (op == TransferOp::kCopy) {
-      dst.copy_(host, /*non_blocking=*/true);
-    } else {
-      at::Tensor staged = at::from_blob(device_buffer_.data_ptr(), dst.sizes(),
-                                        at::TensorOptions().dtype(type).device(device_));
-      staged.copy_(host, /*non_blocking=*/true);
-      if (type == dst.scalar_type()) {
-        dst.add_(staged, scale);
-      } else {
-        staged.mul_(scale).add_(dst);
-        dst.copy_(staged);
-      }
-    }
+    write_piece(dst, host, device_buffer_, op, scale, /*non_blocking=*/true, written);
     done_[slot].record(stream_);
   }
 

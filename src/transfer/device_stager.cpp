@@ -18,29 +18,15 @@ class GenericStager final : public DeviceStager {
     }
   }
 
-  void apply(const at::Tensor& dst, const at::Tensor& src, TransferOp op, double scale) override {
-    // Copies convert to the parameter's dtype on the host; adds happen on
-    // the device in the wider of the two dtypes, rounded once.
-    const c10::ScalarType type = op == TransferOp::kCopy ? dst.scalar_type()
-                                                         : c10::promoteTypes(src.scalar_type(), dst.scalar_type());
+  void apply(const at::Tensor& dst, const at::Tensor& src, TransferOp op, double scale,
+             std::atomic<bool>& written) override {
+    const c10::ScalarType type = piece_type(op, src, dst);
     at::Tensor host = src;
     if (src.scalar_type() != type) {
       host = host_.view(type, dst.sizes());
       host.copy_(src);  // dtype conversion on the host
     }
-    if (op == TransferOp::kCopy) {
-      dst.copy_(host);  // straight into the live storage
-      return;
-    }
-    at::Tensor on_device = at::from_blob(device_.data_ptr(), dst.sizes(),
-                                         at::TensorOptions().dtype(type).device(dst.device()));
-    on_device.copy_(host);
-    if (type == dst.scalar_type()) {
-      dst.add_(on_device, scale);
-    } else {
-      on_device.mul_(scale).add_(dst);
-      dst.copy_(on_device);
-    }
+    write_piece(dst, host, device_, op, scale, /*non_blocking=*/false, written);
   }
 
   void finish() override {}
@@ -51,6 +37,33 @@ class GenericStager final : public DeviceStager {
 };
 
 }  // namespace
+
+c10::ScalarType piece_type(TransferOp op, const at::Tensor& src_piece, const at::Tensor& dst_piece) {
+  return op == TransferOp::kCopy ? dst_piece.scalar_type()
+                                 : c10::promoteTypes(src_piece.scalar_type(), dst_piece.scalar_type());
+}
+
+void write_piece(const at::Tensor& dst, const at::Tensor& host, const at::Tensor& device_buffer, TransferOp op,
+                 double scale, bool non_blocking, std::atomic<bool>& written) {
+  if (op == TransferOp::kCopy) {
+    written.store(true);
+    dst.copy_(host, non_blocking);  // straight into the live storage
+    return;
+  }
+  // A view of the device buffer in the piece's dtype and shape. (Not
+  // at::from_blob: without a target device it asks LibTorch where the
+  // pointer lives, which LibTorch 1.x answers only for the CPU and CUDA.)
+  const std::int64_t bytes = host.numel() * static_cast<std::int64_t>(host.element_size());
+  at::Tensor staged = device_buffer.narrow(0, 0, bytes).view(host.scalar_type()).view(dst.sizes());
+  staged.copy_(host, non_blocking);
+  written.store(true);
+  if (host.scalar_type() == dst.scalar_type()) {
+    dst.add_(staged, scale);
+  } else {
+    staged.mul_(scale).add_(dst);
+    dst.copy_(staged);
+  }
+}
 
 std::unique_ptr<DeviceStager> make_stager(const c10::Device& device, const StagingNeeds& needs) {
 #ifdef LORAKEEP_WITH_CUDA

@@ -2,6 +2,7 @@
 // accelerator. The CPU path never comes here.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 
@@ -21,8 +22,10 @@ class DeviceStager {
   // dst_piece (on the device) = / += scale * src_piece (a CPU tensor of any
   // dtype, same shape, at most chunk_bytes in dst_piece's dtype). May return
   // before the device is done, but src_piece is read before it returns: the
-  // caller reuses its buffer for the next piece.
-  virtual void apply(const at::Tensor& dst_piece, const at::Tensor& src_piece, TransferOp op, double scale) = 0;
+  // caller reuses its buffer for the next piece. Sets `written` just before
+  // the first operation that writes dst_piece.
+  virtual void apply(const at::Tensor& dst_piece, const at::Tensor& src_piece, TransferOp op, double scale,
+                     std::atomic<bool>& written) = 0;
 
   // Waits for the device and orders later work on the device's current
   // stream after every write made here.
@@ -44,6 +47,21 @@ struct StagingNeeds {
 // buffer. Either way the extra device memory is 0 for kCopy and one piece for
 // kAdd.
 std::unique_ptr<DeviceStager> make_stager(const c10::Device& device, const StagingNeeds& needs);
+
+// What the stagers share.
+//
+// The dtype a piece crosses to the device in: the parameter's for a copy
+// (converted on the host), the wider of the two for an add (rounded once, on
+// the device).
+c10::ScalarType piece_type(TransferOp op, const at::Tensor& src_piece, const at::Tensor& dst_piece);
+
+// Writes one piece from the host into dst_piece, `host` (a CPU tensor of
+// dst_piece's shape, in piece_type()) holding it: a copy goes straight into
+// the live storage; an add goes through `device_buffer` (bytes on the
+// device, at least the piece's size) and is added there. Sets `written` just
+// before the first write to dst_piece.
+void write_piece(const at::Tensor& dst_piece, const at::Tensor& host, const at::Tensor& device_buffer, TransferOp op,
+                 double scale, bool non_blocking, std::atomic<bool>& written);
 
 #ifdef LORAKEEP_WITH_CUDA
 std::unique_ptr<DeviceStager> make_cuda_stager(const c10::Device& device, const StagingNeeds& needs);
