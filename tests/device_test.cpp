@@ -247,7 +247,7 @@ TEST_CASE("a device out of memory at the staging fails the add before anything i
   CHECK(test::bitwise_equal(test::clone_all(live), before));
 }
 
-TEST_CASE("the naive reload runs out of device memory at (adapter - 1 MiB) free; lorakeep's reloads succeed there",
+TEST_CASE("the naive reload runs out of device memory at (adapter - 1 MiB) free, where lorakeep's reloads succeed",
           "[device]") {
   test::TempDir dir;
   // Two 1024-wide layers with rank-128 LoRA: a 2 MiB adapter.
