@@ -4,8 +4,10 @@ and bench/scaling.svg. Pure: bench/results.py reads and writes the files.
 Each section renders on its own, so any subset of them renders: "reloads",
 "saves" and "merges" (bench/run.py) and "scale" (bench/run.py --scale) with
 their own tables and targets, "gpu" (scripts/gpu-check.sh) with a line saying
-it has not run when absent, and any other section ("async_saves", ...) as a
-generic table of its rows.
+it has not run when absent, "device_reload" (bench/run.py, the test device)
+and "gpu_device_reload" (scripts/gpu-check.sh, CUDA) as one section, "Reload
+onto a device with 1 MiB free", and any other section ("async_saves", ...) as
+a generic table of its rows.
 """
 import math
 
@@ -152,8 +154,27 @@ def scale_targets(rows):
     return lines
 
 
+def device_reload_claim(row):
+    """The claim each row of a device_reload section checks: at 1 MiB free
+    the naive reload runs out of memory and lorakeep's succeeds with 0 extra
+    device bytes, bitwise equal; with memory free both restore the best."""
+    if row["method"] == "lorakeep":
+        return (row["tight_outcome"] == "ok" and row["tight_bitwise_equal"] and row["extra_device_bytes"] == 0
+                and row["bitwise_equal"])
+    return row["tight_outcome"] == "out of memory" and row["bitwise_equal"]
+
+
+def device_reload_targets(rows):
+    sizes = ", ".join(mib(r["adapter_bytes"]) for r in rows if r["method"] == "lorakeep")
+    worst = max((r["extra_device_bytes"] for r in rows if r["method"] == "lorakeep"), default=0)
+    return [f"- Reload onto the test device with 1 MiB free: the naive reload runs out of memory, lorakeep's "
+            f"restores the best bitwise with 0 extra device bytes ({sizes}): "
+            f"{verdict(all(device_reload_claim(r) for r in rows))} (worst {worst} bytes)"]
+
+
 # The sections whose rows have targets, in the order the targets are listed.
-TARGETS = (("reloads", reload_targets), ("saves", save_targets), ("merges", merge_targets), ("scale", scale_targets))
+TARGETS = (("reloads", reload_targets), ("saves", save_targets), ("merges", merge_targets), ("scale", scale_targets),
+           ("device_reload", device_reload_targets))
 
 
 def targets(sections):
@@ -484,6 +505,46 @@ def generic_md(name, sec, title=None):
 
 GPU_COMMAND = "scripts/gpu-check.sh"
 
+# The reload onto a device with 1 MiB free: one table per device.
+DEVICE_RELOAD = (("device_reload", "the test device", "bench/run.sh --sections device_reload"),
+                 ("gpu_device_reload", "CUDA", GPU_COMMAND))
+
+
+def device_reload_md(sections):
+    if not any(name in sections for name, _, _ in DEVICE_RELOAD):
+        return []
+    lines = ["## Reload onto a device with 1 MiB free", "",
+             "Trainer's end-of-training reload of the best adapter (every tensor of the adapter onto the device, "
+             "then `copy_` into the live parameters, as in transformers #44660) against lorakeep's "
+             "`CheckpointManager::load_best_into`, with the live model resident on the device and 1 MiB left free "
+             "(`bench/device/device_reload.cpp`; each method in a process of its own). Then, with the device's "
+             "memory free (measured first, in a fresh process), what each takes: extra device bytes counted at the "
+             "device's allocator and extra host bytes at LibTorch's CPU allocator (both lorakeep's "
+             "`AllocationProbe`, peak above the level before), and the process's peak RSS above its level before "
+             "(the naive reload maps the file, as safetensors does, so its pages count; on the test device the "
+             "device's own bytes, which live in host RAM, are subtracted). The model: `LoraLinear(1024, 1024)` "
+             "layers with rank 256, 2 MiB of F32 factors each, in 1 MiB tensors."]
+    for name, where, command in DEVICE_RELOAD:
+        sec = sections.get(name)
+        lines += ["", f"### On {where}", ""]
+        if not sec:
+            lines.append(f"Not run yet: `{command}` writes it into the `{name}` section of `bench/results.json`.")
+            continue
+        lines += provenance(sec)
+        lines.append(f"- device: {sec['device']} (`{sec['device_name']}`)")
+        lines += ["", "| adapter | method | with 1 MiB free | extra device bytes | extra host bytes (allocator) "
+                      "| extra RSS | seconds | restores the best bitwise |", "|---|---|---|---|---|---|---|---|"]
+        for r in sec["rows"]:
+            tight = r["tight_outcome"]
+            if tight == "ok" and r["tight_bitwise_equal"]:
+                tight += ", bitwise equal"
+            elif tight != "ok":
+                tight += f" after {mib(r['tight_bytes_on_device'])} on the device"
+            lines.append(f"| {mib(r['adapter_bytes'])} | {r['method']} | {tight} | {mib(r['extra_device_bytes'])} | "
+                         f"{mib(r['extra_host_alloc_bytes'])} | {mib(r['extra_rss_bytes'])} | {secs(r['seconds'])} | "
+                         f"{cell('', r['bitwise_equal'])} |")
+    return lines
+
 
 def gpu_md(sec):
     if sec:
@@ -496,7 +557,7 @@ def gpu_md(sec):
 
 # The order of the sections in BENCHMARKS.md; sections of other names follow,
 # by name. "gpu" renders even when absent, to say it has not been run.
-ORDER = ("reloads", "saves", "merges", "async_saves", "scale", "gpu")
+ORDER = ("reloads", "saves", "merges", "async_saves", "scale", "device_reload", "gpu")
 TITLES = {"async_saves": "Asynchronous saves"}
 
 
@@ -504,6 +565,10 @@ def section_md(name, sections):
     sec = sections.get(name)
     if name == "gpu":
         return gpu_md(sec)
+    if name == "device_reload":
+        return device_reload_md(sections)
+    if name == "gpu_device_reload":
+        return []  # with device_reload
     if sec is None:
         return []
     known = {"reloads": reloads_md, "saves": saves_md, "merges": merges_md, "scale": scale_md}
@@ -518,7 +583,7 @@ SCALE_COST = "about 45 GB of disk and 17 to 19 minutes"  # measured on 2026-12-0
 
 def rerun_lines(sections):
     """The commands that produced the sections present, once each."""
-    commands = ["bench/run.sh          # reloads, saves and merges: about 18 minutes on 2 cores",
+    commands = ["bench/run.sh          # every section but scale: about 18 minutes on 2 cores (device_reload: 43 s)",
                 "bench/run.sh --sections merges   # one of them alone; every other section stays",
                 f"bench/run.sh --scale  # the 7B-shaped merges, cold: {SCALE_COST}"]
     seen = {"bench/run.sh"}

@@ -44,6 +44,7 @@ FULL = {
     "merge_mib": 2048,
     "merge_repeat": 5,
     "merge_warmup": True,
+    "device_sizes": [16, 64, 256, 1024],
 }
 SMOKE = {
     "reload_sizes": [4],
@@ -58,6 +59,7 @@ SMOKE = {
     "merge_mib": 8,
     "merge_repeat": 1,
     "merge_warmup": False,
+    "device_sizes": [4],
 }
 
 
@@ -65,6 +67,7 @@ class Runner:
     def __init__(self, build, python, work):
         self.bench = os.path.join(build, "bench", "lorakeep_bench")
         self.cli = os.path.join(build, "src", "lorakeep")
+        self.device_bench = os.path.join(build, "bench", "lorakeep_device_bench")
         self.python = python
         self.work = work
 
@@ -299,8 +302,24 @@ def async_save_matrix(r, cfg, log):
     return rows
 
 
+def device_reload_matrix(r, cfg, log):
+    """Trainer's reload against lorakeep's onto lorakeep's test device with
+    1 MiB free (bench/device/device_reload.h: each method a process of its
+    own). The program checks the claim itself and fails when it does not hold."""
+    out = r.path("device_reload.json")
+    subprocess.run([r.device_bench, "sweep", "--mib", ",".join(map(str, cfg["device_sizes"])),
+                    "--work", r.path("device"), "--json", out], check=True)
+    with open(out) as f:
+        measured = json.load(f)
+    for row in measured["rows"]:
+        log(row)
+    measured.pop("date", None)  # the section's own, set by main()
+    return measured
+
+
 # The sections of bench/results.json this script measures, in order.
-MATRICES = {"reloads": reload_matrix, "saves": save_matrix, "merges": merge_matrix, "async_saves": async_save_matrix}
+MATRICES = {"reloads": reload_matrix, "saves": save_matrix, "merges": merge_matrix, "async_saves": async_save_matrix,
+            "device_reload": device_reload_matrix}
 # Measured only when asked for (--scale), and by every smoke run.
 OPT_IN = {"scale": lambda r, cfg, log: scale.scale_matrix(r, log, smoke=cfg is SMOKE)}
 
@@ -321,7 +340,7 @@ def main():
     p.add_argument("--out", default=HERE, help="where results.json (and, with --smoke, the report) go")
     p.add_argument("--work", default=None)
     p.add_argument("--sections", type=sections_arg, default=list(MATRICES),
-                   help="which of reloads,saves,merges,async_saves to measure (default all); the others stay as they were")
+                   help="which of reloads,saves,merges,async_saves,device_reload to measure (default all); the others stay as they were")
     p.add_argument("--scale", action="store_true",
                    help="measure the scale section alone (7B-shaped merges, cold; about 45 GB of disk under --work)")
     args = p.parse_args()
@@ -338,7 +357,11 @@ def main():
     def log(res):
         print(json.dumps(res), file=sys.stderr, flush=True)
 
-    command = "bench/run.sh" + (" --smoke" if args.smoke else "") + (" --scale" if args.scale else "")
+    # bench/run.sh builds build-release and runs this; another build tree is named.
+    default_build = os.path.abspath(args.build) == os.path.join(ROOT, "build-release")
+    command = ("bench/run.sh" if default_build or args.smoke
+               else f"python3 bench/run.py --build {os.path.relpath(os.path.abspath(args.build), ROOT)}")
+    command += (" --smoke" if args.smoke else "") + (" --scale" if args.scale else "")
     chosen = [n for n in args.sections if n in MATRICES]
     if not args.scale and chosen != list(MATRICES):
         command += " --sections " + ",".join(chosen)

@@ -5,7 +5,9 @@
 # prefix (dpkg -x), builds the lorakeep library against the torch it finds
 # (Release, all cores), builds bench/gpu/gpu_check against it, and runs it:
 # one table (the seed's bug reproduced and beaten, extra device bytes,
-# throughput against cudaMemcpy, apply_delta against the CPU), also as JSON.
+# throughput against cudaMemcpy, apply_delta against the CPU), also as JSON;
+# then bench/gpu/device_reload: the naive reload against lorakeep's onto the
+# GPU with 1 MiB free, the table BENCHMARKS.md gives for the test device.
 #
 #   scripts/gpu-check.sh [options]
 #     --kit DIR                 the kit (default: build/gpu-kit)
@@ -16,6 +18,7 @@
 #     --torch-cmake-prefix P    LibTorch's share/cmake (or a ;-list holding it) instead of asking Python
 #     --jobs N                  build jobs (default: nproc; env LORAKEEP_GPU_CHECK_JOBS)
 #     --adapter-mib N           adapter size (default 1024); --free-mib N: free device memory (default 64)
+#     --reload-mib LIST         device_reload's adapter sizes (default 16,64,256,1024)
 #     --clean                   start WORK from scratch
 #     --no-gpu                  build exactly as on the GPU machine, then stop before the
 #                               first CUDA call, printing what would run; exit 0
@@ -32,6 +35,7 @@ torch_cmake=""
 jobs=${LORAKEEP_GPU_CHECK_JOBS:-$(nproc)}
 adapter_mib=1024
 free_mib=64
+reload_mib=16,64,256,1024
 clean=0
 no_gpu=0
 while (($#)); do
@@ -45,9 +49,10 @@ while (($#)); do
     --jobs) jobs=$2; shift 2 ;;
     --adapter-mib) adapter_mib=$2; shift 2 ;;
     --free-mib) free_mib=$2; shift 2 ;;
+    --reload-mib) reload_mib=$2; shift 2 ;;
     --clean) clean=1; shift ;;
     --no-gpu) no_gpu=1; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "gpu-check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -165,18 +170,23 @@ cmake --build "$work/build" -j "$jobs" >"$work/build.log" 2>&1 || { tail -40 "$w
 cmake --install "$work/build" >"$work/install.log" 2>&1 || die "installing lorakeep failed (log: $work/install.log)"
 
 # --- the GPU program -------------------------------------------------------------
-say "building bench/gpu/gpu_check"
+say "building bench/gpu (gpu_check, device_reload)"
 cmake -S "$repo/bench/gpu" -B "$work/gpu-build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$work/install;$prefix_path" "${launcher[@]}" "${cmake_cuda[@]}" \
   >"$work/gpu-configure.log" 2>&1 || { tail -40 "$work/gpu-configure.log" >&2; die "configuring bench/gpu failed (log: $work/gpu-configure.log)"; }
-cmake --build "$work/gpu-build" -j "$jobs" >"$work/gpu-build.log" 2>&1 || { tail -40 "$work/gpu-build.log" >&2; die "building gpu_check failed (log: $work/gpu-build.log)"; }
+cmake --build "$work/gpu-build" -j "$jobs" >"$work/gpu-build.log" 2>&1 || { tail -40 "$work/gpu-build.log" >&2; die "building bench/gpu failed (log: $work/gpu-build.log)"; }
 say "built in $(($(date +%s) - t_start)) s"
 
 cmd=("$work/gpu-build/gpu_check" --work "$work/run" --json "$json" --adapter-mib "$adapter_mib" --free-mib "$free_mib")
+reload_json=$(dirname "$json")/gpu_device_reload.json
+reload_cmd=("$work/gpu-build/device_reload" sweep --mib "$reload_mib" --work "$work/run-reload" --json "$reload_json"
+  --command "scripts/gpu-check.sh")
 if ((no_gpu)); then
   "${cmd[@]}" --dry-run
+  [[ -x ${reload_cmd[0]} ]] || die "no ${reload_cmd[0]} after the build"
   say "--no-gpu: built; on a GPU machine this would run:"
   echo "  ${cmd[*]}"
+  echo "  ${reload_cmd[*]}"
   say "done, $(($(date +%s) - t_start)) s"
   exit 0
 fi
@@ -184,9 +194,15 @@ say "running gpu_check (about 1 GiB adapter, written to $work/run)"
 rc=0
 "${cmd[@]}" || rc=$?
 rm -rf "$work/run"
+# The same table as BENCHMARKS.md's "reload onto a device with 1 MiB free"
+# on the test device, on this GPU.
+say "running device_reload (adapters of $reload_mib MiB, naive and lorakeep, 1 MiB free)"
+"${reload_cmd[@]}" || rc=1
+rm -rf "$work/run-reload"
 say "done, $(($(date +%s) - t_start)) s, exit $rc"
 if [[ -f $json ]]; then
-  echo "to store it as the \"gpu\" section of bench/results.json:"
+  echo "to store them as the \"gpu\" and \"gpu_device_reload\" sections of bench/results.json:"
   echo "  python3 bench/results.py --section gpu --from $json"
 fi
+if [[ -f $reload_json ]]; then echo "  python3 bench/results.py --section gpu_device_reload --from $reload_json"; fi
 exit $rc

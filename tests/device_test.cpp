@@ -416,9 +416,21 @@ TEST_CASE("saves and async snapshots read device parameters with no device memor
   const at::Tensor storage = at::randn({512, 64}).to(td::device());
   td::reset_peak();
   before = td::live_bytes();
-  save_safetensors(dir / "t.safetensors", {{"t", storage.t()}});
+  const SaveReport saved = save_safetensors(dir / "t.safetensors", {{"t", storage.t()}});
   CHECK(td::peak_bytes() - before <= static_cast<std::int64_t>(kChunk));
+  CHECK(saved.device == td::device().str());
+  CHECK(saved.peak_device_bytes == td::peak_bytes() - before);
   CHECK(at::equal(SafetensorsFile::open(dir / "t.safetensors").tensor("t"), storage.t().cpu()));
+  // Tensors on two devices: no one allocator to count, and the report says so.
+  const SaveReport mixed = save_safetensors(dir / "m.safetensors", {{"t", storage}, {"h", at::ones({4})}});
+  CHECK(mixed.device == "mixed");
+  CHECK(mixed.peak_device_bytes == -1);
+  CHECK_THAT(mixed.device_bytes_unmeasured, Contains("several devices"));
+  NamedTensors targets = {{"t", at::zeros({512, 64}, on_device())}, {"h", at::zeros({4})}};
+  const TransferReport loaded = load_into(targets, *open_tensor_source(dir / "m.safetensors"));
+  CHECK(loaded.peak_device_bytes == -1);
+  CHECK_THAT(loaded.summary(), Contains("n/a (the tensors are on several devices)"));
+  CHECK(at::equal(targets[0].second.cpu(), storage.cpu()));
 }
 
 TEST_CASE("resume moves the optimizer's state onto the device, or changes nothing when it does not fit", "[device]") {

@@ -109,6 +109,13 @@ struct SaveReport {
   std::vector<TensorInfo> tensors;              // in file order
   std::vector<std::uint64_t> tensor_checksums;  // XXH3-64 of each tensor's bytes, same order
   double seconds = 0;
+  // Where the tensors lived ("cpu", "cuda:0", "mixed") and the extra bytes
+  // the save took on that allocator (-1: not counted, and why). Filled by
+  // save_safetensors and the adapter and checkpoint saves, not by a streaming
+  // writer's finish().
+  std::string device;
+  std::int64_t peak_device_bytes = -1;
+  std::string device_bytes_unmeasured;
 };
 
 // Writes `tensors` (any device, any strides) to `path` as the reference writer

@@ -57,6 +57,7 @@ struct TransferReport {
   double verify_seconds = 0;             // of which checksum verification
   double gb_per_s = 0;                   // bytes / seconds / 1e9
   std::int64_t peak_device_bytes = -1;   // extra bytes on the targets' allocator (-1: not measurable)
+  std::string device_bytes_unmeasured;   // why peak_device_bytes is -1 (empty when it is counted)
   std::int64_t peak_rss_bytes = -1;      // extra process RSS, sampled as the load goes (-1: unreadable)
   std::uint64_t naive_device_bytes = 0;  // what a full temporary copy on the device would have taken
 

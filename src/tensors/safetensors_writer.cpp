@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <set>
+#include <string>
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
@@ -11,6 +13,7 @@
 #include "base/clock.h"
 #include "base/logging.h"
 #include "format/header.h"
+#include "tensors/device_bytes.h"
 #include "tensors/torch_error.h"
 
 namespace lorakeep {
@@ -157,9 +160,16 @@ SaveReport write_safetensors(const std::string& path, const NamedTensors& tensor
                              const std::map<std::string, std::string>& metadata, SafetensorsWriter::Mode mode,
                              std::uint64_t chunk_bytes) {
   IndexedTensors indexed = index_tensors(tensors);
+  std::set<std::string> devices;
+  for (const auto& [name, tensor] : tensors) devices.insert(tensor.device().str());
+  const DeviceBytes device_bytes(devices);
   SafetensorsWriter writer(path, std::move(indexed.specs), metadata, mode, chunk_bytes);
   for (const TensorInfo& t : writer.order()) writer.write(*indexed.by_name.at(t.name));
-  return writer.finish();
+  SaveReport report = writer.finish();
+  report.device = device_bytes.device();
+  report.peak_device_bytes = device_bytes.peak();
+  report.device_bytes_unmeasured = device_bytes.unmeasured();
+  return report;
 }
 
 }  // namespace detail

@@ -19,6 +19,7 @@
 #include "base/parallel.h"
 #include "base/text.h"
 #include "io/checksum.h"
+#include "tensors/device_bytes.h"
 #include "tensors/pieces.h"
 #include "tensors/torch_error.h"
 #include "transfer/device_stager.h"
@@ -306,9 +307,8 @@ TransferReport LoadPlan::apply() {
   report.verify_seconds = s_->verify_seconds;
   std::set<std::string> devices;
   for (const Planned& p : planned) devices.insert(p.target.device().str());
-  report.device = devices.size() == 1 ? *devices.begin() : devices.empty() ? "cpu" : "mixed";
-  const c10::Device probe_device = devices.size() == 1 ? c10::Device(*devices.begin()) : c10::Device(c10::kCPU);
-  AllocationProbe probe(probe_device);
+  const DeviceBytes device_bytes(devices);
+  report.device = device_bytes.device();
   RssSampler rss;
   Staging staging;
   try {
@@ -400,7 +400,8 @@ TransferReport LoadPlan::apply() {
   report.tensors = planned.size();
   report.seconds = now_seconds() - s_->start;
   report.gb_per_s = report.seconds > 0 ? static_cast<double>(report.bytes) / report.seconds / 1e9 : 0;
-  report.peak_device_bytes = probe.peak_bytes();
+  report.peak_device_bytes = device_bytes.peak();
+  report.device_bytes_unmeasured = device_bytes.unmeasured();
   report.peak_rss_bytes = rss.peak_extra();
   log_info("{}", report.summary());
   return report;

@@ -14,15 +14,16 @@
 namespace lorakeep {
 
 std::string TransferReport::summary() const {
-  char buf[512];
-  std::snprintf(
-      buf, sizeof buf,
-      "loaded %zu tensors (%s) from '%s' in %.3f s (%.2f GB/s, checksums %.3f s); extra %s allocator peak "
-      "%s (a full temporary copy: %s); extra RSS peak %s",
-      tensors, detail::format_bytes(bytes).c_str(), source.c_str(), seconds, gb_per_s, verify_seconds, device.c_str(),
-      peak_device_bytes < 0 ? "n/a" : detail::format_bytes(static_cast<std::uint64_t>(peak_device_bytes)).c_str(),
-      detail::format_bytes(naive_device_bytes).c_str(),
-      peak_rss_bytes < 0 ? "n/a" : detail::format_bytes(static_cast<std::uint64_t>(peak_rss_bytes)).c_str());
+  const std::string device_peak =
+      peak_device_bytes >= 0 ? detail::format_bytes(static_cast<std::uint64_t>(peak_device_bytes))
+                             : "n/a" + (device_bytes_unmeasured.empty() ? "" : " (" + device_bytes_unmeasured + ")");
+  char buf[1024];
+  std::snprintf(buf, sizeof buf,
+                "loaded %zu tensors (%s) from '%s' in %.3f s (%.2f GB/s, checksums %.3f s); extra %s allocator peak "
+                "%s (a full temporary copy: %s); extra RSS peak %s",
+                tensors, detail::format_bytes(bytes).c_str(), source.c_str(), seconds, gb_per_s, verify_seconds,
+                device.c_str(), device_peak.c_str(), detail::format_bytes(naive_device_bytes).c_str(),
+                peak_rss_bytes < 0 ? "n/a" : detail::format_bytes(static_cast<std::uint64_t>(peak_rss_bytes)).c_str());
   return buf;
 }
 

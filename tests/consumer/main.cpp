@@ -11,19 +11,9 @@
 
 #include <lorakeep/lorakeep.h>
 
-namespace {
+#include "training.h"
 
-struct NetImpl : torch::nn::Module {
-  lorakeep::LoraLinear q_proj{nullptr}, v_proj{nullptr};
-  torch::nn::Linear head{nullptr};
-  NetImpl() {
-    q_proj = register_module("q_proj", lorakeep::LoraLinear(64, 64));
-    v_proj = register_module("v_proj", lorakeep::LoraLinear(64, 64));
-    head = register_module("head", torch::nn::Linear(64, 1));
-  }
-  torch::Tensor forward(const torch::Tensor& x) { return head(torch::relu(v_proj(torch::relu(q_proj(x))))); }
-};
-TORCH_MODULE(Net);
+namespace {
 
 int fail(const char* what) {
   std::fprintf(stderr, "consumer: %s\n", what);
@@ -34,39 +24,12 @@ int fail(const char* what) {
 
 int main(int argc, char** argv) {
   if (argc != 2) return 2;
-  torch::manual_seed(0);
-  Net model;
-  lorakeep::LoraConfig lora;
-  lora.r = 4;
-  lora.target_modules = {"q_proj", "v_proj"};
-  lorakeep::inject_lora(*model, lora);
-  std::vector<torch::Tensor> trainable;
-  for (auto& p : model->parameters()) {
-    if (p.requires_grad()) trainable.push_back(p);
-  }
-  torch::optim::AdamW optimizer(trainable, torch::optim::AdamWOptions(1e-2));
-
+  consumer::Net model = consumer::armed_model(torch::kCPU);
   lorakeep::CheckpointOptions options;
   options.output_dir = std::string(argv[1]) + "/run";
   options.metric_for_best_model = "eval_loss";
   lorakeep::CheckpointManager ckpt(options);
-  lorakeep::TrainingState state;
-  const torch::Tensor x = torch::randn({32, 64}), y = x.sum(1, true);
-  for (int step = 1; step <= 12; ++step) {
-    optimizer.zero_grad();
-    const torch::Tensor loss = torch::mse_loss(model->forward(x), y);
-    loss.backward();
-    optimizer.step();
-    state.global_step = step;
-    if (step % 3 == 0) {
-      torch::NoGradGuard no_grad;
-      // Noisy on purpose, so that the best is not simply the newest.
-      const double eval = torch::mse_loss(model->forward(x), y).item<double>() * (step == 6 ? 0.01 : 1.0);
-      state.last_metrics = {{"eval_loss", eval}};
-      state.last_metrics_step = step;
-      ckpt.save(*model, lora, state, &optimizer);
-    }
-  }
+  consumer::train_and_save(model, ckpt, torch::kCPU);
   const auto best = ckpt.best();
   if (!best || best->step != 6) return fail("the best checkpoint is not step 6");
 
