@@ -75,30 +75,16 @@ TEST_CASE("trainer_state.json has exactly the keys of Trainer and agrees with th
   const auto j = nlohmann::json::parse(test::read_file(last + "/trainer_state.json"));
   std::set<std::string> keys;
   for (auto it = j.begin(); it != j.end(); ++it) keys.insert(it.key());
-  CHECK(keys == std::set<std::string>{"best_global_step",
-                                      "best_metric",
-                                      "best_model_checkpoint",
-                                      "epoch",
-                                      "eval_steps",
-                                      "global_step",
-                                      "is_hyper_param_search",
-                                      "is_local_process_zero",
-                                      "is_world_process_zero",
-                                      "log_history",
-                                      "logging_steps",
-                                      "max_steps",
-                                      "num_input_tokens_seen",
-                                      "num_train_epochs",
-                                      "save_steps",
-                                      "stateful_callbacks",
-                                      "total_flos",
-                                      "train_batch_size",
-                                      "trial_name",
+  // TrainerState's fields in every transformers from 4.38 to 5.x (its
+  // load_from_json refuses any other key).
+  CHECK(keys == std::set<std::string>{"best_metric", "best_model_checkpoint", "epoch", "eval_steps", "global_step",
+                                      "is_hyper_param_search", "is_local_process_zero", "is_world_process_zero",
+                                      "log_history", "logging_steps", "max_steps", "num_input_tokens_seen",
+                                      "num_train_epochs", "save_steps", "total_flos", "train_batch_size", "trial_name",
                                       "trial_params"});
   const detail::Manifest m = detail::read_manifest(last);
   CHECK(j["global_step"] == m.step);
   CHECK(j["epoch"].get<double>() == Approx(m.epoch));
-  CHECK(j["best_global_step"] == 20);
   CHECK(j["best_metric"].get<double>() == detail::read_manifest(dir / "checkpoint-20").metrics.at("eval_loss"));
   CHECK(j["best_model_checkpoint"] == dir / "checkpoint-20");
   CHECK(j["max_steps"] == 100);
@@ -109,7 +95,7 @@ TEST_CASE("trainer_state.json has exactly the keys of Trainer and agrees with th
   CHECK(history[4]["step"].is_number_integer());
   CHECK(history[4]["loss"] == 0.0);
   CHECK(history[5]["eval_loss"].get<double>() == m.metrics.at("eval_loss"));
-  CHECK(j["stateful_callbacks"]["TrainerControl"]["args"].contains("should_training_stop"));
+  CHECK_FALSE(m.early_stopping.has_value());
   // Every file of the checkpoint is in the manifest with its checksum.
   std::set<std::string> listed;
   for (const auto& [name, entry] : m.files) listed.insert(name);
@@ -219,6 +205,54 @@ TEST_CASE("a failed save leaves no partial checkpoint and the earlier ones intac
   }
   CHECK(ckpt.best()->step == 1);
   detail::check_checkpoint_files(dir / "checkpoint-1", detail::read_manifest(dir / "checkpoint-1"), true);
+}
+
+TEST_CASE("a trainer_state.json of Trainer 5 reads, early stopping's state included", "[checkpoint]") {
+  const std::string text = R"({"best_global_step": 20, "best_metric": 0.5, "epoch": 1.5, "global_step": 30,
+    "log_history": [{"eval_loss": 0.5, "step": 20}], "max_steps": 40,
+    "stateful_callbacks": {"EarlyStoppingCallback": {"args": {"early_stopping_patience": 3,
+        "early_stopping_threshold": 0.01}, "attributes": {"early_stopping_patience_counter": 1}},
+      "TrainerControl": {"args": {"should_save": true}, "attributes": {}}}})";
+  TrainingState state;
+  detail::parse_trainer_state(text, "trainer_state.json", &state);
+  CHECK(state.global_step == 30);
+  CHECK(state.best_global_step == 20);
+  REQUIRE(state.early_stopping.has_value());
+  CHECK(state.early_stopping->patience == 3);
+  CHECK(state.early_stopping->threshold == 0.01);
+  CHECK(state.early_stopping->counter == 1);
+  // lorakeep's own file leaves both keys out; its manifest keeps early stopping.
+  const std::string ours = detail::format_trainer_state(state);
+  CHECK(ours.find("stateful_callbacks") == std::string::npos);
+  CHECK(ours.find("best_global_step") == std::string::npos);
+}
+
+TEST_CASE("transformers' TrainerState.load_from_json reads lorakeep's trainer_state.json",
+          "[checkpoint][python][expensive]") {
+  test::TempDir dir;
+  Net net = lora_net();
+  CheckpointManager ckpt(options_for(dir.path()));
+  TrainingState state;
+  state.max_steps = 40;
+  state.early_stopping = TrainingState::EarlyStoppingState{3, 0.0, 1};
+  for (int i = 1; i <= 2; ++i) {
+    state.global_step = 10 * i;
+    state.epoch = 0.25 * i;
+    state.log({{"loss", 2.0 / i}});
+    state.record_evaluation({{"eval_loss", i == 1 ? 0.5 : 0.7}});
+    ckpt.save(*net, lora_config(), state);
+  }
+  const auto read = test::run_process(
+      {test::python_path(), test::python_script("trainer_state_check.py"), dir / "checkpoint-20/trainer_state.json"});
+  INFO(read.out << read.err);
+  REQUIRE(read.exit_code == 0);
+  const auto j = nlohmann::json::parse(read.out.substr(0, read.out.find('\n')));
+  CHECK(j["global_step"] == 20);
+  CHECK(j["epoch"] == 0.5);
+  CHECK(j["max_steps"] == 40);
+  CHECK(j["best_metric"] == 0.5);
+  CHECK(j["best_model_checkpoint"] == dir / "checkpoint-10");
+  CHECK(j["log_history"] == 4);
 }
 
 }  // namespace lorakeep

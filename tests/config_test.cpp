@@ -130,6 +130,20 @@ TEST_CASE("a minimal config takes the defaults of Trainer and PEFT", "[config]")
   CHECK(run.lora.lora_dropout == 0.0);
   CHECK(run.lora.init_lora_weights == "true");
   CHECK(run.checkpoint.verify_checksums);
+  CHECK(run.checkpoint.resume_from_checkpoint == "auto");
+  CHECK(resume_from(run.checkpoint) == ResumeFrom::kNewest);
+}
+
+TEST_CASE("resume_from_checkpoint takes Trainer's values: true, a path, or none", "[config]") {
+  const std::string head = "checkpoint:\n  output_dir: x\n  resume_from_checkpoint: ";
+  const std::string tail = "\nlora:\n  target_modules: [q]\n";
+  const RunConfig yes = parse_run_config(head + "true" + tail, "r.yaml");
+  CHECK(resume_from(yes.checkpoint) == ResumeFrom::kNewest);
+  const RunConfig none = parse_run_config(head + "none" + tail, "r.yaml");
+  CHECK(resume_from(none.checkpoint) == ResumeFrom::kNone);
+  const RunConfig path = parse_run_config(head + "/runs/a/checkpoint-40" + tail, "r.yaml");
+  CHECK(resume_from(path.checkpoint) == ResumeFrom::kPath);
+  CHECK(path.checkpoint.resume_from_checkpoint == "/runs/a/checkpoint-40");
 }
 
 TEST_CASE("the transfer section sets how reloads read: piece size and checksum verification", "[config]") {

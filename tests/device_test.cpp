@@ -12,9 +12,6 @@
 #include <boost/filesystem.hpp>
 #include <torch/nn/functional/loss.h>
 #include <torch/optim/adamw.h>
-#include <torch/serialize/output-archive.h>
-
-#include <sstream>
 
 #include "lorakeep/adapter.h"
 #include "lorakeep/checkpoint_manager.h"
@@ -90,26 +87,6 @@ void train(test::TestNet& net, torch::optim::Optimizer& optimizer, int steps) {
     net->forward(x).pow(2).mean().backward();
     optimizer.step();
   }
-}
-
-// Each parameter's optimizer state, serialized, in parameter order.
-std::vector<std::string> optimizer_values(torch::optim::Optimizer& optimizer) {
-  std::vector<std::string> out;
-  for (auto& group : optimizer.param_groups()) {
-    for (const at::Tensor& param : group.params()) {
-      auto it = optimizer.state().find(detail::optimizer_state_key(optimizer, param));
-      if (it == optimizer.state().end()) {
-        out.emplace_back();
-        continue;
-      }
-      torch::serialize::OutputArchive archive;
-      it->second->serialize(archive);
-      std::ostringstream bytes;
-      archive.save_to(bytes);
-      out.push_back(bytes.str());
-    }
-  }
-  return out;
 }
 
 }  // namespace
@@ -447,7 +424,7 @@ TEST_CASE("resume moves the optimizer's state onto the device, or changes nothin
   state.global_step = 2;
   CheckpointManager ckpt(test::options_for(dir / "run"));
   ckpt.save(*net, config, state, &adamw);
-  const std::vector<std::string> saved_state = optimizer_values(adamw);
+  const std::vector<std::string> saved_state = test::optimizer_state_bytes(adamw);
   constexpr std::int64_t kStateBytes = 4 * kMiB, kLargest = kMiB;
 
   test::TestNet fresh = test::armed_net(0, config, 1024);  // the same base weights
@@ -462,7 +439,7 @@ TEST_CASE("resume moves the optimizer's state onto the device, or changes nothin
     const std::int64_t kept = td::live_bytes() - before;
     CHECK(kept == kStateBytes);
     CHECK(td::peak_bytes() - before - kept <= kLargest);
-    CHECK(optimizer_values(fresh_adamw) == saved_state);
+    CHECK(test::optimizer_state_bytes(fresh_adamw) == saved_state);
     // The next step is the same on both.
     const NamedTensors rng = detail::capture_rng_states();
     train(net, adamw, 1);
@@ -473,7 +450,7 @@ TEST_CASE("resume moves the optimizer's state onto the device, or changes nothin
   SECTION("with the device at (optimizer state - 1 MiB) free: nothing changes") {
     train(fresh, fresh_adamw, 1);  // a live optimizer with state of its own
     const NamedTensors adapter = adapter_on_host(fresh, config);
-    const std::vector<std::string> live_state = optimizer_values(fresh_adamw);
+    const std::vector<std::string> live_state = test::optimizer_state_bytes(fresh_adamw);
     const NamedTensors rng = test::clone_all(detail::capture_rng_states());
     TrainingState resumed;
     td::FreeBytes free(kStateBytes - kMiB);
@@ -481,7 +458,7 @@ TEST_CASE("resume moves the optimizer's state onto the device, or changes nothin
     CHECK(e.code() == ErrorCode::kOutOfMemory);
     CHECK_THAT(e.what(), Contains("out of memory"));
     CHECK(test::bitwise_equal(adapter_on_host(fresh, config), adapter));
-    CHECK(optimizer_values(fresh_adamw) == live_state);
+    CHECK(test::optimizer_state_bytes(fresh_adamw) == live_state);
     CHECK(test::bitwise_equal(test::clone_all(detail::capture_rng_states()), rng));
     CHECK(resumed.global_step == 0);
   }

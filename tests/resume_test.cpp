@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/optim/adam.h>
 
+#include "lorakeep/adapter.h"
 #include "lorakeep/callbacks.h"
 #include "lorakeep/checkpoint_manager.h"
 #include "tensor_util.h"
@@ -148,6 +149,63 @@ TEST_CASE("resume without an optimizer restores the model and the state from a r
   load_adapter(dir / "checkpoint-20", *reference);
   CHECK(test::bitwise_equal(test::clone_all(adapter_tensors(*fresh, test::test_lora())),
                             test::clone_all(adapter_tensors(*reference, test::test_lora()))));
+}
+
+TEST_CASE("resume_from_checkpoint: none starts afresh, a path resumes from exactly that checkpoint",
+          "[checkpoint][resume]") {
+  test::TempDir dir;
+  TrainingState first;
+  train(dir / "a", 30, first);  // checkpoints 10, 20, 30
+  const LoraConfig config = test::test_lora();
+  auto adapter_of = [&](const std::string& checkpoint) {
+    test::TestNet net = test::armed_net(5);
+    load_adapter(checkpoint, *net);
+    return test::clone_all(adapter_tensors(*net, config));
+  };
+  test::TestNet net = test::armed_net(7);
+  const NamedTensors untouched = test::clone_all(adapter_tensors(*net, config));
+  CheckpointOptions options = options_for(dir / "a");
+  SECTION("none") {
+    options.resume_from_checkpoint = "none";
+    TrainingState state;
+    CHECK_FALSE(CheckpointManager(options).resume(*net, state).has_value());
+    CHECK(state.global_step == 0);
+    CHECK(test::bitwise_equal(test::clone_all(adapter_tensors(*net, config)), untouched));
+  }
+  SECTION("a checkpoint of the run directory, not the newest") {
+    options.resume_from_checkpoint = dir / "a/checkpoint-20";
+    TrainingState state;
+    const auto info = CheckpointManager(options).resume(*net, state);
+    REQUIRE(info.has_value());
+    CHECK(info->step == 20);
+    CHECK(state.global_step == 20);
+    CHECK(test::bitwise_equal(test::clone_all(adapter_tensors(*net, config)), adapter_of(dir / "a/checkpoint-20")));
+  }
+  SECTION("another run's checkpoint, into a new run directory") {
+    options.output_dir = dir / "b";
+    options.resume_from_checkpoint = dir / "a/checkpoint-30";
+    TrainingState state;
+    CheckpointManager ckpt(options);
+    REQUIRE(ckpt.resume(*net, state).has_value());
+    CHECK(state.global_step == 30);
+    CHECK(test::bitwise_equal(test::clone_all(adapter_tensors(*net, config)), adapter_of(dir / "a/checkpoint-30")));
+    ++state.global_step;
+    ckpt.save(*net, config, state);
+    CHECK(test::checkpoint_steps(dir / "b") == std::set<std::int64_t>{31});
+  }
+  SECTION("a named checkpoint that is damaged or missing fails, and changes nothing") {
+    test::flip_byte(dir / "a/checkpoint-20/adapter_model.safetensors", 200);
+    for (const std::string& named : {dir / "a/checkpoint-20", dir / "a/checkpoint-25"}) {
+      INFO(named);
+      options.resume_from_checkpoint = named;
+      TrainingState state;
+      const Error e = test::capture_error([&] { CheckpointManager(options).resume(*net, state); });
+      CHECK((e.code() == ErrorCode::kCorruption || e.code() == ErrorCode::kNotFound));
+      CHECK_THAT(e.what(), Catch::Matchers::Contains(named));
+      CHECK(state.global_step == 0);
+      CHECK(test::bitwise_equal(test::clone_all(adapter_tensors(*net, config)), untouched));
+    }
+  }
 }
 
 }  // namespace lorakeep

@@ -1,8 +1,13 @@
 #include "tensor_util.h"
 
 #include <cstring>
+#include <sstream>
 
 #include <ATen/ATen.h>
+#include <torch/optim/optimizer.h>
+#include <torch/serialize/output-archive.h>
+
+#include "tensors/torch_compat.h"
 
 namespace lorakeep::test {
 
@@ -27,5 +32,24 @@ bool bitwise_equal(const NamedTensors& a, const NamedTensors& b) {
 }
 
 NamedTensors adapter_snapshot(TestNet& net) { return clone_all(adapter_tensors(*net, lora_config())); }
+
+std::vector<std::string> optimizer_state_bytes(torch::optim::Optimizer& optimizer) {
+  std::vector<std::string> out;
+  for (auto& group : optimizer.param_groups()) {
+    for (const at::Tensor& param : group.params()) {
+      auto it = optimizer.state().find(detail::optimizer_state_key(optimizer, param));
+      if (it == optimizer.state().end()) {
+        out.emplace_back();
+        continue;
+      }
+      torch::serialize::OutputArchive archive;
+      it->second->serialize(archive);
+      std::ostringstream bytes;
+      archive.save_to(bytes);
+      out.push_back(bytes.str());
+    }
+  }
+  return out;
+}
 
 }  // namespace lorakeep::test

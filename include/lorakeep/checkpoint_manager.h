@@ -148,7 +148,9 @@ class CheckpointManager {
   // fit the model (nothing changed).
   TransferReport load_best_into(torch::nn::Module& module);
 
-  // Restores the newest intact checkpoint into `module` (CPU-first), `state`
+  // Restores the newest intact checkpoint (or the one
+  // options().resume_from_checkpoint names, or none if it says "none") into
+  // `module` (CPU-first), `state`
   // (progress, log history, early-stopping state, best recomputed from the
   // manifests; this run's max_steps, num_train_epochs, batch size and
   // logging / eval / save steps stay the caller's, as Trainer keeps its new
@@ -167,7 +169,9 @@ class CheckpointManager {
   // the checkpoint, or nullopt for a fresh run (`state` unchanged). Throws
   // Error(kIncompatible) if the adapter or optimizer state does not fit,
   // Error(kOutOfMemory) if the device cannot hold the optimizer's state (the
-  // model, optimizer, RNG and state unchanged either way).
+  // model, optimizer, RNG and state unchanged either way); a named checkpoint
+  // that is missing or damaged is an Error (kNotFound, kCorruption), never
+  // skipped. The best stays this run directory's.
   std::optional<CheckpointInfo> resume(torch::nn::Module& module, TrainingState& state,
                                        torch::optim::Optimizer* optimizer = nullptr);
 

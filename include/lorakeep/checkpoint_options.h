@@ -22,6 +22,13 @@ struct CheckpointOptions {
   bool save_optimizer = true;                  // optimizer state in lorakeep_optimizer.pt
   bool save_rng = true;                        // RNG state in lorakeep_rng.safetensors
   bool verify_checksums = true;                // reloads and resume check every byte read against the manifest first
+  // What CheckpointManager::resume resumes from, as Trainer's argument:
+  // "auto" or "true": the newest complete checkpoint of output_dir (older
+  // ones tried when it is damaged), a fresh start when there is none;
+  // "none" or "false": none, a fresh start (the checkpoints already in
+  // output_dir stay, rotated with the new ones); anything else: the path of
+  // a checkpoint directory (of output_dir or another run's), which must load.
+  std::string resume_from_checkpoint = "auto";
   // performance
   std::uint64_t chunk_bytes = 64ull << 20;  // transfer piece size for reloads
 };
@@ -31,6 +38,10 @@ std::string metric_key(const CheckpointOptions& options);
 
 // options.greater_is_better, else false for metric names ending in "loss".
 bool greater_is_better(const CheckpointOptions& options);
+
+// What resume_from_checkpoint asks for.
+enum class ResumeFrom { kNewest, kNone, kPath };
+ResumeFrom resume_from(const CheckpointOptions& options);
 
 // Checks the options. Throws Error(kInvalidArgument) naming the field.
 void validate(const CheckpointOptions& options);

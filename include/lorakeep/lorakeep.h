@@ -15,6 +15,7 @@
 #include "lorakeep/lora.h"
 #include "lorakeep/lora_config.h"
 #include "lorakeep/lora_linear.h"
+#include "lorakeep/lr_schedule.h"
 #include "lorakeep/memory.h"
 #include "lorakeep/merge.h"
 #include "lorakeep/merge_lora.h"

@@ -15,6 +15,13 @@ namespace lorakeep {
 // {"eval_loss": 1.9}; "step" and "epoch" are added when it is logged.
 using Metrics = std::map<std::string, double>;
 
+// Where the data stands after some optimizer steps: the epoch to train in
+// and the batches of it already trained (TrainingState::data_position).
+struct DataPosition {
+  std::int64_t epoch = 0;            // epochs fully trained: the next epoch's index
+  std::int64_t batches_to_skip = 0;  // batches of that epoch already trained
+};
+
 // Not thread-safe: owned by the training loop.
 struct TrainingState {
   // The run's arguments: the caller's, recorded in trainer_state.json and
@@ -70,6 +77,17 @@ struct TrainingState {
   // logging / eval / save steps) stay as the caller set them; the control
   // flags are cleared.
   void resume_from(const TrainingState& saved);
+
+  // Where a resumed run picks up its data, derived from global_step as
+  // Trainer derives it: with `steps_per_epoch` optimizer steps per epoch
+  // (Trainer's num_update_steps_per_epoch), global_step / steps_per_epoch
+  // epochs are done, and (global_step % steps_per_epoch) *
+  // gradient_accumulation_steps batches of the next one. Exact when the data
+  // order depends only on the epoch (a sampler seeded with the epoch, as
+  // Trainer's is) and the batch size and number of ranks are the saved run's.
+  // Throws Error(kInvalidArgument) for a steps_per_epoch or
+  // gradient_accumulation_steps below 1.
+  DataPosition data_position(std::int64_t steps_per_epoch, std::int64_t gradient_accumulation_steps = 1) const;
 };
 
 }  // namespace lorakeep

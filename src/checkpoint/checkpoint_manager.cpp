@@ -132,6 +132,13 @@ std::optional<CheckpointInfo> CheckpointManager::resume(torch::nn::Module& modul
                                                         torch::optim::Optimizer* optimizer) {
   Impl& m = *impl_;
   m.writer.finish();
+  switch (resume_from(m.options)) {
+    case ResumeFrom::kNone: return std::nullopt;
+    case ResumeFrom::kPath:
+      return detail::restore_checkpoint(m.coordinator, m.committed, m.options.resume_from_checkpoint, m.options, module,
+                                        state, optimizer);
+    case ResumeFrom::kNewest: break;
+  }
   return detail::restore_latest(m.coordinator, m.committed, m.options, module, state, optimizer);
 }
 

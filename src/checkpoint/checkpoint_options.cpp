@@ -16,6 +16,13 @@ bool greater_is_better(const CheckpointOptions& o) {
   return !(m.size() >= 4 && m.compare(m.size() - 4, 4, "loss") == 0);
 }
 
+ResumeFrom resume_from(const CheckpointOptions& o) {
+  const std::string& r = o.resume_from_checkpoint;
+  if (r == "auto" || r == "true") return ResumeFrom::kNewest;
+  if (r == "none" || r == "false") return ResumeFrom::kNone;
+  return ResumeFrom::kPath;
+}
+
 void validate(const CheckpointOptions& o) {
   auto fail = [](const std::string& field, const std::string& why) {
     throw Error(ErrorCode::kInvalidArgument, "checkpoint option '" + field + "' " + why);
@@ -24,6 +31,9 @@ void validate(const CheckpointOptions& o) {
   if (o.save_total_limit < 0) fail("save_total_limit", "must not be negative");
   if (o.keep_best < 0) fail("keep_best", "must not be negative");
   if (o.chunk_bytes < 64) fail("chunk_bytes", "must be at least 64");
+  if (o.resume_from_checkpoint.empty()) {
+    fail("resume_from_checkpoint", "is empty (hint: auto, true, none, false or a checkpoint's path)");
+  }
 }
 
 }  // namespace lorakeep

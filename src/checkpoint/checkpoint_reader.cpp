@@ -117,6 +117,10 @@ void CheckpointReader::copy_verified(const std::string& name, const std::string&
 TrainingState CheckpointReader::trainer_state(bool verify) const {
   TrainingState state;
   parse_trainer_state(read_verified(kTrainerStateFile, verify), path(kTrainerStateFile), &state);
+  // lorakeep keeps early stopping's state in the manifest (transformers 4.x
+  // would refuse it in trainer_state.json); a file of Trainer 5 or of an
+  // older lorakeep has it in "stateful_callbacks".
+  if (manifest_.early_stopping) state.early_stopping = manifest_.early_stopping;
   return state;
 }
 

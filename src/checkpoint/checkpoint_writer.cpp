@@ -107,6 +107,7 @@ CheckpointInfo commit_checkpoint(CommittedSet& committed, const CheckpointOption
   if (state.last_metrics_step == step) manifest.metrics = state.last_metrics;
   manifest.metric_for_best_model = committed.key();
   manifest.greater_is_better = committed.greater();
+  manifest.early_stopping = state.early_stopping;
   manifest.created = utc_now();
   const CheckpointInfo info = committed.info_of(manifest, final_dir);
 

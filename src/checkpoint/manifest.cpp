@@ -1,5 +1,6 @@
 #include "checkpoint/manifest.h"
 
+#include <climits>
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -89,6 +90,11 @@ std::string format_manifest(const Manifest& m) {
   for (const auto& [name, f] : m.files) j["files"][name] = {{"size", f.size}, {"xxh3", format_checksum(f.xxh3)}};
   j["tensors"] = nlohmann::json::object();
   for (const auto& [name, c] : m.tensors) j["tensors"][name] = format_checksum(c);
+  if (m.early_stopping) {
+    j["early_stopping"] = {{"patience", m.early_stopping->patience},
+                           {"threshold", number(m.early_stopping->threshold)},
+                           {"counter", m.early_stopping->counter}};
+  }
   j["created"] = m.created;
   j["manifest_xxh3"] = std::string(kHexDigits, '0');
   return seal_manifest(j.dump(2, ' ', false, nlohmann::json::error_handler_t::strict) + "\n");
@@ -152,6 +158,21 @@ Manifest parse_manifest(std::string_view text, const std::string& path) {
   if (!tensors.is_object()) bad(path, "'tensors' must be an object");
   for (auto it = tensors.begin(); it != tensors.end(); ++it) {
     m.tensors[it.key()] = read_checksum(it.value(), path, "tensors." + it.key());
+  }
+  if (auto es = j.find("early_stopping"); es != j.end()) {
+    if (!es->is_object()) bad(path, "'early_stopping' must be an object");
+    TrainingState::EarlyStoppingState state;
+    std::int64_t patience = 0, counter = 0;
+    if (!json_integer(field(*es, "patience", path), &patience, 0, INT32_MAX)) {
+      bad(path, "'early_stopping.patience' must be a non-negative integer");
+    }
+    if (!json_integer(field(*es, "counter", path), &counter, 0, INT32_MAX)) {
+      bad(path, "'early_stopping.counter' must be a non-negative integer");
+    }
+    state.patience = static_cast<int>(patience);
+    state.counter = static_cast<int>(counter);
+    state.threshold = read_number(field(*es, "threshold", path), path, "early_stopping.threshold");
+    m.early_stopping = state;
   }
   const OrderedJson& created = field(j, "created", path);
   if (!created.is_string()) bad(path, "'created' must be a string");

@@ -8,7 +8,12 @@
 //    "metric_for_best_model": "eval_loss", "greater_is_better": false,
 //    "files": {"adapter_model.safetensors": {"size": 1234, "xxh3": "00ab..."}, ...},
 //    "tensors": {"<an adapter key>": "91c2...", ...},
+//    "early_stopping": {"patience": 3, "threshold": 0.0, "counter": 1},   (only with early stopping)
 //    "created": "2026-11-22T08:00:00Z", "manifest_xxh3": "5d1e..."}
+//
+// The training state that Trainer's trainer_state.json has no key for in
+// every transformers version lorakeep's file must load in (early stopping's
+// counter: transformers 4.x has no "stateful_callbacks") lives here.
 //
 // "manifest_xxh3" is the XXH3-64 of the file's own text with that value
 // written as 16 zeros: a changed byte anywhere in the manifest is caught too.
@@ -38,6 +43,7 @@ struct Manifest {
   std::map<std::string, FileDigest> files;       // every other file of the checkpoint
   std::map<std::string, std::uint64_t> tensors;  // adapter tensor -> XXH3-64 of its bytes
   std::string created;                           // ISO 8601, UTC
+  std::optional<TrainingState::EarlyStoppingState> early_stopping;
 
   // The tracked metric at this step, if it was evaluated.
   std::optional<double> metric() const;

@@ -81,61 +81,82 @@ TransferReport restore_best(Coordinator& coordinator, const CommittedSet& commit
   throw Error(ErrorCode::kNotFound, "no loadable checkpoint");  // unreachable
 }
 
+namespace {
+
+// One resume from the checkpoint at `path`: everything it will set is read
+// and checked first, on every rank (the adapter planned and verified, the
+// trainer state, the optimizer archive parsed into host memory, this rank's
+// RNG states), and nothing changes until all of it passed on all ranks.
+// Returns the checkpoint; nullopt when every rank that failed found it
+// damaged and `may_skip` (logged); throws any other failure.
+std::optional<CheckpointInfo> resume_from(Coordinator& coordinator, const CommittedSet& committed,
+                                          const std::string& path, bool may_skip, const CheckpointOptions& options,
+                                          torch::nn::Module& module, TrainingState& state,
+                                          torch::optim::Optimizer* optimizer) {
+  const int world = coordinator.world_size();
+  const std::string rng_name = rng_file_name(coordinator.rank(), world);
+  const bool verify = options.verify_checksums;
+  std::optional<AdapterLoad> adapter;
+  std::optional<OptimizerStateLoad> optimizer_state;
+  NamedTensors rng;
+  TrainingState restored;
+  std::optional<CheckpointReader> checkpoint;
+  const std::vector<RankOutcome> checked = gather_outcomes(coordinator, "validation of '" + path + "'", [&] {
+    checkpoint.emplace(path);
+    adapter.emplace(prepare_adapter(*checkpoint, options, module, {kTrainerStateFile, rng_name}));
+    restored = checkpoint->trainer_state(verify);
+    if (optimizer != nullptr && checkpoint->lists(kOptimizerFile)) {
+      optimizer_state.emplace(checkpoint->path(kOptimizerFile), *optimizer);
+    }
+    if (checkpoint->lists(rng_name)) {
+      rng = parse_rng_states(checkpoint->read_verified(rng_name, verify), checkpoint->path(rng_name));
+    } else if (checkpoint->lists(rng_file_name(0, 2)) || checkpoint->lists(kRngFile)) {
+      log_warn("'{}' has no {} (saved by another number of ranks): the random generators are not restored", path,
+               rng_name);
+    }
+    return std::string();
+  });
+  if (const auto failed = failures(checked); !failed.empty()) {
+    if (!may_skip || !all_damaged(failed)) failed.front()->raise(world);
+    log_error("cannot resume from '{}' ({}{}); trying an older checkpoint", path, rank_prefix(*failed.front(), world),
+              failed.front()->message);
+    return std::nullopt;
+  }
+  apply_everywhere(coordinator, "resuming from '" + path + "'", [&] {
+    if (optimizer_state) optimizer_state->apply();  // first: it was checked as far as Optimizer::load checks
+    adapter->apply();
+    if (!rng.empty()) restore_rng_states(rng, checkpoint->path(rng_name));
+  });
+  const Manifest& manifest = checkpoint->manifest();
+  restored.global_step = manifest.step;
+  restored.last_metrics = manifest.metrics;
+  restored.last_metrics_step = manifest.metrics.empty() ? -1 : manifest.step;
+  committed.set_best(restored);
+  state.resume_from(restored);
+  log_info("resumed from '{}' at step {}", path, manifest.step);
+  return committed.info_of(manifest, path);
+}
+
+}  // namespace
+
 std::optional<CheckpointInfo> restore_latest(Coordinator& coordinator, const CommittedSet& committed,
                                              const CheckpointOptions& options, torch::nn::Module& module,
                                              TrainingState& state, torch::optim::Optimizer* optimizer) {
-  const int world = coordinator.world_size();
   const std::vector<std::int64_t> newest_first = agreed_steps(coordinator, "choice of the checkpoint to resume from",
                                                               committed.newest_first());
-  const std::string rng_name = rng_file_name(coordinator.rank(), world);
-  const bool verify = options.verify_checksums;
   for (const std::int64_t step : newest_first) {
-    const std::string path = committed.path_of(step);
-    // Everything the resume will set is read and checked first, on every
-    // rank: the adapter (planned and verified), the trainer state, the
-    // optimizer archive (parsed into host memory), this rank's RNG states.
-    // Nothing changes until all of it passed on all ranks.
-    std::optional<AdapterLoad> adapter;
-    std::optional<OptimizerStateLoad> optimizer_state;
-    NamedTensors rng;
-    TrainingState restored;
-    std::optional<CheckpointReader> checkpoint;
-    const std::vector<RankOutcome> checked = gather_outcomes(coordinator, "validation of '" + path + "'", [&] {
-      checkpoint.emplace(path);
-      adapter.emplace(prepare_adapter(*checkpoint, options, module, {kTrainerStateFile, rng_name}));
-      restored = checkpoint->trainer_state(verify);
-      if (optimizer != nullptr && checkpoint->lists(kOptimizerFile)) {
-        optimizer_state.emplace(checkpoint->path(kOptimizerFile), *optimizer);
-      }
-      if (checkpoint->lists(rng_name)) {
-        rng = parse_rng_states(checkpoint->read_verified(rng_name, verify), checkpoint->path(rng_name));
-      } else if (checkpoint->lists(rng_file_name(0, 2)) || checkpoint->lists(kRngFile)) {
-        log_warn("'{}' has no {} (saved by another number of ranks): the random generators are not restored", path,
-                 rng_name);
-      }
-      return std::string();
-    });
-    if (const auto failed = failures(checked); !failed.empty()) {
-      if (!all_damaged(failed)) failed.front()->raise(world);
-      log_error("cannot resume from '{}' ({}{}); trying an older checkpoint", path, rank_prefix(*failed.front(), world),
-                failed.front()->message);
-      continue;
+    if (auto info = resume_from(coordinator, committed, committed.path_of(step), /*may_skip=*/true, options, module,
+                                state, optimizer)) {
+      return info;
     }
-    apply_everywhere(coordinator, "resuming from '" + path + "'", [&] {
-      if (optimizer_state) optimizer_state->apply();  // first: it was checked as far as Optimizer::load checks
-      adapter->apply();
-      if (!rng.empty()) restore_rng_states(rng, checkpoint->path(rng_name));
-    });
-    const Manifest& manifest = checkpoint->manifest();
-    restored.global_step = manifest.step;
-    restored.last_metrics = manifest.metrics;
-    restored.last_metrics_step = manifest.metrics.empty() ? -1 : manifest.step;
-    committed.set_best(restored);
-    state.resume_from(restored);
-    log_info("resumed from '{}' at step {}", path, step);
-    return committed.by_step().at(step);
   }
   return std::nullopt;
+}
+
+CheckpointInfo restore_checkpoint(Coordinator& coordinator, const CommittedSet& committed, const std::string& path,
+                                  const CheckpointOptions& options, torch::nn::Module& module, TrainingState& state,
+                                  torch::optim::Optimizer* optimizer) {
+  return *resume_from(coordinator, committed, path, /*may_skip=*/false, options, module, state, optimizer);
 }
 
 }  // namespace lorakeep::detail

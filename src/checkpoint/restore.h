@@ -21,9 +21,16 @@ namespace lorakeep::detail {
 TransferReport restore_best(Coordinator& coordinator, const CommittedSet& committed, const CheckpointOptions& options,
                             torch::nn::Module& module);
 
-// CheckpointManager::resume.
+// CheckpointManager::resume with resume_from_checkpoint "auto": the newest
+// checkpoint that passes, older ones tried in turn.
 std::optional<CheckpointInfo> restore_latest(Coordinator& coordinator, const CommittedSet& committed,
                                              const CheckpointOptions& options, torch::nn::Module& module,
                                              TrainingState& state, torch::optim::Optimizer* optimizer);
+
+// CheckpointManager::resume with resume_from_checkpoint a path: that
+// checkpoint (of this run directory or another), or an Error.
+CheckpointInfo restore_checkpoint(Coordinator& coordinator, const CommittedSet& committed, const std::string& path,
+                                  const CheckpointOptions& options, torch::nn::Module& module, TrainingState& state,
+                                  torch::optim::Optimizer* optimizer);
 
 }  // namespace lorakeep::detail

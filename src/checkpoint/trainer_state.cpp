@@ -28,7 +28,6 @@ nlohmann::json log_value(const std::string& key, double v) {
 
 std::string format_trainer_state(const TrainingState& s) {
   nlohmann::json j;
-  j["best_global_step"] = s.best_global_step ? nlohmann::json(*s.best_global_step) : nlohmann::json(nullptr);
   j["best_metric"] = s.best_metric ? number(*s.best_metric) : nlohmann::json(nullptr);
   j["best_model_checkpoint"] = s.best_model_checkpoint.empty() ? nlohmann::json(nullptr)
                                                                : nlohmann::json(s.best_model_checkpoint);
@@ -53,22 +52,6 @@ std::string format_trainer_state(const TrainingState& s) {
     j["num_train_epochs"] = s.num_train_epochs;
   }
   j["save_steps"] = s.save_steps;
-  nlohmann::json callbacks = nlohmann::json::object();
-  callbacks["TrainerControl"] = {{"args",
-                                  {{"should_epoch_stop", false},
-                                   {"should_evaluate", s.should_evaluate},
-                                   {"should_log", s.should_log},
-                                   {"should_save", s.should_save},
-                                   {"should_training_stop", s.should_stop}}},
-                                 {"attributes", nlohmann::json::object()}};
-  if (s.early_stopping) {
-    callbacks["EarlyStoppingCallback"] = {
-        {"args",
-         {{"early_stopping_patience", s.early_stopping->patience},
-          {"early_stopping_threshold", s.early_stopping->threshold}}},
-        {"attributes", {{"early_stopping_patience_counter", s.early_stopping->counter}}}};
-  }
-  j["stateful_callbacks"] = callbacks;
   j["total_flos"] = number(s.total_flos);
   j["train_batch_size"] = s.train_batch_size > 0 ? nlohmann::json(s.train_batch_size) : nlohmann::json(nullptr);
   j["trial_name"] = nullptr;

@@ -1,7 +1,12 @@
-// trainer_state.json, exactly as Hugging Face's Trainer writes it (the 20
-// keys of transformers' TrainerState as of 4.50: sorted, two-space indent),
-// so that Trainer and the tools built on it read our checkpoints as their
-// own. No LibTorch here.
+// trainer_state.json, as Hugging Face's Trainer writes it (sorted keys,
+// two-space indent), so that Trainer and the tools built on it read our
+// checkpoints as their own. TrainerState.load_from_json refuses any key its
+// dataclass lacks, so the file holds the 18 keys that every transformers
+// from 4.38 to 5.x has; 5.x's "best_global_step" and "stateful_callbacks"
+// are left out (it defaults them; lorakeep derives the best from the
+// committed checkpoints and keeps early stopping's state in the manifest).
+// Reading takes them too, from Trainer 5's files and older lorakeep's.
+// No LibTorch here.
 #pragma once
 
 #include <string>
