@@ -6,6 +6,7 @@
 #include "lorakeep/adapter.h"
 #include "lorakeep/callbacks.h"
 #include "lorakeep/checkpoint_manager.h"
+#include "lorakeep/logging.h"
 #include "tensor_util.h"
 #include "test_model.h"
 #include "test_util.h"
@@ -206,6 +207,27 @@ TEST_CASE("resume_from_checkpoint: none starts afresh, a path resumes from exact
       CHECK(test::bitwise_equal(test::clone_all(adapter_tensors(*net, config)), untouched));
     }
   }
+}
+
+TEST_CASE("a resume with another batch size goes on and says it is not exact", "[checkpoint][resume]") {
+  test::TempDir dir;
+  TrainingState first;
+  train(dir.path(), 10, first);  // train_batch_size 4
+  std::vector<std::string> warnings;
+  set_log_sink([&](LogLevel level, std::string_view message) {
+    if (level == LogLevel::kWarn) warnings.emplace_back(message);
+  });
+  test::TestNet net = test::armed_net(0);
+  TrainingState state;
+  state.train_batch_size = 8;
+  const auto info = CheckpointManager(options_for(dir.path())).resume(*net, state);
+  set_log_sink(nullptr);
+  REQUIRE(info.has_value());
+  CHECK(state.global_step == 10);
+  CHECK(state.train_batch_size == 8);  // the new run's argument
+  REQUIRE(warnings.size() == 1);
+  CHECK_THAT(warnings[0],
+             Catch::Matchers::Contains("train_batch_size 4") && Catch::Matchers::Contains("into one of 8"));
 }
 
 }  // namespace lorakeep

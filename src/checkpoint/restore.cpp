@@ -132,6 +132,12 @@ std::optional<CheckpointInfo> resume_from(Coordinator& coordinator, const Commit
   restored.last_metrics = manifest.metrics;
   restored.last_metrics_step = manifest.metrics.empty() ? -1 : manifest.step;
   committed.set_best(restored);
+  if (restored.train_batch_size > 0 && state.train_batch_size > 0 &&
+      restored.train_batch_size != state.train_batch_size) {
+    log_warn("resuming '{}', saved by a run of train_batch_size {}, into one of {}: the run goes on, but not as "
+             "the saved run would have (the data position counts batches of the new size)",
+             path, restored.train_batch_size, state.train_batch_size);
+  }
   state.resume_from(restored);
   log_info("resumed from '{}' at step {}", path, manifest.step);
   return committed.info_of(manifest, path);
