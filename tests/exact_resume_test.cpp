@@ -3,28 +3,16 @@
 // is restored (adapter, optimizer state, random generators) or derived from
 // global_step (the data position as Trainer derives it, Trainer's
 // learning-rate schedule).
-#include <ATen/CPUGeneratorImpl.h>
 #include <torch/optim/adamw.h>
 
 #include "lorakeep/checkpoint_manager.h"
 #include "lorakeep/lr_schedule.h"
+#include "resume_program.h"
 #include "tensor_util.h"
-#include "test_model.h"
 #include "test_util.h"
 
 namespace lorakeep {
 namespace {
-
-constexpr std::int64_t kBatches = 7;  // per epoch, one optimizer step each
-constexpr std::int64_t kBatchSize = 4;
-constexpr std::int64_t kMaxSteps = 30;
-constexpr std::int64_t kSaveEvery = 6;
-
-// What a test may break on purpose, to show that the comparison catches it.
-struct Plant {
-  bool data_from_epoch_start = false;  // the resumed epoch restarts at batch 0
-  bool schedule_from_zero = false;     // the schedule restarts at step 0
-};
 
 // What a run ends with: its adapter and its optimizer's state.
 struct Outcome {
@@ -32,45 +20,15 @@ struct Outcome {
   std::vector<std::string> optimizer;
 };
 
-// A training program: resumes from `dir`, trains until global_step reaches
-// `stop_at` (of kMaxSteps planned), saving every kSaveEvery steps. Each epoch visits the kBatches batches in an order
-// drawn from a generator seeded with the epoch (as Trainer's sampler is);
-// each batch gets noise from the global generator; AdamW; Trainer's warmup +
-// linear decay.
-Outcome run(const std::string& dir, std::int64_t stop_at, const Plant& plant = {}) {
-  const LoraConfig config = test::test_lora();
-  test::TestNet net = test::armed_net(0, config);
-  std::vector<torch::Tensor> trainable;
-  for (auto& p : net->parameters()) {
-    if (p.requires_grad()) trainable.push_back(p);
-  }
-  torch::optim::AdamW adamw(trainable, torch::optim::AdamWOptions(1e-2));
-  const LinearWarmupSchedule schedule(learning_rates(adamw), 5, kMaxSteps);
-  CheckpointOptions options;
-  options.output_dir = dir;
-  CheckpointManager ckpt(options);
-  TrainingState state;
-  state.max_steps = kMaxSteps;
-  ckpt.resume(*net, state, &adamw);
-  const at::Tensor data = at::arange(kBatches * kBatchSize * 16, at::kFloat).reshape({kBatches * kBatchSize, 16}) / 500;
-  const DataPosition start = state.data_position(kBatches);
-  const std::int64_t schedule_offset = plant.schedule_from_zero ? state.global_step : 0;
-  for (std::int64_t epoch = start.epoch; state.global_step < stop_at; ++epoch) {
-    const at::Tensor order = at::randperm(kBatches, at::detail::createCPUGenerator(1000 + epoch));
-    const std::int64_t first = epoch == start.epoch && !plant.data_from_epoch_start ? start.batches_to_skip : 0;
-    for (std::int64_t b = first; b < kBatches && state.global_step < stop_at; ++b) {
-      const at::Tensor x = data.narrow(0, order[b].item<std::int64_t>() * kBatchSize, kBatchSize) +
-                           torch::randn({kBatchSize, 16}) * 0.01;
-      schedule.apply(adamw, state.global_step - schedule_offset);
-      adamw.zero_grad();
-      net->forward(x).pow(2).mean().backward();
-      adamw.step();
-      ++state.global_step;
-      state.epoch = static_cast<double>(state.global_step) / kBatches;
-      if (state.global_step % kSaveEvery == 0) ckpt.save(*net, config, state, &adamw);
-    }
-  }
-  return {test::clone_all(adapter_tensors(*net, config)), test::optimizer_state_bytes(adamw)};
+// The program of resume_program.h, saving every 6 of 30 steps, stopped at
+// `stop_at`.
+Outcome run(const std::string& dir, std::int64_t stop_at, const test::ResumePlant& plant = {}) {
+  test::ResumeRun r;
+  r.dir = dir;
+  r.stop_at = stop_at;
+  r.plant = plant;
+  test::ResumeOutcome out = test::run_resume_program(r);
+  return {test::clone_all(adapter_tensors(*out.net, test::test_lora())), test::optimizer_state_bytes(*out.optimizer)};
 }
 
 }  // namespace
@@ -109,29 +67,40 @@ TEST_CASE("Trainer's linear schedule with warmup, derived from the step", "[resu
 
 TEST_CASE("a run stopped mid-epoch and resumed ends with the uninterrupted run's bytes", "[checkpoint][resume]") {
   test::TempDir dir;
-  const Outcome reference = run(dir / "reference", kMaxSteps);
+  const Outcome reference = run(dir / "reference", 30);
   // Stopped at step 16, between the saves of 12 and 18 and in the middle of
   // the third epoch: the resume goes back to 12 and trains 13 to 16 again.
   run(dir / "run", 16);
   SECTION("resumed exactly") {
-    const Outcome resumed = run(dir / "run", kMaxSteps);
+    const Outcome resumed = run(dir / "run", 30);
     CHECK(test::bitwise_equal(resumed.adapter, reference.adapter));
     CHECK(resumed.optimizer == reference.optimizer);
-    for (const int step : {18, 24, 30}) {
-      INFO("step " << step);
-      const std::string name = "checkpoint-" + std::to_string(step) + "/adapter_model.safetensors";
-      CHECK(test::read_file(dir / ("run/" + name)) == test::read_file(dir / ("reference/" + name)));
-    }
+    // The kept checkpoints (the newest two and the best): adapter, RNG and
+    // trainer_state.json with its log history and best, byte for byte.
+    CHECK(test::checkpoint_difference(dir / "run", dir / "reference") == "");
   }
   SECTION("a resumed epoch that restarts at batch 0 differs") {
-    Plant plant;
+    test::ResumePlant plant;
     plant.data_from_epoch_start = true;
-    CHECK_FALSE(test::bitwise_equal(run(dir / "run", kMaxSteps, plant).adapter, reference.adapter));
+    CHECK_FALSE(test::bitwise_equal(run(dir / "run", 30, plant).adapter, reference.adapter));
+  }
+  SECTION("randomness the application does not save: exact up to the checkpoint, then it differs") {
+    // README "Resuming": lorakeep restores the global generators; a
+    // generator of the application's own must be saved by it or derived
+    // from global_step. Without that, the resume itself is still exact (the
+    // state at the checkpoint), and the steps after it differ.
+    test::ResumePlant plant;
+    plant.unsaved_generator = true;
+    const Outcome at_12 = run(dir / "own-reference", 12, plant);
+    run(dir / "own-run", 16, plant);
+    CHECK(test::bitwise_equal(run(dir / "own-run", 12, plant).adapter, at_12.adapter));  // resumed at 12
+    const Outcome own_reference = run(dir / "own-uninterrupted", 30, plant);
+    CHECK_FALSE(test::bitwise_equal(run(dir / "own-run", 30, plant).adapter, own_reference.adapter));
   }
   SECTION("a schedule that restarts at step 0 differs") {
-    Plant plant;
+    test::ResumePlant plant;
     plant.schedule_from_zero = true;
-    CHECK_FALSE(test::bitwise_equal(run(dir / "run", kMaxSteps, plant).adapter, reference.adapter));
+    CHECK_FALSE(test::bitwise_equal(run(dir / "run", 30, plant).adapter, reference.adapter));
   }
 }
 

@@ -133,4 +133,54 @@ std::set<std::int64_t> checkpoint_steps(const std::string& dir) {
   return out;
 }
 
+namespace {
+
+// The names of the files in `dir`, sorted.
+std::set<std::string> file_names(const std::string& dir) {
+  std::set<std::string> out;
+  for (const auto& e : boost::filesystem::directory_iterator(dir)) out.insert(e.path().filename().string());
+  return out;
+}
+
+// `text` with every occurrence of `from` replaced by `to`.
+std::string replace_all(std::string text, const std::string& from, const std::string& to) {
+  for (std::size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size())) {
+    text.replace(at, from.size(), to);
+  }
+  return text;
+}
+
+std::string steps_text(const std::set<std::int64_t>& steps) {
+  std::string out;
+  for (std::int64_t s : steps) out += (out.empty() ? "" : " ") + std::to_string(s);
+  return "{" + out + "}";
+}
+
+}  // namespace
+
+std::string checkpoint_difference(const std::string& a, const std::string& b) {
+  const std::set<std::int64_t> steps = checkpoint_steps(a);
+  if (steps != checkpoint_steps(b)) {
+    return "checkpoints " + steps_text(steps) + " in " + a + ", " + steps_text(checkpoint_steps(b)) + " in " + b;
+  }
+  for (std::int64_t step : steps) {
+    const std::string name = detail::checkpoint_dir_name(step);
+    const std::set<std::string> files = file_names(a + "/" + name);
+    if (files != file_names(b + "/" + name)) return name + ": not the same files";
+    for (const std::string& file : files) {
+      // The manifest holds the optimizer archive's checksum, and LibTorch
+      // 1.13's archive keys the state by parameter address: both differ
+      // between processes with equal values.
+      if (file == detail::kManifestFile || file == detail::kOptimizerFile) continue;
+      std::string x = read_file(a + "/" + name + "/" + file), y = read_file(b + "/" + name + "/" + file);
+      if (file == detail::kTrainerStateFile) {  // best_model_checkpoint names the run directory
+        x = replace_all(x, a, "<run>");
+        y = replace_all(y, b, "<run>");
+      }
+      if (x != y) return name + "/" + file + " differs";
+    }
+  }
+  return "";
+}
+
 }  // namespace lorakeep::test

@@ -98,4 +98,10 @@ void flip_byte(const std::string& path, std::uint64_t offset, unsigned char mask
 // The steps of the checkpoint-<step> directories in `dir`.
 std::set<std::int64_t> checkpoint_steps(const std::string& dir);
 
+// "" if the run directories `a` and `b` hold the same checkpoints with the
+// same bytes (all files but the manifest and the optimizer archive, whose
+// bytes depend on parameter addresses in LibTorch 1.13; trainer_state.json
+// with each run directory's path replaced); else the first difference.
+std::string checkpoint_difference(const std::string& a, const std::string& b);
+
 }  // namespace lorakeep::test

@@ -1,0 +1,80 @@
+// A training run for the chained-kill tests: the program of resume_program.h
+// as a process of its own, to be killed at any moment and started again.
+//
+//   resume_child RUN_DIR MAX_STEPS SAVE_EVERY
+//
+// One process, or one rank of a job given torchrun's environment (RANK,
+// WORLD_SIZE, MASTER_ADDR, MASTER_PORT, TORCHELASTIC_USE_AGENT_STORE).
+// LK_ASYNC=1 saves with save_async; LK_TIMEOUT_MS is the coordinator's
+// timeout. Prints, one per line, as it happens:
+//   ready STEP            resumed at STEP (0: a fresh start)
+//   step STEP             optimizer step STEP done
+//   begin STEP XXH3       the save of STEP begins, with the adapter XXH3
+//   queued STEP           save_async returned (the write goes on)
+//   saved STEP            the save of STEP is committed
+//   final XXH3 OPT_XXH3   the run is done: its adapter and optimizer state
+//   error CODE MESSAGE    a lorakeep::Error (exit code 1)
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include <xxhash.h>
+
+#include "lorakeep/lorakeep.h"
+#include "dist_model.h"
+#include "resume_program.h"
+#include "tensor_util.h"
+
+namespace {
+
+long env_long(const char* name, long fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? std::atol(v) : fallback;
+}
+
+std::string optimizer_xxh3(torch::optim::Optimizer& optimizer) {
+  std::string all;
+  for (const std::string& bytes : lorakeep::test::optimizer_state_bytes(optimizer)) {
+    all += std::to_string(bytes.size()) + ":" + bytes;
+  }
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016" PRIx64, static_cast<std::uint64_t>(XXH3_64bits(all.data(), all.size())));
+  return hex;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 4) {
+    std::fprintf(stderr, "usage: resume_child RUN_DIR MAX_STEPS SAVE_EVERY\n");
+    return 2;
+  }
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  lorakeep::set_log_level(lorakeep::LogLevel::kError);
+  try {
+    lorakeep::CoordinatorOptions co;
+    co.timeout = std::chrono::milliseconds(env_long("LK_TIMEOUT_MS", 60000));
+    lorakeep::Coordinator coordinator = lorakeep::Coordinator::from_env(co);
+    lorakeep::test::ResumeRun run;
+    run.dir = argv[1];
+    run.max_steps = run.stop_at = std::atoll(argv[2]);
+    run.save_every = std::atoll(argv[3]);
+    run.async = env_long("LK_ASYNC", 0) != 0;
+    if (coordinator.world_size() > 1) run.coordinator = &coordinator;
+    run.on_event = [](const char* event, std::int64_t step, torch::nn::Module& module) {
+      if (std::string(event) == "begin") {
+        std::printf("begin %" PRId64 " %s\n", step, lorakeep::test::adapter_xxh3(module).c_str());
+      } else {
+        std::printf("%s %" PRId64 "\n", event, step);
+      }
+    };
+    lorakeep::test::ResumeOutcome out = lorakeep::test::run_resume_program(run);
+    std::printf("final %s %s\n", lorakeep::test::adapter_xxh3(*out.net).c_str(),
+                optimizer_xxh3(*out.optimizer).c_str());
+  } catch (const lorakeep::Error& e) {
+    std::printf("error %s %s\n", lorakeep::error_code_name(e.code()), e.what());
+    return 1;
+  }
+  return 0;
+}
