@@ -104,13 +104,6 @@ std::vector<Rank> run_job(const TempDir& scratch, const std::string& run_dir, in
                    kill_rank, kill_after_ms);
 }
 
-// Whether torchrun is here; reports the test skipped if not (failed under CI).
-bool have_torchrun() {
-  const bool here = test::run_shell("command -v torchrun").exit_code == 0;
-  if (!here) test::skip_unless_ci("no torchrun (Debian's python3-torch ships it)");
-  return here;
-}
-
 // `command` (a program and its arguments) on 2 ranks under torchrun, in
 // `scratch`. The workers' stdout goes to files and to torchrun's
 // ("[default<r>]:line"). Explicit --redirects/--tee: Debian's torchrun 1.13
@@ -426,7 +419,7 @@ TEST_CASE("a rank killed at a random moment: the others fail naming it, only com
 }
 
 TEST_CASE("two ranks under torchrun's own launcher save, agree and reload", "[distributed][expensive]") {
-  if (!have_torchrun()) return;
+  if (!test::have_torchrun()) return;
   TempDir scratch;
   const std::string run_dir = scratch / "run";
   const test::ProcessResult run = torchrun(scratch, std::string(LORAKEEP_DIST_CHILD_PATH) + " " + run_dir + " 3");
@@ -477,7 +470,7 @@ std::map<int, std::string> reloaded_adapters(const std::string& out) {
 
 TEST_CASE("the data-parallel example under torchrun: one run directory, the same adapter reloaded on both ranks",
           "[distributed][expensive]") {
-  if (!have_torchrun()) return;
+  if (!test::have_torchrun()) return;
   TempDir scratch;
   const std::string run_dir = scratch / "run";
   const test::ProcessResult run = torchrun(scratch, std::string(LORAKEEP_DDP_LORA_PATH) + " --config " +

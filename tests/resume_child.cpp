@@ -6,14 +6,17 @@
 // One process, or one rank of a job given torchrun's environment (RANK,
 // WORLD_SIZE, MASTER_ADDR, MASTER_PORT, TORCHELASTIC_USE_AGENT_STORE).
 // LK_ASYNC=1 saves with save_async; LK_TIMEOUT_MS is the coordinator's
-// timeout. Prints, one per line, as it happens:
-//   ready STEP            resumed at STEP (0: a fresh start)
+// timeout; LK_STEP_DELAY_MS=n sleeps n ms after each step (a slower run, the
+// same bytes). Prints, one per line, as it happens:
+//   ready STEP PID        resumed at STEP (0: a fresh start); this process's id
 //   step STEP             optimizer step STEP done
 //   begin STEP XXH3       the save of STEP begins, with the adapter XXH3
 //   queued STEP           save_async returned (the write goes on)
 //   saved STEP            the save of STEP is committed
 //   final XXH3 OPT_XXH3   the run is done: its adapter and optimizer state
 //   error CODE MESSAGE    a lorakeep::Error (exit code 1)
+#include <unistd.h>
+
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -62,12 +65,17 @@ int main(int argc, char** argv) {
     run.save_every = std::atoll(argv[3]);
     run.async = env_long("LK_ASYNC", 0) != 0;
     if (coordinator.world_size() > 1) run.coordinator = &coordinator;
-    run.on_event = [](const char* event, std::int64_t step, torch::nn::Module& module) {
-      if (std::string(event) == "begin") {
+    const long delay_ms = env_long("LK_STEP_DELAY_MS", 0);
+    run.on_event = [delay_ms](const char* event, std::int64_t step, torch::nn::Module& module) {
+      const std::string e = event;
+      if (e == "begin") {
         std::printf("begin %" PRId64 " %s\n", step, lorakeep::test::adapter_xxh3(module).c_str());
+      } else if (e == "ready") {
+        std::printf("ready %" PRId64 " %d\n", step, static_cast<int>(::getpid()));
       } else {
         std::printf("%s %" PRId64 "\n", event, step);
       }
+      if (e == "step" && delay_ms > 0) ::usleep(static_cast<useconds_t>(delay_ms) * 1000);
     };
     lorakeep::test::ResumeOutcome out = lorakeep::test::run_resume_program(run);
     std::printf("final %s %s\n", lorakeep::test::adapter_xxh3(*out.net).c_str(),

@@ -47,6 +47,12 @@ void skip_unless_ci(const std::string& reason) {
 
 int skip_count() { return skips; }
 
+bool have_torchrun() {
+  const bool here = run_shell("command -v torchrun").exit_code == 0;
+  if (!here) skip_unless_ci("no torchrun (Debian's python3-torch ships it)");
+  return here;
+}
+
 std::string fixture(const std::string& relative) { return std::string(LORAKEEP_FIXTURES_DIR) + "/" + relative; }
 std::string cli_path() { return LORAKEEP_CLI_PATH; }
 std::string python_path() { return LORAKEEP_PYTHON; }

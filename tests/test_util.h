@@ -45,6 +45,10 @@ void skip_unless_ci(const std::string& reason);
 
 constexpr int kSkipExitCode = 77;
 
+// Whether torchrun is here; if not, reports the test skipped (failed under
+// CI) and the caller returns.
+bool have_torchrun();
+
 // How many times skip() ran in this process.
 int skip_count();
 
