@@ -7,17 +7,13 @@
 // torchrun's agent hosts it), with saves on and off the training thread;
 // kills land during training, in synchronous saves, in save_async's snapshot
 // and while a background write is in flight.
-#include <poll.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <functional>
 #include <map>
 #include <memory>
 #include <random>
@@ -27,121 +23,13 @@
 
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include "child_process.h"
 #include "test_util.h"
-
-extern char** environ;
 
 namespace lorakeep {
 namespace {
 
 constexpr int kTimeoutMs = 1500;  // the coordinator's: how long survivors wait for a dead rank
-
-// A process started with `argv` and `env` (no shell; `dir` its working
-// directory if not empty), its stdout read line by line through a pipe.
-// Killed, if still running, when the object dies.
-class Child {
- public:
-  Child(const std::vector<std::string>& argv, const std::vector<std::string>& env, const std::string& dir = "") {
-    int fds[2];
-    REQUIRE(::pipe(fds) == 0);
-    std::vector<char*> args, envp;
-    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    for (const std::string& e : env) envp.push_back(const_cast<char*>(e.c_str()));
-    envp.push_back(nullptr);
-    pid_ = ::fork();
-    REQUIRE(pid_ >= 0);
-    if (pid_ == 0) {
-      ::dup2(fds[1], STDOUT_FILENO);
-      ::close(fds[0]);
-      ::close(fds[1]);
-      if (!dir.empty() && ::chdir(dir.c_str()) != 0) ::_exit(126);
-      ::execvpe(args[0], args.data(), envp.data());
-      ::_exit(127);
-    }
-    ::close(fds[1]);
-    fd_ = fds[0];
-  }
-  ~Child() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    ::close(fd_);
-  }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-
-  // Reads until a line for which `match` is true and returns it; "" if the
-  // output ended first or nothing came for 60 s.
-  std::string read_until(const std::function<bool(const std::string&)>& match) {
-    for (;;) {
-      while (parsed_ < lines_.size()) {
-        const std::string& line = lines_[parsed_++];
-        if (match(line)) return line;
-      }
-      if (read_some(60000) != Read::kData) return "";
-    }
-  }
-  std::string read_until(const std::string& prefix) {
-    return read_until([&](const std::string& line) { return line.rfind(prefix, 0) == 0; });
-  }
-
-  void kill() { ::kill(pid_, SIGKILL); }
-
-  // Waits for the process to end (within `seconds`, else it is killed),
-  // reading the rest of its output. Returns its exit code, or -signal.
-  int finish(int seconds = 60) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-    while (std::chrono::steady_clock::now() < deadline && read_some(1000) != Read::kEnd) {
-    }
-    int status = 0;
-    if (::waitpid(pid_, &status, WNOHANG) == 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, &status, 0);
-    }
-    pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-  }
-
-  const std::vector<std::string>& lines() const { return lines_; }
-  std::string all_lines() const {
-    std::string out;
-    for (const std::string& l : lines_) out += l + "\n";
-    return out;
-  }
-
- private:
-  enum class Read { kData, kEnd, kNothing };
-
-  // Reads what comes within `timeout_ms` into whole lines.
-  Read read_some(int timeout_ms) {
-    pollfd p{fd_, POLLIN, 0};
-    if (::poll(&p, 1, timeout_ms) <= 0) return Read::kNothing;
-    char buffer[4096];
-    const ssize_t n = ::read(fd_, buffer, sizeof buffer);
-    if (n <= 0) return Read::kEnd;
-    partial_.append(buffer, static_cast<std::size_t>(n));
-    for (std::size_t end; (end = partial_.find('\n')) != std::string::npos;) {
-      lines_.push_back(partial_.substr(0, end));
-      partial_.erase(0, end + 1);
-    }
-    return Read::kData;
-  }
-
-  pid_t pid_ = -1;
-  int fd_ = -1;  // the read end of its stdout
-  std::string partial_;
-  std::vector<std::string> lines_;
-  std::size_t parsed_ = 0;  // lines read_until has looked at
-};
-
-// `extra`, then this process's environment (the first of a name wins).
-std::vector<std::string> environment(const std::vector<std::string>& extra) {
-  std::vector<std::string> env = extra;
-  for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
-  return env;
-}
 
 std::vector<std::string> child_command(const std::string& run_dir, std::int64_t max_steps, std::int64_t save_every) {
   return {LORAKEEP_RESUME_CHILD_PATH, run_dir, std::to_string(max_steps), std::to_string(save_every)};
@@ -167,13 +55,13 @@ class Job {
                                "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + std::to_string(store_->getPort()),
                                "TORCHELASTIC_USE_AGENT_STORE=True"});
       }
-      ranks_.push_back(std::make_unique<Child>(child_command(run_dir, max_steps, save_every), environment(env)));
+      ranks_.push_back(std::make_unique<test::ChildProcess>(child_command(run_dir, max_steps, save_every), test::environment(env)));
     }
   }
 
   int world() const { return static_cast<int>(ranks_.size()); }
-  Child& rank(int r) { return *ranks_[static_cast<std::size_t>(r)]; }
-  const Child& rank(int r) const { return *ranks_[static_cast<std::size_t>(r)]; }
+  test::ChildProcess& rank(int r) { return *ranks_[static_cast<std::size_t>(r)]; }
+  const test::ChildProcess& rank(int r) const { return *ranks_[static_cast<std::size_t>(r)]; }
 
   // Waits for every rank to end; their exit codes (-signal if killed).
   std::vector<int> finish() {
@@ -184,7 +72,7 @@ class Job {
 
  private:
   c10::intrusive_ptr<c10d::TCPStore> store_;
-  std::vector<std::unique_ptr<Child>> ranks_;
+  std::vector<std::unique_ptr<test::ChildProcess>> ranks_;
 };
 
 std::vector<std::string> words(const std::string& line) {
@@ -379,7 +267,7 @@ TEST_CASE("under torchrun --max_restarts=2 two rank processes killed: the job en
                                       "--log_dir", dir / "logs"};
   for (const std::string& a : child_command(dir / "run", max_steps, save_every)) command.push_back(a);
   const auto started = std::chrono::steady_clock::now();
-  Child agent(command, environment({"LK_STEP_DELAY_MS=25"}));
+  test::ChildProcess agent(command, test::environment({"LK_STEP_DELAY_MS=25"}));
   std::mt19937 rng(seed);
   std::string kills;
   const auto is_ready = [](const std::string& line) { return line.find("]:ready ") != std::string::npos; };
