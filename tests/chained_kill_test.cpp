@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include <boost/filesystem.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "child_process.h"
@@ -109,6 +110,27 @@ std::string collect_saves(const Job& job, std::map<std::int64_t, std::string>& a
 std::uint32_t kill_seed(std::uint32_t fallback) {
   const char* s = std::getenv("LK_KILL_SEED");
   return s != nullptr && *s != '\0' ? static_cast<std::uint32_t>(std::strtoul(s, nullptr, 10)) : fallback;
+}
+
+// The process id of torchrun's worker of LOCAL_RANK `local_rank`: a child of
+// the agent `agent`. -1 if there is none.
+pid_t torchrun_worker(pid_t agent, int local_rank) {
+  for (const auto& e : boost::filesystem::directory_iterator("/proc")) {
+    const std::string pid = e.path().filename().string();
+    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string stat, environ_text;
+    try {
+      stat = test::read_file("/proc/" + pid + "/stat");  // "PID (COMM) STATE PPID ..."
+      environ_text = test::read_file("/proc/" + pid + "/environ");
+    } catch (const std::exception&) {
+      continue;  // gone meanwhile, or not ours
+    }
+    const std::vector<std::string> w = words(stat.substr(stat.rfind(')') + 2));
+    if (w.size() < 2 || std::stol(w[1]) != agent) continue;
+    const std::string want = std::string("LOCAL_RANK=") + std::to_string(local_rank) + '\0';
+    if (environ_text.find(std::string("\0", 1) + want) != std::string::npos) return std::stoi(pid);
+  }
+  return -1;
 }
 
 struct Chain {
@@ -310,6 +332,70 @@ TEST_CASE("under torchrun --max_restarts=2 two rank processes killed: the job en
   CHECK(test::checkpoint_difference(dir / "run", dir / "reference") == "");
   std::printf("torchrun --max_restarts=2, seed %u: the job ended in %.1f s with the uninterrupted run's bytes%s\n", seed,
               std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(), kills.c_str());
+}
+
+// The data-parallel example (examples/ddp, ddp_lora) as scripts/demo-ddp.sh
+// runs it: under torchrun with restarts and resume_from_checkpoint: auto.
+// Killing either rank's process during its LoRA training, twice, still ends
+// with the adapter an uninterrupted run reloads, on both ranks.
+TEST_CASE("the data-parallel example under torchrun with restarts: two rank processes killed, the same adapter reloaded",
+          "[resume][distributed][expensive]") {
+  if (!test::have_torchrun()) return;
+  const std::uint32_t seed = kill_seed(20261208);
+  INFO("seed " << seed << " (LK_KILL_SEED=" << seed << " reproduces the kill points)");
+  test::TempDir dir;
+  const std::string config = test::ddp_example_config(dir.path(), /*max_steps=*/100);
+  const auto torchrun = [&](const std::string& out, int restarts) {
+    return std::vector<std::string>{"torchrun", "--standalone", "--nproc_per_node=2",
+                                    "--max_restarts=" + std::to_string(restarts), "--monitor_interval=0.1",
+                                    "--no_python", "--redirects", "1", "--tee", "1", "--log_dir", out + "-logs",
+                                    LORAKEEP_DDP_LORA_PATH, "--config", config, "--output-dir", out};
+  };
+  std::map<int, std::string> reference;
+  {
+    test::ChildProcess job(torchrun(dir / "reference", 0), test::environment({}));
+    REQUIRE(job.finish(300) == 0);
+    reference = test::reloaded_adapters(job.all_lines());
+    REQUIRE(reference.size() == 2);
+  }
+  test::ChildProcess agent(torchrun(dir / "run", 2), test::environment({}));
+  std::mt19937 rng(seed);
+  std::string kills;
+  std::size_t lines_before_last_group = 0;
+  const auto has = [](const char* text) {
+    return [text](const std::string& line) { return line.find(text) != std::string::npos; };
+  };
+  for (int k = 0; k < 2; ++k) {
+    // Each group: rank 0 says where it resumed, then evaluates every 25
+    // steps (just before each save). The kill comes after the first
+    // evaluation, in its save or in the steps after it.
+    const std::string lora = agent.read_until(has("]:== LoRA"));
+    const std::string eval = agent.read_until(has("eval_loss"));
+    INFO(agent.all_lines());
+    REQUIRE(!eval.empty());
+    const int victim = std::uniform_int_distribution<int>(0, 1)(rng);
+    const int after_ms = std::uniform_int_distribution<int>(0, 1500)(rng);
+    ::usleep(static_cast<useconds_t>(after_ms) * 1000);
+    const pid_t pid = torchrun_worker(agent.pid(), victim);
+    REQUIRE(pid > 0);
+    REQUIRE(::kill(pid, SIGKILL) == 0);
+    kills += "\n  kill " + std::to_string(k) + ": rank " + std::to_string(victim) + ", " + std::to_string(after_ms) +
+             " ms after '" + eval.substr(eval.find("step")) + "' (" + lora.substr(lora.find("== ")) + ")";
+    lines_before_last_group = agent.lines().size();
+  }
+  const std::string last_lora = agent.read_until(has("]:== LoRA"));
+  kills += "\n  then: " + last_lora.substr(last_lora.find("== ") == std::string::npos ? 0 : last_lora.find("== "));
+  const int code = agent.finish(300);
+  INFO(agent.all_lines() << "kills:" << kills);
+  REQUIRE(code == 0);
+  std::string last_group;
+  for (std::size_t i = lines_before_last_group; i < agent.lines().size(); ++i) last_group += agent.lines()[i] + "\n";
+  CHECK(test::reloaded_adapters(last_group) == reference);
+  CHECK(last_lora.find("resumed at step") != std::string::npos);  // from a checkpoint of the killed groups
+  CHECK(test::checkpoint_difference(dir / "run", dir / "reference") == "");
+  std::printf("ddp_lora under torchrun, seed %u: two kills, the job resumed and reloaded the uninterrupted run's adapter"
+              "%s\n",
+              seed, kills.c_str());
 }
 
 }  // namespace lorakeep

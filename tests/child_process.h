@@ -27,6 +27,7 @@ class ChildProcess {
   std::string read_until(const std::string& prefix);
 
   void kill();  // SIGKILL
+  pid_t pid() const { return pid_; }
 
   // Waits for the process to end (within `seconds`, else it is killed),
   // reading the rest of its output. Returns its exit code, or -signal.

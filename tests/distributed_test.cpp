@@ -436,48 +436,16 @@ TEST_CASE("two ranks under torchrun's own launcher save, agree and reload", "[di
   require_verified(run_dir);
 }
 
-// configs/char_lm_ddp.yaml, shortened for a test: a base model of 30 steps,
-// 50 steps of LoRA, checkpoints at 25 and 50.
-std::string short_ddp_config(const TempDir& scratch) {
-  std::string yaml = test::read_file(std::string(LORAKEEP_SOURCE_DIR) + "/configs/char_lm_ddp.yaml");
-  for (const auto& [from, to] : {std::pair<std::string, std::string>{"base_steps: 300", "base_steps: 30"},
-                                 {"max_steps: 150", "max_steps: 50"}}) {
-    const std::size_t at = yaml.find(from);
-    REQUIRE(at != std::string::npos);
-    yaml.replace(at, from.size(), to);
-  }
-  const std::string path = scratch / "ddp.yaml";
-  test::write_file(path, yaml);
-  return path;
-}
-
-// The "rank R: reloaded adapter xxh3 HEX" lines of `out` (after any prefix
-// torchrun adds), by rank.
-std::map<int, std::string> reloaded_adapters(const std::string& out) {
-  std::map<int, std::string> by_rank;
-  std::istringstream in(out);
-  for (std::string line; std::getline(in, line);) {
-    int rank = -1;
-    char hex[17] = {};
-    const std::size_t at = line.find("rank ");
-    if (at != std::string::npos &&
-        std::sscanf(line.c_str() + at, "rank %d: reloaded adapter xxh3 %16[0-9a-f]", &rank, hex) == 2) {
-      by_rank[rank] = hex;
-    }
-  }
-  return by_rank;
-}
-
 TEST_CASE("the data-parallel example under torchrun: one run directory, the same adapter reloaded on both ranks",
           "[distributed][expensive]") {
   if (!test::have_torchrun()) return;
   TempDir scratch;
   const std::string run_dir = scratch / "run";
   const test::ProcessResult run = torchrun(scratch, std::string(LORAKEEP_DDP_LORA_PATH) + " --config " +
-                                                        short_ddp_config(scratch) + " --output-dir " + run_dir);
+                                                        test::ddp_example_config(scratch.path()) + " --output-dir " + run_dir);
   INFO(run.out << run.err);
   REQUIRE(run.exit_code == 0);
-  const std::map<int, std::string> reloaded = reloaded_adapters(run.out);
+  const std::map<int, std::string> reloaded = test::reloaded_adapters(run.out);
   REQUIRE(reloaded.size() == 2);
   CHECK(reloaded.at(0) == reloaded.at(1));
   // Rank 0's last line is the run directory.
@@ -500,7 +468,7 @@ TEST_CASE("the data-parallel example under torchrun: one run directory, the same
 TEST_CASE("the example's replicas stay equal with gradients averaged through the store, and fail the save without",
           "[distributed][expensive]") {
   TempDir scratch;
-  const std::string config = short_ddp_config(scratch);
+  const std::string config = test::ddp_example_config(scratch.path());
   const std::string example = std::string(LORAKEEP_DDP_LORA_PATH) + " --config " + config + " --output-dir ";
   SECTION("averaged through the c10d store, as a build without gloo does") {
     const std::vector<Rank> ranks = run_ranks(scratch, 2, example + (scratch / "store") + " --grad-sync store", "");
@@ -508,7 +476,7 @@ TEST_CASE("the example's replicas stay equal with gradients averaged through the
     for (const Rank& r : ranks) {
       INFO(r.all());
       REQUIRE(r.exit_code == 0);
-      const std::map<int, std::string> reloaded = reloaded_adapters(r.all());
+      const std::map<int, std::string> reloaded = test::reloaded_adapters(r.all());
       REQUIRE(reloaded.size() == 1);
       hexes.insert(reloaded.begin()->second);
     }

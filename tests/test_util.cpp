@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -137,6 +138,34 @@ std::set<std::int64_t> checkpoint_steps(const std::string& dir) {
     if (auto step = detail::parse_checkpoint_dir_name(e.path().filename().string())) out.insert(*step);
   }
   return out;
+}
+
+std::string ddp_example_config(const std::string& dir, int max_steps) {
+  std::string yaml = read_file(std::string(LORAKEEP_SOURCE_DIR) + "/configs/char_lm_ddp.yaml");
+  for (const auto& [from, to] : {std::pair<std::string, std::string>{"base_steps: 300", "base_steps: 30"},
+                                 {"max_steps: 150", "max_steps: " + std::to_string(max_steps)}}) {
+    const std::size_t at = yaml.find(from);
+    REQUIRE(at != std::string::npos);
+    yaml.replace(at, from.size(), to);
+  }
+  const std::string path = dir + "/ddp.yaml";
+  write_file(path, yaml);
+  return path;
+}
+
+std::map<int, std::string> reloaded_adapters(const std::string& out) {
+  std::map<int, std::string> by_rank;
+  std::istringstream in(out);
+  for (std::string line; std::getline(in, line);) {
+    int rank = -1;
+    char hex[17] = {};
+    const std::size_t at = line.find("rank ");
+    if (at != std::string::npos &&
+        std::sscanf(line.c_str() + at, "rank %d: reloaded adapter xxh3 %16[0-9a-f]", &rank, hex) == 2) {
+      by_rank[rank] = hex;
+    }
+  }
+  return by_rank;
 }
 
 namespace {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -101,6 +102,15 @@ void flip_byte(const std::string& path, std::uint64_t offset, unsigned char mask
 
 // The steps of the checkpoint-<step> directories in `dir`.
 std::set<std::int64_t> checkpoint_steps(const std::string& dir);
+
+// configs/char_lm_ddp.yaml shortened for a test, written to <dir>/ddp.yaml
+// (returned): a base model of 30 steps, `max_steps` of LoRA, checkpoints
+// every 25.
+std::string ddp_example_config(const std::string& dir, int max_steps = 50);
+
+// The "rank R: reloaded adapter xxh3 HEX" lines the data-parallel example
+// prints (after any prefix torchrun adds), by rank.
+std::map<int, std::string> reloaded_adapters(const std::string& out);
 
 // "" if the run directories `a` and `b` hold the same checkpoints with the
 // same bytes (all files but the manifest and the optimizer archive, whose

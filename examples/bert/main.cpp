@@ -192,11 +192,7 @@ int train(const std::string& config_path, const std::string& model_dir_override,
   const std::string& model_dir = settings.model.dir;
   torch::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   torch::manual_seed(t.seed);
-  if (fs::exists(out)) {
-    fs::remove_all(out);
-    std::printf("starting fresh: removed the previous run in %s\n", out.c_str());
-  }
-  fs::create_directories(out);
+  fs::create_directories(out);  // never cleared: a run resumes from it (checkpoint.resume_from_checkpoint)
 
   // The data.
   const bert::Dataset data = bert::make_dataset(settings.data.classes, settings.data.eval_per_class,
@@ -285,17 +281,29 @@ int train(const std::string& config_path, const std::string& model_dir_override,
     return lorakeep::Metrics{{"eval_accuracy", accuracy(logits, eval_labels)},
                              {"eval_loss", torch::cross_entropy_loss(logits, eval_labels).item<double>()}};
   };
-  std::mt19937_64 gen(t.seed);
-  std::vector<std::size_t> order;
-  std::size_t next = 0;
+  if (const auto from = ckpt.resume(*model, state, &opt)) {
+    std::printf("   resumed at step %lld\n", static_cast<long long>(from->step));
+  }
+  // Each epoch's order is a permutation drawn from seed + epoch, so that a
+  // resumed run finds its place from global_step alone (batches run on across
+  // epochs, as the data position of Trainer's sampler does).
+  const std::size_t n_train = data.train.size();
+  const std::uint64_t position = static_cast<std::uint64_t>(state.global_step) * t.batch_size;
+  std::uint64_t epoch = position / n_train;
+  std::size_t next = position % n_train;
+  const auto epoch_order = [&](std::uint64_t e) {
+    std::mt19937_64 gen(t.seed + e);
+    return bert::permutation(n_train, gen);
+  };
+  std::vector<std::size_t> order = epoch_order(epoch);
   const auto t_train = Clock::now();
   callbacks.on_train_begin(state);
   while (state.global_step < state.max_steps) {
     std::vector<std::string> texts;
     std::vector<std::int64_t> labels;
     while (static_cast<int>(texts.size()) < t.batch_size) {
-      if (next == order.size()) {  // a new epoch, freshly shuffled
-        order = bert::permutation(data.train.size(), gen);
+      if (next == n_train) {  // a new epoch, freshly shuffled
+        order = epoch_order(++epoch);
         next = 0;
       }
       texts.push_back(data.train[order[next]].text);

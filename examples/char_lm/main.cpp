@@ -3,6 +3,11 @@
 // stopping and load-best-at-end; a run report at the end.
 //
 //   char_lm --config configs/char_lm_lora.yaml [--output-dir DIR] [--resume]
+//
+// A run resumes as checkpoint.resume_from_checkpoint says (auto, the default:
+// from the newest checkpoint in the output directory, if any; none: a fresh
+// start; or a checkpoint's path); --resume is resume_from_checkpoint: auto.
+// The output directory is never cleared.
 #include <unistd.h>
 
 #include <chrono>
@@ -99,7 +104,7 @@ int main(int argc, char** argv) {
   app.add_option("--config", config_path, "YAML run configuration");
   app.add_flag("-v,--verbose", verbose, "show lorakeep's own log (every save, rotation and load)");
   app.add_option("--output-dir", output_dir, "overrides checkpoint.output_dir");
-  app.add_flag("--resume", resume, "continue the run in the output directory instead of starting fresh");
+  app.add_flag("--resume", resume, "checkpoint.resume_from_checkpoint: auto (resume from the newest checkpoint)");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -108,14 +113,12 @@ int main(int argc, char** argv) {
     lorakeep::RunConfig& run = config.run;
     const char_lm::Settings& settings = config.settings;
     if (!output_dir.empty()) run.checkpoint.output_dir = output_dir;
+    if (resume) run.checkpoint.resume_from_checkpoint = "auto";
+    const bool may_resume = lorakeep::resume_from(run.checkpoint) != lorakeep::ResumeFrom::kNone;
     const std::string out = run.checkpoint.output_dir;
     const auto& t = settings.training;
     torch::set_num_threads(static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
     torch::manual_seed(t.seed);
-    if (!resume && fs::exists(out)) {
-      fs::remove_all(out);
-      std::printf("starting fresh: removed the previous run in %s\n", out.c_str());
-    }
     fs::create_directories(out);
 
     const char_lm::Corpus base_text = char_lm::load_corpus(settings.data.base_texts, settings.data.validation_fraction);
@@ -134,7 +137,7 @@ int main(int argc, char** argv) {
                 t.base_steps, settings.data.base_texts.size(), mib(static_cast<double>(base_text.bytes)).c_str());
     const std::string base_file = out + "/base_model.safetensors";
     const auto t0 = Clock::now();
-    if (resume && fs::exists(base_file)) {
+    if (may_resume && fs::exists(base_file)) {
       lorakeep::load_into(*model, *lorakeep::open_tensor_source(base_file));
       std::printf("   loaded %s\n", base_file.c_str());
     } else {
@@ -176,6 +179,7 @@ int main(int argc, char** argv) {
                 run.lora.r, run.lora.lora_alpha, trainable_names.size(), static_cast<long long>(n_trainable),
                 t.max_steps, settings.data.finetune_texts.size(), mib(static_cast<double>(tune_text.bytes)).c_str());
     torch::optim::AdamW opt(trainable, torch::optim::AdamWOptions(t.learning_rate).weight_decay(t.weight_decay));
+    const lorakeep::LinearWarmupSchedule schedule(lorakeep::learning_rates(opt), t.warmup_steps, t.max_steps);
     lorakeep::CheckpointManager ckpt(run.checkpoint);
     lorakeep::CallbackList callbacks;
     callbacks.add(std::make_shared<lorakeep::CheckpointCallback>(ckpt, *model, run.lora, run.callbacks, &opt));
@@ -195,14 +199,13 @@ int main(int argc, char** argv) {
     state.train_batch_size = t.batch_size;
     const double tokens_per_epoch = static_cast<double>(tune_text.train.size(0));
     state.num_train_epochs = std::ceil(static_cast<double>(t.max_steps) * t.batch_size * block / tokens_per_epoch);
-    if (resume) {
-      if (auto from = ckpt.resume(*model, state, &opt))
-        std::printf("   resumed at step %lld\n", static_cast<long long>(from->step));
-    }
+    if (auto from = ckpt.resume(*model, state, &opt))
+      std::printf("   resumed at step %lld\n", static_cast<long long>(from->step));
     const auto t1 = Clock::now();
     callbacks.on_train_begin(state);
     while (state.global_step < state.max_steps) {
       model->train();
+      schedule.apply(opt, state.global_step);
       auto [x, y] = char_lm::random_batch(tune_text.train, t.batch_size, block);
       opt.zero_grad();
       const torch::Tensor loss = torch::cross_entropy_loss(model->forward(x).view({-1, char_lm::kVocab}), y.view({-1}));
@@ -213,7 +216,8 @@ int main(int argc, char** argv) {
       state.epoch = static_cast<double>(state.global_step) * t.batch_size * block / tokens_per_epoch;
       state.num_input_tokens_seen += static_cast<std::int64_t>(t.batch_size) * block;
       if (run.callbacks.logging_steps > 0 && state.global_step % run.callbacks.logging_steps == 0) {
-        state.log({{"loss", loss.item<double>()}, {"learning_rate", t.learning_rate}, {"grad_norm", grad_norm}});
+        state.log({{"loss", loss.item<double>()}, {"learning_rate", lorakeep::learning_rates(opt)[0]},
+                   {"grad_norm", grad_norm}});
       }
       const bool go = callbacks.end_step(state, [&] {
         return lorakeep::Metrics{{ckpt.metric_key(), eval_on(tune_text.val)}};

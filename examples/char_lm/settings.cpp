@@ -11,6 +11,7 @@ void declare_settings(lorakeep::ConfigSchema& schema, Settings* settings) {
       .real("base_learning_rate", &t->base_learning_rate, 0, 10)
       .integer("max_steps", &t->max_steps, 1)
       .real("learning_rate", &t->learning_rate, 0, 10)
+      .integer("warmup_steps", &t->warmup_steps, 0)
       .real("weight_decay", &t->weight_decay, 0, 10)
       .real("max_grad_norm", &t->max_grad_norm, 0, 1e6)
       .integer("eval_batches", &t->eval_batches, 1, 1 << 16)

@@ -37,6 +37,7 @@ struct TrainingSettings {
   double base_learning_rate = 3e-3;
   int max_steps = 400;  // LoRA fine-tuning steps
   double learning_rate = 2e-3;
+  int warmup_steps = 0;  // then a linear decay to 0 at max_steps (Trainer's default schedule)
   double weight_decay = 0.0;
   double max_grad_norm = 1.0;       // 0: no clipping
   int eval_batches = 8;             // batches per evaluation

@@ -15,6 +15,14 @@
 // --grad-sync none (no averaging) makes the first save fail on every rank,
 // naming the ranks whose adapter differs from rank 0's.
 //
+// A run resumes as checkpoint.resume_from_checkpoint says (auto: from the
+// newest checkpoint every rank validates, so a job that torchrun restarts
+// after a rank died goes on where it was; none: a fresh start); the run
+// directory is never cleared. What the run draws comes from each rank's
+// generator (restored by resume), the learning rate from the step
+// (LinearWarmupSchedule): a resumed run ends with the uninterrupted run's
+// bytes.
+//
 // Prints one line per rank, "rank R: reloaded adapter xxh3 HEX", then the run
 // directory's path on the last line.
 #include <algorithm>
@@ -161,12 +169,8 @@ int main(int argc, char** argv) {
     const int threads = std::max(1, cores / env_int("LOCAL_WORLD_SIZE", world));  // the cores, shared
     GradientSync sync(coordinator, grad_sync);
 
-    // A fresh run: rank 0 clears the directory while the others wait.
-    if (main_rank) {
-      fs::remove_all(out);
-      fs::create_directories(out);
-    }
-    coordinator.barrier("clearing " + out);
+    const bool may_resume = lorakeep::resume_from(run.checkpoint) != lorakeep::ResumeFrom::kNone;
+    if (main_rank) fs::create_directories(out);
 
     const char_lm::Corpus base_text = char_lm::load_corpus(config.settings.data.base_texts,
                                                            config.settings.data.validation_fraction);
@@ -176,10 +180,11 @@ int main(int argc, char** argv) {
     torch::manual_seed(t.seed);
     char_lm::CharLM model(config.settings.model);
 
-    // 1. The base model: rank 0 trains it briefly on every core, every other
-    //    rank loads it.
+    // 1. The base model: rank 0 trains it briefly on every core, unless a run
+    //    that may resume finds it saved; every other rank loads it.
     const std::string base_file = out + "/base_model.safetensors";
-    if (main_rank) {
+    const bool train_base = main_rank && !(may_resume && fs::exists(base_file));
+    if (train_base) {
       torch::set_num_threads(cores);
       std::printf("== %d ranks; gradients averaged through %s\n", world, sync.name());
       std::printf("== base model: %d steps on rank 0\n", t.base_steps);
@@ -195,10 +200,10 @@ int main(int argc, char** argv) {
       }
       lorakeep::NamedTensors weights;
       for (const auto& p : model->named_parameters()) weights.emplace_back(p.key(), p.value());
-      lorakeep::save_safetensors(base_file, weights, {{"format", "pt"}});
+      lorakeep::save_safetensors(base_file, weights, {{"format", "pt"}});  // atomic: whole or absent
     }
     coordinator.barrier("the base model");
-    if (!main_rank) lorakeep::load_into(*model, *lorakeep::open_tensor_source(base_file));
+    if (!train_base) lorakeep::load_into(*model, *lorakeep::open_tensor_source(base_file));
     torch::set_num_threads(threads);
 
     // 2. LoRA, the same initial values on every rank (same seed); then each
@@ -211,6 +216,7 @@ int main(int argc, char** argv) {
     }
     torch::manual_seed(t.seed + 1 + static_cast<std::uint64_t>(rank));
     torch::optim::AdamW opt(trainable, torch::optim::AdamWOptions(t.learning_rate).weight_decay(t.weight_decay));
+    const lorakeep::LinearWarmupSchedule schedule(lorakeep::learning_rates(opt), t.warmup_steps, t.max_steps);
     lorakeep::CheckpointManager ckpt(run.checkpoint, coordinator);
     lorakeep::CallbackList callbacks;
     callbacks.add(std::make_shared<lorakeep::CheckpointCallback>(ckpt, *model, run.lora, run.callbacks, &opt));
@@ -231,14 +237,18 @@ int main(int argc, char** argv) {
     state.max_steps = t.max_steps;
     state.train_batch_size = t.batch_size;
     const double tokens_per_epoch = static_cast<double>(tune_text.train.size(0));
+    const auto resumed = ckpt.resume(*model, state, &opt);  // adapter, optimizer, each rank's RNG, progress
     if (main_rank) {
-      std::printf("== LoRA r=%d on %zu layers, %d steps of %d x %d windows\n", run.lora.r, adapted, t.max_steps, world,
+      std::printf("== LoRA r=%d on %zu layers, %d steps of %d x %d windows", run.lora.r, adapted, t.max_steps, world,
                   batch);
+      if (resumed) std::printf("; resumed at step %lld", static_cast<long long>(resumed->step));
+      std::printf("\n");
       std::fflush(stdout);
     }
     callbacks.on_train_begin(state);
     while (state.global_step < state.max_steps) {
       model->train();
+      schedule.apply(opt, state.global_step);
       auto [x, y] = char_lm::random_batch(tune_text.train, batch, block);
       opt.zero_grad();
       const torch::Tensor loss = torch::cross_entropy_loss(model->forward(x).view({-1, char_lm::kVocab}), y.view({-1}));
