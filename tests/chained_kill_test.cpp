@@ -56,7 +56,8 @@ class Job {
                                "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + std::to_string(store_->getPort()),
                                "TORCHELASTIC_USE_AGENT_STORE=True"});
       }
-      ranks_.push_back(std::make_unique<test::ChildProcess>(child_command(run_dir, max_steps, save_every), test::environment(env)));
+      ranks_.push_back(
+          std::make_unique<test::ChildProcess>(child_command(run_dir, max_steps, save_every), test::environment(env)));
     }
   }
 
@@ -105,7 +106,6 @@ std::string collect_saves(const Job& job, std::map<std::int64_t, std::string>& a
   return "";
 }
 
-
 // The seed of the kill points: LK_KILL_SEED, else `fallback`.
 std::uint32_t kill_seed(std::uint32_t fallback) {
   const char* s = std::getenv("LK_KILL_SEED");
@@ -142,9 +142,9 @@ struct Chain {
 
 // Where a kill landed, as the victim's output and the run directory tell.
 struct Landed {
-  int training = 0;   // between saves, nothing in flight
-  int in_save = 0;    // after "begin": in save, or in save_async's snapshot
-  int in_write = 0;   // save_async returned, its checkpoint not committed
+  int training = 0;  // between saves, nothing in flight
+  int in_save = 0;   // after "begin": in save, or in save_async's snapshot
+  int in_write = 0;  // save_async returned, its checkpoint not committed
 };
 
 // The chain: the uninterrupted reference, then the run killed `kills` times
@@ -223,9 +223,8 @@ void run_chain(Chain chain) {
     } else {
       ++landed.training;
     }
-    kill_points += "\n  kill " + std::to_string(k) + ": rank " + std::to_string(victim) + " after '" + target +
-                   "' + " + std::to_string(delay_us) + " us, resumed from " + std::to_string(resumed) + ", in " +
-                   where;
+    kill_points += "\n  kill " + std::to_string(k) + ": rank " + std::to_string(victim) + " after '" + target + "' + " +
+                   std::to_string(delay_us) + " us, resumed from " + std::to_string(resumed) + ", in " + where;
   }
   Job last(chain.world, dir / "run", max_steps, save_every, chain.async);
   std::vector<std::string> finals;
@@ -284,9 +283,18 @@ TEST_CASE("under torchrun --max_restarts=2 two rank processes killed: the job en
   }
   // Explicit --redirects/--tee: Debian's torchrun 1.13 cannot parse their
   // default under Python 3.11. Each worker's lines come as "[default<r>]:...".
-  std::vector<std::string> command = {"torchrun", "--standalone", "--nproc_per_node=2", "--max_restarts=2",
-                                      "--monitor_interval=0.1", "--no_python", "--redirects", "1", "--tee", "1",
-                                      "--log_dir", dir / "logs"};
+  std::vector<std::string> command = {"torchrun",
+                                      "--standalone",
+                                      "--nproc_per_node=2",
+                                      "--max_restarts=2",
+                                      "--monitor_interval=0.1",
+                                      "--no_python",
+                                      "--redirects",
+                                      "1",
+                                      "--tee",
+                                      "1",
+                                      "--log_dir",
+                                      dir / "logs"};
   for (const std::string& a : child_command(dir / "run", max_steps, save_every)) command.push_back(a);
   const auto started = std::chrono::steady_clock::now();
   test::ChildProcess agent(command, test::environment({"LK_STEP_DELAY_MS=25"}));
@@ -314,8 +322,10 @@ TEST_CASE("under torchrun --max_restarts=2 two rank processes killed: the job en
     REQUIRE(!ready.empty());
     const double restart_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
     char text[160];
-    std::snprintf(text, sizeof text, "\n  kill %d: rank %d, %d ms after it resumed at step %s; %.2f s to the next group's first resume (%s)",
-                  k, victim, after_ms, w[1].c_str(), restart_s, ready.c_str());
+    std::snprintf(
+        text, sizeof text,
+        "\n  kill %d: rank %d, %d ms after it resumed at step %s; %.2f s to the next group's first resume (%s)", k,
+        victim, after_ms, w[1].c_str(), restart_s, ready.c_str());
     kills += text;
   }
   const int code = agent.finish(180);
@@ -330,26 +340,40 @@ TEST_CASE("under torchrun --max_restarts=2 two rank processes killed: the job en
   }
   CHECK(finals == 2);
   CHECK(test::checkpoint_difference(dir / "run", dir / "reference") == "");
-  std::printf("torchrun --max_restarts=2, seed %u: the job ended in %.1f s with the uninterrupted run's bytes%s\n", seed,
-              std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(), kills.c_str());
+  std::printf("torchrun --max_restarts=2, seed %u: the job ended in %.1f s with the uninterrupted run's bytes%s\n",
+              seed, std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count(), kills.c_str());
 }
 
 // The data-parallel example (examples/ddp, ddp_lora) as scripts/demo-ddp.sh
 // runs it: under torchrun with restarts and resume_from_checkpoint: auto.
 // Killing either rank's process during its LoRA training, twice, still ends
 // with the adapter an uninterrupted run reloads, on both ranks.
-TEST_CASE("the data-parallel example under torchrun with restarts: two rank processes killed, the same adapter reloaded",
-          "[resume][distributed][expensive]") {
+TEST_CASE(
+    "the data-parallel example under torchrun with restarts: two rank processes killed, the same adapter reloaded",
+    "[resume][distributed][expensive]") {
   if (!test::have_torchrun()) return;
   const std::uint32_t seed = kill_seed(20261208);
   INFO("seed " << seed << " (LK_KILL_SEED=" << seed << " reproduces the kill points)");
   test::TempDir dir;
   const std::string config = test::ddp_example_config(dir.path(), /*max_steps=*/100);
   const auto torchrun = [&](const std::string& out, int restarts) {
-    return std::vector<std::string>{"torchrun", "--standalone", "--nproc_per_node=2",
-                                    "--max_restarts=" + std::to_string(restarts), "--monitor_interval=0.1",
-                                    "--no_python", "--redirects", "1", "--tee", "1", "--log_dir", out + "-logs",
-                                    LORAKEEP_DDP_LORA_PATH, "--config", config, "--output-dir", out};
+    return std::vector<std::string>{"torchrun",
+                                    "--standalone",
+                                    "--nproc_per_node=2",
+                                    "--max_restarts=" + std::to_string(restarts),
+                                    "--monitor_interval=0.1",
+                                    "--no_python",
+                                    "--redirects",
+                                    "1",
+                                    "--tee",
+                                    "1",
+                                    "--log_dir",
+                                    out + "-logs",
+                                    LORAKEEP_DDP_LORA_PATH,
+                                    "--config",
+                                    config,
+                                    "--output-dir",
+                                    out};
   };
   std::map<int, std::string> reference;
   {
@@ -393,9 +417,10 @@ TEST_CASE("the data-parallel example under torchrun with restarts: two rank proc
   CHECK(test::reloaded_adapters(last_group) == reference);
   CHECK(last_lora.find("resumed at step") != std::string::npos);  // from a checkpoint of the killed groups
   CHECK(test::checkpoint_difference(dir / "run", dir / "reference") == "");
-  std::printf("ddp_lora under torchrun, seed %u: two kills, the job resumed and reloaded the uninterrupted run's adapter"
-              "%s\n",
-              seed, kills.c_str());
+  std::printf(
+      "ddp_lora under torchrun, seed %u: two kills, the job resumed and reloaded the uninterrupted run's adapter"
+      "%s\n",
+      seed, kills.c_str());
 }
 
 }  // namespace lorakeep

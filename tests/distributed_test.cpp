@@ -442,7 +442,8 @@ TEST_CASE("the data-parallel example under torchrun: one run directory, the same
   TempDir scratch;
   const std::string run_dir = scratch / "run";
   const test::ProcessResult run = torchrun(scratch, std::string(LORAKEEP_DDP_LORA_PATH) + " --config " +
-                                                        test::ddp_example_config(scratch.path()) + " --output-dir " + run_dir);
+                                                        test::ddp_example_config(scratch.path()) + " --output-dir " +
+                                                        run_dir);
   INFO(run.out << run.err);
   REQUIRE(run.exit_code == 0);
   const std::map<int, std::string> reloaded = test::reloaded_adapters(run.out);

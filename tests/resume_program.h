@@ -93,9 +93,9 @@ inline ResumeOutcome run_resume_program(const ResumeRun& run) {
   };
   ckpt.resume(*net, state, &adamw);
   tell("ready", state.global_step);
-  const at::Tensor data = at::arange(kResumeBatches * kResumeBatchSize * 16, at::kFloat)
-                              .reshape({kResumeBatches * kResumeBatchSize, 16}) /
-                          500;
+  const at::Tensor data =
+      at::arange(kResumeBatches * kResumeBatchSize * 16, at::kFloat).reshape({kResumeBatches * kResumeBatchSize, 16}) /
+      500;
   const at::Tensor eval_x = at::linspace(-1, 1, 8 * 16).reshape({8, 16});
   const DataPosition start = state.data_position(kResumeBatches);
   const std::int64_t schedule_offset = run.plant.schedule_from_zero ? state.global_step : 0;

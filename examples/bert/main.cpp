@@ -284,16 +284,19 @@ int train(const std::string& config_path, const std::string& model_dir_override,
   if (const auto from = ckpt.resume(*model, state, &opt)) {
     std::printf("   resumed at step %lld\n", static_cast<long long>(from->step));
   }
-  // Each epoch's order is a permutation drawn from seed + epoch, so that a
-  // resumed run finds its place from global_step alone (batches run on across
-  // epochs, as the data position of Trainer's sampler does).
+  // Each epoch's order is the next permutation drawn from one generator
+  // seeded with `seed`: epoch e's is found again by drawing e + 1 of them, so
+  // a resumed run finds its place from global_step alone (batches run on
+  // across epochs, as the data position of Trainer's sampler does).
   const std::size_t n_train = data.train.size();
   const std::uint64_t position = static_cast<std::uint64_t>(state.global_step) * t.batch_size;
   std::uint64_t epoch = position / n_train;
   std::size_t next = position % n_train;
   const auto epoch_order = [&](std::uint64_t e) {
-    std::mt19937_64 gen(t.seed + e);
-    return bert::permutation(n_train, gen);
+    std::mt19937_64 gen(t.seed);
+    std::vector<std::size_t> order = bert::permutation(n_train, gen);
+    for (std::uint64_t i = 0; i < e; ++i) order = bert::permutation(n_train, gen);
+    return order;
   };
   std::vector<std::size_t> order = epoch_order(epoch);
   const auto t_train = Clock::now();

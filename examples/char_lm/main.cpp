@@ -216,7 +216,8 @@ int main(int argc, char** argv) {
       state.epoch = static_cast<double>(state.global_step) * t.batch_size * block / tokens_per_epoch;
       state.num_input_tokens_seen += static_cast<std::int64_t>(t.batch_size) * block;
       if (run.callbacks.logging_steps > 0 && state.global_step % run.callbacks.logging_steps == 0) {
-        state.log({{"loss", loss.item<double>()}, {"learning_rate", lorakeep::learning_rates(opt)[0]},
+        state.log({{"loss", loss.item<double>()},
+                   {"learning_rate", lorakeep::learning_rates(opt)[0]},
                    {"grad_norm", grad_norm}});
       }
       const bool go = callbacks.end_step(state, [&] {
