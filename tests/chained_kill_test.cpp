@@ -133,6 +133,28 @@ pid_t torchrun_worker(pid_t agent, int local_rank) {
   return -1;
 }
 
+// torchrun running `program` on 2 local ranks, restarting the group at most
+// `restarts` times, watching its workers every 0.1 s. Explicit
+// --redirects/--tee: Debian's torchrun 1.13 cannot parse their default under
+// Python 3.11. Each worker's lines come as "[default<r>]:...".
+std::vector<std::string> torchrun_command(int restarts, const std::string& log_dir,
+                                          const std::vector<std::string>& program) {
+  std::vector<std::string> command = {"torchrun",
+                                      "--standalone",
+                                      "--nproc_per_node=2",
+                                      "--max_restarts=" + std::to_string(restarts),
+                                      "--monitor_interval=0.1",
+                                      "--no_python",
+                                      "--redirects",
+                                      "1",
+                                      "--tee",
+                                      "1",
+                                      "--log_dir",
+                                      log_dir};
+  command.insert(command.end(), program.begin(), program.end());
+  return command;
+}
+
 struct Chain {
   int world = 1;
   bool async = false;
@@ -281,21 +303,8 @@ TEST_CASE("under torchrun --max_restarts=2 two rank processes killed: the job en
     final_line = reference.rank(0).read_until("final");
     for (int code : reference.finish()) REQUIRE(code == 0);
   }
-  // Explicit --redirects/--tee: Debian's torchrun 1.13 cannot parse their
-  // default under Python 3.11. Each worker's lines come as "[default<r>]:...".
-  std::vector<std::string> command = {"torchrun",
-                                      "--standalone",
-                                      "--nproc_per_node=2",
-                                      "--max_restarts=2",
-                                      "--monitor_interval=0.1",
-                                      "--no_python",
-                                      "--redirects",
-                                      "1",
-                                      "--tee",
-                                      "1",
-                                      "--log_dir",
-                                      dir / "logs"};
-  for (const std::string& a : child_command(dir / "run", max_steps, save_every)) command.push_back(a);
+  const std::vector<std::string> command = torchrun_command(2, dir / "logs",
+                                                            child_command(dir / "run", max_steps, save_every));
   const auto started = std::chrono::steady_clock::now();
   test::ChildProcess agent(command, test::environment({"LK_STEP_DELAY_MS=25"}));
   std::mt19937 rng(seed);
@@ -357,24 +366,9 @@ TEST_CASE(
   test::TempDir dir;
   const std::string config = test::ddp_example_config(dir.path(), /*max_steps=*/100);
   const auto torchrun = [&](const std::string& out, int restarts) {
-    return std::vector<std::string>{"torchrun",
-                                    "--standalone",
-                                    "--nproc_per_node=2",
-                                    "--max_restarts=" + std::to_string(restarts),
-                                    "--monitor_interval=0.1",
-                                    "--no_python",
-                                    "--redirects",
-                                    "1",
-                                    "--tee",
-                                    "1",
-                                    "--log_dir",
-                                    out + "-logs",
-                                    LORAKEEP_DDP_LORA_PATH,
-                                    "--config",
-                                    config,
-                                    "--output-dir",
-                                    out};
+    return torchrun_command(restarts, out + "-logs", {LORAKEEP_DDP_LORA_PATH, "--config", config, "--output-dir", out});
   };
+
   std::map<int, std::string> reference;
   {
     test::ChildProcess job(torchrun(dir / "reference", 0), test::environment({}));

@@ -63,15 +63,6 @@ struct ResumeOutcome {
   TrainingState state;
 };
 
-inline CheckpointOptions resume_options(const std::string& dir) {
-  CheckpointOptions o;
-  o.output_dir = dir;
-  o.save_total_limit = 2;
-  o.keep_best = 1;
-  o.metric_for_best_model = "loss";
-  return o;
-}
-
 inline ResumeOutcome run_resume_program(const ResumeRun& run) {
   const LoraConfig config = test_lora();
   ResumeOutcome out;
@@ -84,8 +75,8 @@ inline ResumeOutcome run_resume_program(const ResumeRun& run) {
   out.optimizer = std::make_unique<torch::optim::AdamW>(trainable, torch::optim::AdamWOptions(1e-2));
   torch::optim::AdamW& adamw = *out.optimizer;
   const LinearWarmupSchedule schedule(learning_rates(adamw), 5, run.max_steps);
-  CheckpointManager ckpt = run.coordinator != nullptr ? CheckpointManager(resume_options(run.dir), *run.coordinator)
-                                                      : CheckpointManager(resume_options(run.dir));
+  CheckpointManager ckpt = run.coordinator != nullptr ? CheckpointManager(options_for(run.dir), *run.coordinator)
+                                                      : CheckpointManager(options_for(run.dir));
   TrainingState& state = out.state;
   state.max_steps = run.max_steps;
   const auto tell = [&](const char* event, std::int64_t step) {
