@@ -41,7 +41,10 @@ std::vector<std::string> child_command(const std::string& run_dir, std::int64_t 
 // hosts it).
 class Job {
  public:
-  Job(int world, const std::string& run_dir, std::int64_t max_steps, std::int64_t save_every, bool async) {
+  // `env`: more variables for every rank. Each rank's stderr comes with its
+  // stdout if `with_stderr`.
+  Job(int world, const std::string& run_dir, std::int64_t max_steps, std::int64_t save_every, bool async,
+      const std::vector<std::string>& more_env = {}, bool with_stderr = false) {
     c10d::TCPStoreOptions o;
     o.port = 0;
     o.isServer = true;
@@ -50,14 +53,15 @@ class Job {
     for (int r = 0; r < world; ++r) {
       std::vector<std::string> env = {"LK_ASYNC=" + std::string(async ? "1" : "0"),
                                       "LK_TIMEOUT_MS=" + std::to_string(kTimeoutMs)};
+      env.insert(env.end(), more_env.begin(), more_env.end());
       if (world > 1) {
         env.insert(env.end(), {"RANK=" + std::to_string(r), "LOCAL_RANK=" + std::to_string(r),
                                "WORLD_SIZE=" + std::to_string(world), "LOCAL_WORLD_SIZE=" + std::to_string(world),
                                "MASTER_ADDR=127.0.0.1", "MASTER_PORT=" + std::to_string(store_->getPort()),
                                "TORCHELASTIC_USE_AGENT_STORE=True"});
       }
-      ranks_.push_back(
-          std::make_unique<test::ChildProcess>(child_command(run_dir, max_steps, save_every), test::environment(env)));
+      ranks_.push_back(std::make_unique<test::ChildProcess>(child_command(run_dir, max_steps, save_every),
+                                                            test::environment(env), "", with_stderr));
     }
   }
 
@@ -284,6 +288,32 @@ TEST_CASE("three ranks with one killed twenty times in a row resume to the unint
           "[resume][distributed][slow]") {
   SECTION("save") { run_chain({3, false, 20}); }
   SECTION("save_async") { run_chain({3, true, 20}); }
+}
+
+TEST_CASE("a run resumed by another number of ranks goes on, saying why it is not exact",
+          "[resume][distributed][expensive]") {
+  // The checkpoint has one RNG file per rank of the job that saved it: a job
+  // of another size restores everything else and says the generators are
+  // not restored. Both ways: 2 ranks resumed by 1 process, 1 by 2.
+  for (const auto& [first, then] : {std::pair<int, int>{2, 1}, {1, 2}}) {
+    INFO(first << " ranks, then " << then);
+    test::TempDir dir;
+    {
+      Job job(first, dir / "run", 8, 4, false);
+      for (int code : job.finish()) REQUIRE(code == 0);
+    }
+    Job job(then, dir / "run", 12, 4, false, {"LK_LOG=warn"}, /*with_stderr=*/true);
+    for (int r = 0; r < then; ++r) CHECK(job.rank(r).read_until("ready").rfind("ready 8 ", 0) == 0);
+    const std::vector<int> codes = job.finish();
+    for (int r = 0; r < then; ++r) {
+      INFO(job.rank(r).all_lines());
+      CHECK(codes[static_cast<std::size_t>(r)] == 0);
+      CHECK_THAT(job.rank(r).all_lines(), Catch::Contains("saved by another number of ranks): the random generators "
+                                                          "are not restored"));
+      CHECK(!job.rank(r).read_until("final").empty());
+    }
+    CHECK(test::checkpoint_steps(dir / "run").count(12) == 1);
+  }
 }
 
 // torchrun restarts the whole group when a worker dies (--max_restarts):

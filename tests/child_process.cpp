@@ -14,7 +14,7 @@ extern char** environ;
 namespace lorakeep::test {
 
 ChildProcess::ChildProcess(const std::vector<std::string>& argv, const std::vector<std::string>& env,
-                           const std::string& dir) {
+                           const std::string& dir, bool with_stderr) {
   int fds[2];
   REQUIRE(::pipe(fds) == 0);
   std::vector<char*> args, envp;
@@ -26,6 +26,7 @@ ChildProcess::ChildProcess(const std::vector<std::string>& argv, const std::vect
   REQUIRE(pid_ >= 0);
   if (pid_ == 0) {
     ::dup2(fds[1], STDOUT_FILENO);
+    if (with_stderr) ::dup2(fds[1], STDERR_FILENO);
     ::close(fds[0]);
     ::close(fds[1]);
     if (!dir.empty() && ::chdir(dir.c_str()) != 0) ::_exit(126);

@@ -14,8 +14,10 @@ namespace lorakeep::test {
 class ChildProcess {
  public:
   // Starts `argv` (argv[0] looked up in PATH) with exactly `env`, in `dir`
-  // if not empty.
-  ChildProcess(const std::vector<std::string>& argv, const std::vector<std::string>& env, const std::string& dir = "");
+  // if not empty; its stderr into the same pipe if `with_stderr`, else this
+  // process's.
+  ChildProcess(const std::vector<std::string>& argv, const std::vector<std::string>& env, const std::string& dir = "",
+               bool with_stderr = false);
   ~ChildProcess();
   ChildProcess(const ChildProcess&) = delete;
   ChildProcess& operator=(const ChildProcess&) = delete;

@@ -7,7 +7,8 @@
 // WORLD_SIZE, MASTER_ADDR, MASTER_PORT, TORCHELASTIC_USE_AGENT_STORE).
 // LK_ASYNC=1 saves with save_async; LK_TIMEOUT_MS is the coordinator's
 // timeout; LK_STEP_DELAY_MS=n sleeps n ms after each step (a slower run, the
-// same bytes). Prints, one per line, as it happens:
+// same bytes); LK_LOG=warn shows lorakeep's warnings (else errors only).
+// Prints, one per line, as it happens:
 //   ready STEP PID        resumed at STEP (0: a fresh start); this process's id
 //   step STEP             optimizer step STEP done
 //   begin STEP XXH3       the save of STEP begins, with the adapter XXH3
@@ -17,6 +18,7 @@
 //   error CODE MESSAGE    a lorakeep::Error (exit code 1)
 #include <unistd.h>
 
+#include <chrono>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -54,7 +56,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
-  lorakeep::set_log_level(lorakeep::LogLevel::kError);
+  const char* log = std::getenv("LK_LOG");
+  lorakeep::set_log_level(log != nullptr && std::string(log) == "warn" ? lorakeep::LogLevel::kWarn
+                                                                       : lorakeep::LogLevel::kError);
   try {
     lorakeep::CoordinatorOptions co;
     co.timeout = std::chrono::milliseconds(env_long("LK_TIMEOUT_MS", 60000));

@@ -5,7 +5,7 @@
 // and saves every few steps with an evaluation, so that a run interrupted
 // anywhere and resumed ends with the uninterrupted run's bytes.
 //
-// Each epoch visits kBatches batches in an order drawn from a generator
+// Each epoch visits kResumeBatches batches in an order drawn from a generator
 // seeded with the epoch (as Trainer's sampler is); each batch gets noise from
 // the global generator (restored by resume); AdamW; Trainer's warmup + linear
 // decay (LinearWarmupSchedule, derived from the step); the data position as
