@@ -132,7 +132,9 @@ pid_t torchrun_worker(pid_t agent, int local_rank) {
     const std::vector<std::string> w = words(stat.substr(stat.rfind(')') + 2));
     if (w.size() < 2 || std::stol(w[1]) != agent) continue;
     const std::string want = std::string("LOCAL_RANK=") + std::to_string(local_rank) + '\0';
-    if (environ_text.find(std::string("\0", 1) + want) != std::string::npos) return std::stoi(pid);
+    if ((std::string(1, '\0') + environ_text).find(std::string(1, '\0') + want) != std::string::npos) {
+      return std::stoi(pid);
+    }
   }
   return -1;
 }
@@ -178,8 +180,10 @@ struct Landed {
 void run_chain(Chain chain) {
   chain.seed = kill_seed(chain.seed);
   const std::int64_t save_every = 4;
-  const std::int64_t window = 6;  // a kill comes within this many steps after the resumed one
-  const std::int64_t max_steps = (chain.kills * window / save_every + 2) * save_every;
+  const std::int64_t window = 6;  // a kill aims at most this many steps after the resumed one
+  // Room for every kill to land: its delay may let the run go on past the
+  // step it aimed at, to the next save and through it.
+  const std::int64_t max_steps = (chain.kills * (window + 2 * save_every) / save_every + 2) * save_every;
   const std::string config = std::to_string(chain.world) + (chain.world == 1 ? " rank" : " ranks") +
                              (chain.async ? ", save_async" : ", save") + ", seed " + std::to_string(chain.seed);
   INFO(config << " (LK_KILL_SEED=" << chain.seed << " reproduces the kill points)");
@@ -234,6 +238,7 @@ void run_chain(Chain chain) {
     std::string last_begin, last_queued, last_saved;
     for (const std::string& line : job.rank(victim).lines()) {
       const std::vector<std::string> w = words(line);
+      if (w.size() < 2) continue;
       if (w[0] == "begin") last_begin = w[1];
       if (w[0] == "queued") last_queued = w[1];
       if (w[0] == "saved") last_saved = w[1];
