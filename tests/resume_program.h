@@ -60,7 +60,6 @@ struct ResumeRun {
 struct ResumeOutcome {
   TestNet net{nullptr};
   std::unique_ptr<torch::optim::AdamW> optimizer;
-  TrainingState state;
 };
 
 inline ResumeOutcome run_resume_program(const ResumeRun& run) {
@@ -77,7 +76,7 @@ inline ResumeOutcome run_resume_program(const ResumeRun& run) {
   const LinearWarmupSchedule schedule(learning_rates(adamw), 5, run.max_steps);
   CheckpointManager ckpt = run.coordinator != nullptr ? CheckpointManager(options_for(run.dir), *run.coordinator)
                                                       : CheckpointManager(options_for(run.dir));
-  TrainingState& state = out.state;
+  TrainingState state;
   state.max_steps = run.max_steps;
   const auto tell = [&](const char* event, std::int64_t step) {
     if (run.on_event) run.on_event(event, step, *net);

@@ -285,20 +285,15 @@ int train(const std::string& config_path, const std::string& model_dir_override,
     std::printf("   resumed at step %lld\n", static_cast<long long>(from->step));
   }
   // Each epoch's order is the next permutation drawn from one generator
-  // seeded with `seed`: epoch e's is found again by drawing e + 1 of them, so
-  // a resumed run finds its place from global_step alone (batches run on
-  // across epochs, as the data position of Trainer's sampler does).
+  // seeded with `seed`; a resumed run finds its place from global_step alone
+  // (batches run on across epochs, as the data position of Trainer's sampler
+  // does) by drawing again the permutations of the epochs before its own.
   const std::size_t n_train = data.train.size();
   const std::uint64_t position = static_cast<std::uint64_t>(state.global_step) * t.batch_size;
-  std::uint64_t epoch = position / n_train;
   std::size_t next = position % n_train;
-  const auto epoch_order = [&](std::uint64_t e) {
-    std::mt19937_64 gen(t.seed);
-    std::vector<std::size_t> order = bert::permutation(n_train, gen);
-    for (std::uint64_t i = 0; i < e; ++i) order = bert::permutation(n_train, gen);
-    return order;
-  };
-  std::vector<std::size_t> order = epoch_order(epoch);
+  std::mt19937_64 gen(t.seed);
+  std::vector<std::size_t> order = bert::permutation(n_train, gen);
+  for (std::uint64_t e = 0; e < position / n_train; ++e) order = bert::permutation(n_train, gen);
   const auto t_train = Clock::now();
   callbacks.on_train_begin(state);
   while (state.global_step < state.max_steps) {
@@ -306,7 +301,7 @@ int train(const std::string& config_path, const std::string& model_dir_override,
     std::vector<std::int64_t> labels;
     while (static_cast<int>(texts.size()) < t.batch_size) {
       if (next == n_train) {  // a new epoch, freshly shuffled
-        order = epoch_order(++epoch);
+        order = bert::permutation(n_train, gen);
         next = 0;
       }
       texts.push_back(data.train[order[next]].text);
