@@ -31,6 +31,12 @@ struct CoordinatorOptions {
   // lorakeep's keys live under this prefix of the store (a c10d::PrefixStore),
   // apart from the application's and torchrun's own keys.
   std::string prefix = "lorakeep";
+  // Where this rank runs, for CheckpointOptions::save_on_each_node: its
+  // node (torchrun's GROUP_RANK) and its index among that node's ranks
+  // (LOCAL_RANK). Negative: from torchrun's variables in from_env when they
+  // are set, else node 0 and the local rank equal to the rank.
+  int node_rank = -1;
+  int local_rank = -1;
 };
 
 class Coordinator {
@@ -45,7 +51,7 @@ class Coordinator {
   Coordinator(c10::intrusive_ptr<c10d::Store> store, int rank, int world_size, CoordinatorOptions options = {});
 
   // From torchrun's environment: RANK, WORLD_SIZE (unset: one process),
-  // MASTER_ADDR, MASTER_PORT. Under torchrun's elastic agent
+  // MASTER_ADDR, MASTER_PORT, and GROUP_RANK and LOCAL_RANK where set. Under torchrun's elastic agent
   // (TORCHELASTIC_USE_AGENT_STORE=True) every rank connects to the agent's
   // store; otherwise rank 0 hosts a c10d::TCPStore on MASTER_PORT and the
   // others connect to it. Throws Error(kInvalidArgument) naming a missing or
@@ -55,6 +61,8 @@ class Coordinator {
   int rank() const;
   int world_size() const;
   bool is_main() const { return rank() == 0; }
+  int node_rank() const;   // options().node_rank, or 0
+  int local_rank() const;  // options().local_rank, or rank()
   const CoordinatorOptions& options() const;
   // The store as given or made by from_env (null for one process), e.g. for
   // the application's own c10d::ProcessGroupGloo: one store per job.

@@ -12,8 +12,18 @@
 
 namespace lorakeep::detail {
 
-AsyncWriter::AsyncWriter(Coordinator& coordinator, CommittedSet& committed, const CheckpointOptions& options)
-    : coordinator_(coordinator), committed_(committed), options_(options) {}
+namespace {
+
+// The key under which `rank` posts its outcome of a round of save `key`.
+std::string round_key(const std::string& key, const std::string& round, int rank) {
+  return key + "/" + round + "/" + std::to_string(rank);
+}
+
+}  // namespace
+
+AsyncWriter::AsyncWriter(Coordinator& coordinator, CommittedSet& committed, const CheckpointOptions& options,
+                         const std::optional<NodeWriters>& nodes)
+    : coordinator_(coordinator), committed_(committed), options_(options), nodes_(nodes) {}
 
 AsyncWriter::~AsyncWriter() {
   wait();
@@ -48,24 +58,25 @@ AsyncSave AsyncWriter::start(torch::nn::Module& module, const LoraConfig& lora, 
     rng.push_back(capture_rng_states());
   } else {
     rng = agree_on_save(coordinator_, options_, module, lora, state, what);
-    if (posted_) {  // every rank is past reading it: they all gathered since
-      coordinator_.erase(*posted_);
-      posted_.reset();
-    }
+    for (const std::string& k : posted_)
+      coordinator_.erase(k);  // every rank is past reading them: they all gathered since
+    posted_.clear();
   }
   // Numbered like the saves, so that a step saved twice has two keys.
   const std::string key = "outcome/" + std::to_string(++saves_) + "/" + std::to_string(step);
+  const bool writes = nodes_ ? nodes_->writes : rank == 0;
   // The one copy: what the background thread writes, whatever training does next.
   auto contents = std::make_shared<CheckpointContents>();
-  if (rank == 0) {
+  if (writes) {
     try {
       *contents =
           CheckpointContents::live(module, lora, optimizer, options_, std::move(rng)).snapshot(optimizer_reserve_);
       if (contents->optimizer_bytes) optimizer_reserve_ = contents->optimizer_bytes->size() + (1 << 20);
     } catch (...) {
       if (world > 1) {  // the others' background threads learn it from the outcome
-        coordinator_.post(key, RankOutcome::run([]() -> std::string { throw; }));
-        posted_ = key;
+        const std::string failed = nodes_ ? round_key(key, "staging", rank) : key;
+        coordinator_.post(failed, RankOutcome::run([]() -> std::string { throw; }));
+        posted_.push_back(failed);
       }
       throw;
     }
@@ -84,7 +95,23 @@ AsyncSave AsyncWriter::start(torch::nn::Module& module, const LoraConfig& lora, 
   auto lora_copy = std::make_shared<LoraConfig>(lora);
   worker_ = std::thread([this, contents, shadow, lora_copy, key, what, step, rank, world] {
     try {
-      if (rank == 0) {
+      if (nodes_) {
+        commit_on_each_node(
+            *nodes_, committed_, options_, *shadow,
+            [&] { return StagedCheckpoint(committed_, options_, *lora_copy, *shadow, *contents); },
+            [&](const std::string& round, const std::function<std::string()>& local) {
+              if (nodes_->writes) coordinator_.post(round_key(key, round, rank), RankOutcome::run(local));
+              std::vector<RankOutcome> out;
+              for (const int writer : nodes_->writers) {
+                const std::string bytes = coordinator_.await(
+                    round_key(key, round, writer), writer,
+                    round + " of the " + what + " (rank " + std::to_string(writer) + " writes its node's copy)");
+                out.push_back(RankOutcome::decode(bytes, writer, what));
+              }
+              return out;
+            },
+            world);
+      } else if (rank == 0) {
         const std::string outcome = RankOutcome::run([&] {
           commit_checkpoint(committed_, options_, *lora_copy, *shadow, *contents);
           return committed_steps_message(committed_);
@@ -103,7 +130,10 @@ AsyncSave AsyncWriter::start(torch::nn::Module& module, const LoraConfig& lora, 
       error_ = std::current_exception();
     }
   });
-  if (rank == 0 && world > 1) posted_ = key;
+  if (writes && world > 1) {
+    posted_ = nodes_ ? std::vector<std::string>{round_key(key, "staging", rank), round_key(key, "publication", rank)}
+                     : std::vector<std::string>{key};
+  }
   ticket.blocking_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
   return ticket;
 }

@@ -2,8 +2,10 @@
 // training thread. The calling thread takes a host snapshot (and, with
 // several ranks, agrees on the save first, as save does); a background thread
 // commits it (rank 0) and posts the outcome through the store, or waits for
-// rank 0's outcome there and mirrors it (the other ranks): never a
-// collective off the training thread.
+// rank 0's outcome there and mirrors it (the other ranks); with
+// save_on_each_node each node's writer commits its copy and the rounds of
+// node_copies.h go through posted keys. Never a collective off the training
+// thread.
 #pragma once
 
 #include <cstddef>
@@ -12,6 +14,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
@@ -19,13 +22,16 @@
 #include "lorakeep/checkpoint_manager.h"
 #include "lorakeep/distributed.h"
 #include "checkpoint/committed_set.h"
+#include "checkpoint/node_copies.h"
 
 namespace lorakeep::detail {
 
 class AsyncWriter {
  public:
-  // Borrows all three for its lifetime.
-  AsyncWriter(Coordinator& coordinator, CommittedSet& committed, const CheckpointOptions& options);
+  // Borrows all four for its lifetime; `nodes` is set with save_on_each_node
+  // (after construction, before the first save).
+  AsyncWriter(Coordinator& coordinator, CommittedSet& committed, const CheckpointOptions& options,
+              const std::optional<NodeWriters>& nodes);
   // Waits for the save in flight (never abandons it) and logs an error
   // nobody collected.
   ~AsyncWriter();
@@ -48,9 +54,10 @@ class AsyncWriter {
   Coordinator& coordinator_;
   CommittedSet& committed_;
   const CheckpointOptions& options_;
+  const std::optional<NodeWriters>& nodes_;
   std::thread worker_;
   std::exception_ptr error_;           // the worker's failure, for the next call
-  std::optional<std::string> posted_;  // rank 0: its outcome key, erased after the next gather
+  std::vector<std::string> posted_;    // this rank's outcome keys, erased after the next gather
   std::size_t optimizer_reserve_ = 0;  // the last snapshot's optimizer bytes
   std::int64_t saves_ = 0;             // start calls, the same count on every rank
 };

@@ -16,6 +16,7 @@
 #include "checkpoint/checkpoint_writer.h"
 #include "checkpoint/committed_set.h"
 #include "checkpoint/coordinated_save.h"
+#include "checkpoint/node_copies.h"
 #include "checkpoint/restore.h"
 #include "checkpoint/run_dir.h"
 #include "io/atomic_file.h"
@@ -28,15 +29,16 @@ struct CheckpointManager::Impl {
   CheckpointOptions options;
   Coordinator coordinator;
   detail::CommittedSet committed;
-  std::optional<detail::DirLock> lock;  // rank 0's
-  detail::AsyncWriter writer;           // last: destroyed first, after the save in flight
+  std::optional<detail::DirLock> lock;       // the writer's
+  std::optional<detail::NodeWriters> nodes;  // with save_on_each_node and several ranks
+  detail::AsyncWriter writer;                // last: destroyed first, after the save in flight
 
   Impl(CheckpointOptions o, Coordinator c)
       : options(std::move(o)), coordinator(std::move(c)),
         committed(options.output_dir, lorakeep::metric_key(options), lorakeep::greater_is_better(options)),
-        writer(coordinator, committed, options) {}
+        writer(coordinator, committed, options, nodes) {}
 
-  // Rank 0 (or the one process): creates, locks and scans the run directory
+  // The writer (rank 0, each node's first local rank, the one process): creates, locks and scans the run directory
   // (leftovers removed) into `committed`.
   void open_for_writing() {
     boost::system::error_code ec;
@@ -63,6 +65,9 @@ CheckpointManager::CheckpointManager(CheckpointOptions options, const Coordinato
   Impl& m = *impl_;
   if (m.coordinator.world_size() == 1) {
     m.open_for_writing();
+  } else if (m.options.save_on_each_node) {
+    m.nodes = detail::open_node_copies(m.coordinator, m.options.output_dir, m.committed,
+                                       [&m] { m.open_for_writing(); });
   } else {
     detail::open_shared(m.coordinator, m.options.output_dir, m.committed, [&m] { m.open_for_writing(); });
   }
@@ -81,6 +86,9 @@ CheckpointInfo CheckpointManager::save(torch::nn::Module& module, const LoraConf
                                        torch::optim::Optimizer* optimizer) {
   Impl& m = *impl_;
   m.writer.finish(&state);
+  if (m.nodes) {
+    return detail::save_on_each_node(m.coordinator, *m.nodes, m.committed, m.options, module, lora, state, optimizer);
+  }
   if (m.coordinator.world_size() > 1) {
     return detail::coordinated_save(m.coordinator, m.committed, m.options, module, lora, state, optimizer);
   }

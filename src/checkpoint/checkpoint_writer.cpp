@@ -94,41 +94,50 @@ std::uint64_t CheckpointContents::host_bytes() const {
   return n;
 }
 
-CheckpointInfo commit_checkpoint(CommittedSet& committed, const CheckpointOptions& options, const LoraConfig& lora,
-                                 TrainingState& state, const CheckpointContents& contents) {
-  const std::int64_t step = state.global_step;
-  const std::string final_dir = committed.path_of(step);
-  const std::string tmp = join(options.output_dir, temp_checkpoint_dir_name(step, ::getpid()));
+namespace {
 
+Manifest manifest_of(const CommittedSet& committed, const TrainingState& state) {
   Manifest manifest;
   manifest.library_version = LORAKEEP_VERSION;
-  manifest.step = step;
+  manifest.step = state.global_step;
   manifest.epoch = state.epoch;
-  if (state.last_metrics_step == step) manifest.metrics = state.last_metrics;
+  if (state.last_metrics_step == state.global_step) manifest.metrics = state.last_metrics;
   manifest.metric_for_best_model = committed.key();
   manifest.greater_is_better = committed.greater();
   manifest.early_stopping = state.early_stopping;
   manifest.created = utc_now();
-  const CheckpointInfo info = committed.info_of(manifest, final_dir);
+  return manifest;
+}
 
-  const TrainingState before = state;
-  committed.set_best(state, &info);
-  try {
-    StagedDirectory staged(final_dir, tmp);
-    with_torch_errors(ErrorCode::kInvalidArgument, "cannot save '" + final_dir + "'", [&] {
-      write_files(staged.path(), manifest, contents, lora, state);
-      staged.publish(/*replace=*/true);
-    });
-  } catch (...) {
-    state = before;
-    throw;
-  }
-  committed.put(info);
-  log_info("saved '{}'{}", final_dir,
-           info.metric ? " (" + committed.key() + " " + std::to_string(*info.metric) + ")" : std::string());
+}  // namespace
+
+StagedCheckpoint::StagedCheckpoint(const CommittedSet& committed, const CheckpointOptions& options,
+                                   const LoraConfig& lora, const TrainingState& state,
+                                   const CheckpointContents& contents)
+    : staged_(committed.path_of(state.global_step),
+              join(options.output_dir, temp_checkpoint_dir_name(state.global_step, ::getpid()))) {
+  Manifest manifest = manifest_of(committed, state);
+  info_ = committed.info_of(manifest, committed.path_of(state.global_step));
+  TrainingState recorded = state;
+  committed.set_best(recorded, &info_);
+  with_torch_errors(ErrorCode::kInvalidArgument, "cannot save '" + info_.path + "'",
+                    [&] { write_files(staged_.path(), manifest, contents, lora, recorded); });
+}
+
+void StagedCheckpoint::publish(CommittedSet& committed) {
+  staged_.publish(/*replace=*/true);
+  committed.put(info_);
+  log_info("saved '{}'{}", info_.path,
+           info_.metric ? " (" + committed.key() + " " + std::to_string(*info_.metric) + ")" : std::string());
+}
+
+CheckpointInfo commit_checkpoint(CommittedSet& committed, const CheckpointOptions& options, const LoraConfig& lora,
+                                 TrainingState& state, const CheckpointContents& contents) {
+  StagedCheckpoint staged(committed, options, lora, state, contents);
+  staged.publish(committed);
   committed.rotate(options.save_total_limit, options.keep_best);
   committed.set_best(state);
-  return info;
+  return staged.info();
 }
 
 }  // namespace lorakeep::detail

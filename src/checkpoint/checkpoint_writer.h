@@ -16,6 +16,7 @@
 
 #include "lorakeep/checkpoint_manager.h"
 #include "checkpoint/committed_set.h"
+#include "io/atomic_file.h"
 
 namespace lorakeep::detail {
 
@@ -41,6 +42,29 @@ struct CheckpointContents {
 
   // Host bytes a snapshot holds.
   std::uint64_t host_bytes() const;
+};
+
+// A checkpoint written in full and synced in its temporary directory, not
+// yet visible: the first half of a commit, for a commit that other nodes
+// must stage too before any publishes it (node_copies.h). Movable; an
+// unpublished one is removed when destroyed.
+class StagedCheckpoint {
+ public:
+  // Writes checkpoint-<state.global_step> of `committed`'s run directory,
+  // trainer_state.json with state's best fields as they will be once it is
+  // in (`state` itself unchanged). Throws as commit_checkpoint.
+  StagedCheckpoint(const CommittedSet& committed, const CheckpointOptions& options, const LoraConfig& lora,
+                   const TrainingState& state, const CheckpointContents& contents);
+
+  const CheckpointInfo& info() const { return info_; }
+
+  // Renames it into place (replacing a checkpoint of its step), syncs the
+  // run directory and adds it to `committed`. Throws Error(kIOError).
+  void publish(CommittedSet& committed);
+
+ private:
+  StagedDirectory staged_;
+  CheckpointInfo info_;
 };
 
 // Writes and commits checkpoint-<state.global_step> into `committed`'s run

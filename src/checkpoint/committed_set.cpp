@@ -57,8 +57,11 @@ void CommittedSet::adopt(const std::vector<std::int64_t>& steps) {
 
 void CommittedSet::put(const CheckpointInfo& info, const std::vector<std::int64_t>* kept) {
   committed_[info.step] = info;
-  if (kept == nullptr) return;
-  const std::set<std::int64_t> keep(kept->begin(), kept->end());
+  if (kept != nullptr) keep_only(*kept);
+}
+
+void CommittedSet::keep_only(const std::vector<std::int64_t>& steps) {
+  const std::set<std::int64_t> keep(steps.begin(), steps.end());
   for (auto it = committed_.begin(); it != committed_.end();) {
     it = keep.count(it->first) ? std::next(it) : committed_.erase(it);
   }
@@ -115,18 +118,35 @@ void CommittedSet::set_best(TrainingState& state, const CheckpointInfo* candidat
 
 void CommittedSet::rotate(int save_total_limit, int keep_best) {
   for (const std::int64_t step : steps_to_delete(records(), save_total_limit, keep_best, greater_)) {
-    const std::string path = committed_.at(step).path;
-    // Out of sight first (one rename), then deleted: a crash halfway leaves
-    // a temp directory that the next start removes, never half a checkpoint.
-    const std::string doomed =
-        (boost::filesystem::path(output_dir_) / (temp_checkpoint_dir_name(step, ::getpid()) + "-old")).string();
-    if (::rename(path.c_str(), doomed.c_str()) != 0) {
-      log_error("rotation: cannot retire '{}': {}", path, std::strerror(errno));
-      continue;
-    }
-    committed_.erase(step);
-    if (remove_all_logged(doomed)) log_info("rotation: deleted '{}'", path);
+    remove(step, "rotation");
   }
+}
+
+std::vector<std::int64_t> CommittedSet::kept_by_rotation(int save_total_limit, int keep_best) const {
+  const std::vector<std::int64_t> doomed = steps_to_delete(records(), save_total_limit, keep_best, greater_);
+  std::vector<std::int64_t> out;
+  for (const std::int64_t step : steps()) {
+    if (std::find(doomed.begin(), doomed.end(), step) == doomed.end()) out.push_back(step);
+  }
+  return out;
+}
+
+void CommittedSet::withdraw(std::int64_t step) {
+  if (committed_.count(step)) remove(step, "withdrawal");
+}
+
+void CommittedSet::remove(std::int64_t step, const char* why) {
+  const std::string path = committed_.at(step).path;
+  // Out of sight first (one rename), then deleted: a crash halfway leaves
+  // a temp directory that the next start removes, never half a checkpoint.
+  const std::string doomed =
+      (boost::filesystem::path(output_dir_) / (temp_checkpoint_dir_name(step, ::getpid()) + "-old")).string();
+  if (::rename(path.c_str(), doomed.c_str()) != 0) {
+    log_error("{}: cannot retire '{}': {}", why, path, std::strerror(errno));
+    return;
+  }
+  committed_.erase(step);
+  if (remove_all_logged(doomed)) log_info("{}: deleted '{}'", why, path);
 }
 
 }  // namespace lorakeep::detail

@@ -37,6 +37,8 @@ class CommittedSet {
   // Adds `info` (replacing a checkpoint of its step), then keeps only
   // `kept` when given (rank 0's set after its rotation; another rank).
   void put(const CheckpointInfo& info, const std::vector<std::int64_t>* kept = nullptr);
+  // Forgets every checkpoint but those of `steps` (nothing deleted).
+  void keep_only(const std::vector<std::int64_t>& steps);
 
   const std::map<std::int64_t, CheckpointInfo>& by_step() const { return committed_; }
   std::vector<std::int64_t> steps() const;
@@ -54,9 +56,16 @@ class CommittedSet {
   // each checkpoint renamed out of sight, then removed. Failures are logged,
   // never thrown.
   void rotate(int save_total_limit, int keep_best);
+  // The steps rotate would keep, nothing changed.
+  std::vector<std::int64_t> kept_by_rotation(int save_total_limit, int keep_best) const;
+  // Deletes the checkpoint of `step` as rotation does (a save that another
+  // node could not commit). Failures are logged, never thrown.
+  void withdraw(std::int64_t step);
 
  private:
   std::vector<CheckpointRecord> records(const CheckpointInfo* candidate = nullptr) const;
+  // Renames the checkpoint of `step` out of sight, forgets it, removes it.
+  void remove(std::int64_t step, const char* why);
 
   std::string output_dir_;
   std::string key_;

@@ -96,6 +96,26 @@ std::string list(const std::vector<int>& ranks) {
 
 }  // namespace
 
+std::string leave_shared_check(const std::string& output_dir) {
+  const std::string token = std::to_string(::getpid()) + "-" + std::to_string(std::random_device{}()) + "-" +
+                            std::to_string(std::time(nullptr));
+  write_synced_file((boost::filesystem::path(output_dir) / shared_check_file_name(token)).string(), token);
+  return token;
+}
+
+bool sees_shared_check(const std::string& output_dir, const std::string& token) {
+  try {
+    return read_small_file((boost::filesystem::path(output_dir) / shared_check_file_name(token)).string(), 1 << 10) ==
+           token;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+void remove_shared_check(const std::string& output_dir, const std::string& token) {
+  ::unlink((boost::filesystem::path(output_dir) / shared_check_file_name(token)).c_str());
+}
+
 void open_shared(Coordinator& coordinator, const std::string& output_dir, CommittedSet& committed,
                  const std::function<void()>& open_for_writing) {
   const int world = coordinator.world_size();
@@ -103,32 +123,26 @@ void open_shared(Coordinator& coordinator, const std::string& output_dir, Commit
     if (coordinator.rank() != 0) return std::string();
     open_for_writing();
     OpenedRunDir m;
-    m.token = std::to_string(::getpid()) + "-" + std::to_string(std::random_device{}()) + "-" +
-              std::to_string(std::time(nullptr));
+    m.token = leave_shared_check(output_dir);
     m.steps = committed.steps();
-    write_synced_file((boost::filesystem::path(output_dir) / shared_check_file_name(m.token)).string(), m.token);
     return m.encode();
   });
   raise_any(opened, world);
   const OpenedRunDir from0 = OpenedRunDir::decode(opened.front().payload);
-  const std::string check = (boost::filesystem::path(output_dir) / shared_check_file_name(from0.token)).string();
   const std::vector<RankOutcome> seen = gather_outcomes(coordinator, "check that '" + output_dir + "' is shared", [&] {
     if (coordinator.rank() == 0) return std::string();
-    std::string content;
-    try {
-      content = read_small_file(check, 1 << 10);
-    } catch (const Error&) {
-    }
-    if (content != from0.token) {
+    if (!sees_shared_check(output_dir, from0.token)) {
       throw Error(ErrorCode::kInvalidArgument,
                   "run directory '" + output_dir +
-                      "' is not shared between the ranks: this rank cannot see rank 0's file '" + check +
-                      "' (hint: put output_dir on a file system every node mounts, e.g. NFS or Lustre)");
+                      "' is not shared between the ranks: this rank cannot see rank 0's file '" +
+                      shared_check_file_name(from0.token) +
+                      "' there (hint: put output_dir on a file system every node mounts, e.g. NFS or Lustre, or set "
+                      "save_on_each_node so that each node keeps its own copy)");
     }
     committed.adopt(from0.steps);
     return std::string();
   });
-  if (coordinator.rank() == 0) ::unlink(check.c_str());
+  if (coordinator.rank() == 0) remove_shared_check(output_dir, from0.token);
   raise_any(seen, world);
 }
 

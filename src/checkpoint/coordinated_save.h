@@ -18,6 +18,13 @@
 
 namespace lorakeep::detail {
 
+// The file that proves a directory is shared: a writer leaves one with a
+// fresh random token in output_dir (returned); a rank that can read that
+// token there sees the writer's directory; the writer removes it after.
+std::string leave_shared_check(const std::string& output_dir);
+bool sees_shared_check(const std::string& output_dir, const std::string& token);
+void remove_shared_check(const std::string& output_dir, const std::string& token);
+
 // Rank 0 runs `open_for_writing` (creates, locks and scans the run directory
 // into `committed`) and leaves a file with a random token in it; every other
 // rank must read that token there (a directory that is not shared, a

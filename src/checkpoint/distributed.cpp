@@ -174,6 +174,11 @@ Coordinator::Coordinator(c10::intrusive_ptr<c10d::Store> store, int rank, int wo
   if (options.timeout.count() <= 0) {
     throw Error(ErrorCode::kInvalidArgument, "CoordinatorOptions::timeout must be positive");
   }
+  if (options.local_rank >= world_size) {
+    throw Error(ErrorCode::kInvalidArgument, "CoordinatorOptions::local_rank " + std::to_string(options.local_rank) +
+                                                 " of world size " + std::to_string(world_size) +
+                                                 " (hint: a rank's index among its node's ranks)");
+  }
   State& s = *state_;
   s.rank = rank;
   s.world = world_size;
@@ -197,6 +202,11 @@ Coordinator Coordinator::from_env(CoordinatorOptions options) {
   const int world = env_int("WORLD_SIZE", 1, 1 << 20);
   const int rank = env_int("RANK", 0, world - 1);
   if (world == 1) return Coordinator();
+  if (options.node_rank < 0 && std::getenv("GROUP_RANK") != nullptr)
+    options.node_rank = env_int("GROUP_RANK", 0, world - 1);
+  if (options.local_rank < 0 && std::getenv("LOCAL_RANK") != nullptr) {
+    options.local_rank = env_int("LOCAL_RANK", 0, world - 1);
+  }
   const std::string host = env_or_throw("MASTER_ADDR");
   const int port = env_int("MASTER_PORT", 1, 65535);
   const char* agent = std::getenv("TORCHELASTIC_USE_AGENT_STORE");
@@ -226,6 +236,10 @@ Coordinator Coordinator::from_env(CoordinatorOptions options) {
 
 int Coordinator::rank() const { return state_->rank; }
 int Coordinator::world_size() const { return state_->world; }
+int Coordinator::node_rank() const { return std::max(state_->options.node_rank, 0); }
+int Coordinator::local_rank() const {
+  return state_->options.local_rank >= 0 ? state_->options.local_rank : state_->rank;
+}
 const CoordinatorOptions& Coordinator::options() const { return state_->options; }
 c10::intrusive_ptr<c10d::Store> Coordinator::store() const { return state_->user_store; }
 std::int64_t Coordinator::store_operations() const { return state_->ops; }

@@ -37,6 +37,7 @@ void declare_checkpoint(ConfigSection& s, CheckpointOptions* c, CallbackOptions*
       .boolean("save_rng", &c->save_rng)
       .boolean("save_async", &cb->save_async)
       .text("resume_from_checkpoint", &c->resume_from_checkpoint)
+      .boolean("save_on_each_node", &c->save_on_each_node)
       .check([c](const SectionCheck& check) {
         if (c->output_dir.empty()) check.fail("needs an output_dir");
       });
