@@ -132,6 +132,15 @@ TEST_CASE("a minimal config takes the defaults of Trainer and PEFT", "[config]")
   CHECK(run.checkpoint.verify_checksums);
   CHECK(run.checkpoint.resume_from_checkpoint == "auto");
   CHECK(resume_from(run.checkpoint) == ResumeFrom::kNewest);
+  CHECK_FALSE(run.checkpoint.save_on_each_node);
+}
+
+TEST_CASE("save_on_each_node is Trainer's boolean", "[config]") {
+  const std::string head = "checkpoint:\n  output_dir: x\n  save_on_each_node: ";
+  const std::string tail = "\nlora:\n  target_modules: [q]\n";
+  CHECK(parse_run_config(head + "true" + tail, "n.yaml").checkpoint.save_on_each_node);
+  const Error e = test::capture_error([&] { parse_run_config(head + "sometimes" + tail, "n.yaml"); });
+  CHECK_THAT(e.what(), Contains("n.yaml:3:") && Contains("save_on_each_node"));
 }
 
 TEST_CASE("resume_from_checkpoint takes Trainer's values: true, a path, or none", "[config]") {

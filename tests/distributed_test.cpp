@@ -116,15 +116,6 @@ test::ProcessResult torchrun(const TempDir& scratch, const std::string& command)
                          command);
 }
 
-// Whether this process may give a job a mount namespace of its own (root);
-// reports the test skipped if not (failed under CI).
-bool can_unshare_mounts() {
-  const test::ProcessResult probe = test::run_shell("unshare -m --propagation private true");
-  if (probe.exit_code != 0)
-    test::skip_unless_ci("cannot unshare the mount namespace here (" + probe.err + "): run as root");
-  return probe.exit_code == 0;
-}
-
 double global_metric(std::int64_t step, int world) {
   std::vector<std::pair<std::int64_t, Metrics>> ranks;
   for (int r = 0; r < world; ++r) ranks.push_back({r + 1, {{"eval_loss", test::dist_metric(step, r)}}});
@@ -293,7 +284,7 @@ TEST_CASE("rank 0's failed save fails on every rank, keeps what was committed, a
 
 TEST_CASE("rank 0's save on a full file system fails on every rank, and the next save works",
           "[distributed][expensive]") {
-  if (!can_unshare_mounts()) return;
+  if (!test::can_unshare_mounts()) return;
   // The run directory on a 16 MiB tmpfs that every rank sees (one mount
   // namespace for the whole job); rank 0 fills it before the save of step 3.
   TempDir scratch;
@@ -362,7 +353,7 @@ TEST_CASE("a run directory that the ranks do not share is refused on every rank"
 TEST_CASE("a run directory on a private mount of each rank is refused on every rank", "[distributed][expensive]") {
   // Each rank in its own mount namespace with a tmpfs of its own at the same
   // path: what a node-local directory looks like to a job on several nodes.
-  if (!can_unshare_mounts()) return;
+  if (!test::can_unshare_mounts()) return;
   TempDir scratch;
   const std::string run_dir = scratch / "run";
   test::run_shell("mkdir -p " + run_dir);

@@ -5,7 +5,9 @@
 //
 // One process, or one rank of a job given torchrun's environment (RANK,
 // WORLD_SIZE, MASTER_ADDR, MASTER_PORT, TORCHELASTIC_USE_AGENT_STORE).
-// LK_ASYNC=1 saves with save_async; LK_TIMEOUT_MS is the coordinator's
+// LK_ASYNC=1 saves with save_async; LK_EACH_NODE=1 sets save_on_each_node;
+// LK_FILL_BEFORE=s: before the save of step s, local rank 0 fills RUN_DIR's
+// file system with RUN_DIR/filler (to ENOSPC); LK_TIMEOUT_MS is the coordinator's
 // timeout; LK_STEP_DELAY_MS=n sleeps n ms after each step (a slower run, the
 // same bytes); LK_LOG=warn shows lorakeep's warnings (else errors only).
 // Prints, one per line, as it happens:
@@ -48,6 +50,16 @@ std::string optimizer_xxh3(torch::optim::Optimizer& optimizer) {
   return hex;
 }
 
+// Writes `path` until its file system is full.
+void fill_file_system(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "wb");
+  if (f == nullptr) return;
+  const std::string chunk(1 << 20, 'x');
+  while (std::fwrite(chunk.data(), 1, chunk.size(), f) == chunk.size() && std::fflush(f) == 0) {
+  }
+  std::fclose(f);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -68,10 +80,13 @@ int main(int argc, char** argv) {
     run.max_steps = run.stop_at = std::atoll(argv[2]);
     run.save_every = std::atoll(argv[3]);
     run.async = env_long("LK_ASYNC", 0) != 0;
+    run.each_node = env_long("LK_EACH_NODE", 0) != 0;
+    const long fill_before = coordinator.local_rank() == 0 ? env_long("LK_FILL_BEFORE", -1) : -1;
     if (coordinator.world_size() > 1) run.coordinator = &coordinator;
     const long delay_ms = env_long("LK_STEP_DELAY_MS", 0);
-    run.on_event = [delay_ms](const char* event, std::int64_t step, torch::nn::Module& module) {
+    run.on_event = [&](const char* event, std::int64_t step, torch::nn::Module& module) {
       const std::string e = event;
+      if (e == "begin" && step == fill_before) fill_file_system(run.dir + "/filler");
       if (e == "begin") {
         std::printf("begin %" PRId64 " %s\n", step, lorakeep::test::adapter_xxh3(module).c_str());
       } else if (e == "ready") {

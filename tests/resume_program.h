@@ -46,7 +46,8 @@ struct ResumeRun {
   std::int64_t max_steps = 30;  // planned
   std::int64_t stop_at = 30;    // the run stops when global_step reaches it
   std::int64_t save_every = 6;
-  bool async = false;  // save_async: training goes on while the checkpoint is written
+  bool async = false;      // save_async: training goes on while the checkpoint is written
+  bool each_node = false;  // save_on_each_node: each node's first local rank writes the node's copy
   ResumePlant plant;
   Coordinator* coordinator = nullptr;  // several ranks; null: one process
   // Told, as they happen: "ready" (resumed at `step`), "step" (optimizer step
@@ -74,8 +75,10 @@ inline ResumeOutcome run_resume_program(const ResumeRun& run) {
   out.optimizer = std::make_unique<torch::optim::AdamW>(trainable, torch::optim::AdamWOptions(1e-2));
   torch::optim::AdamW& adamw = *out.optimizer;
   const LinearWarmupSchedule schedule(learning_rates(adamw), 5, run.max_steps);
-  CheckpointManager ckpt = run.coordinator != nullptr ? CheckpointManager(options_for(run.dir), *run.coordinator)
-                                                      : CheckpointManager(options_for(run.dir));
+  CheckpointOptions options = options_for(run.dir);
+  options.save_on_each_node = run.each_node;
+  CheckpointManager ckpt = run.coordinator != nullptr ? CheckpointManager(options, *run.coordinator)
+                                                      : CheckpointManager(options);
   TrainingState state;
   state.max_steps = run.max_steps;
   const auto tell = [&](const char* event, std::int64_t step) {

@@ -54,6 +54,12 @@ bool have_torchrun() {
   return here;
 }
 
+bool can_unshare_mounts() {
+  const ProcessResult probe = run_shell("unshare -m --propagation private true");
+  if (probe.exit_code != 0) skip_unless_ci("cannot unshare the mount namespace here (" + probe.err + "): run as root");
+  return probe.exit_code == 0;
+}
+
 std::string fixture(const std::string& relative) { return std::string(LORAKEEP_FIXTURES_DIR) + "/" + relative; }
 std::string cli_path() { return LORAKEEP_CLI_PATH; }
 std::string python_path() { return LORAKEEP_PYTHON; }

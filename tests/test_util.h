@@ -50,6 +50,10 @@ constexpr int kSkipExitCode = 77;
 // CI) and the caller returns.
 bool have_torchrun();
 
+// Whether this process may give a child a mount namespace of its own
+// (root); if not, reports the test skipped (failed under CI).
+bool can_unshare_mounts();
+
 // How many times skip() ran in this process.
 int skip_count();
 
