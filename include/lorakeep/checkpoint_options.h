@@ -21,14 +21,14 @@ struct CheckpointOptions {
   bool fallback_to_next_best = false;          // a corrupt best: load the next best instead (logged loudly)
   bool save_optimizer = true;                  // optimizer state in lorakeep_optimizer.pt
   bool save_rng = true;                        // RNG state in lorakeep_rng.safetensors
-  bool verify_checksums = true;
+  bool verify_checksums = true;                // reloads and resume check every byte read against the manifest first
   // Several ranks on nodes that each have their own output_dir (local
   // disks, no shared file system), as Trainer's save_on_each_node: the first
   // local rank of each node (Coordinator::local_rank() 0) writes that node's
   // copy of every checkpoint; a step counts only once every node committed
   // it, and rotation, best and resume agree across nodes. Off: output_dir
   // must be one directory every rank sees (else the manager refuses it).
-  bool save_on_each_node = false;  // reloads and resume check every byte read against the manifest first
+  bool save_on_each_node = false;
   // What CheckpointManager::resume resumes from, as Trainer's argument:
   // "auto" or "true": the newest complete checkpoint of output_dir (older
   // ones tried when it is damaged), a fresh start when there is none;
