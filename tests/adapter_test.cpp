@@ -76,6 +76,43 @@ TEST_CASE("adapter_config.json integers past the range of int are refused naming
   }
 }
 
+TEST_CASE("PEFT 0.21's variants and options that change the tensors are refused naming the field", "[lora]") {
+  // Each set as PEFT writes it when used; at its default (false, null, {})
+  // each is accepted, as PEFT 0.21 writes every field.
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {R"("use_dora":true)", "use_dora"},
+      {R"("lora_bias":true)", "lora_bias"},
+      {R"("layer_replication":[[0,2]])", "layer_replication"},
+      {R"("target_parameters":["experts.gate_up_proj"])", "target_parameters"},
+      {R"("trainable_token_indices":[3,5])", "trainable_token_indices"},
+      {R"("use_qalora":true)", "use_qalora"},
+      {R"("alora_invocation_tokens":[101,102])", "alora_invocation_tokens"},
+      {R"("velora_config":{"num_groups":32})", "velora_config"},
+      {R"("monteclora_config":{"n_samples":4})", "monteclora_config"},
+      {R"("use_bdlora":{"nblocks":2})", "use_bdlora"},
+      {R"("arrow_config":{"top_k":3})", "arrow_config"},
+      {R"("kasa_config":{"svd_rank":4})", "kasa_config"},
+      {R"("ensure_weight_tying":true)", "ensure_weight_tying"},
+      {R"("init_lora_weights":"pissa")", "rewrites the base weights"},
+      {R"("init_lora_weights":"eva")", "leaves the base weights alone"},
+      {R"("init_lora_weights":"mica")", "leaves the base weights alone"},
+  };
+  for (const auto& [field, name] : cases) {
+    INFO(field);
+    const Error e = test::capture_error(
+        [&] { parse_adapter_config(R"({"peft_type":"LORA",)" + field + "}", "cfg/adapter_config.json"); });
+    CHECK(e.code() == ErrorCode::kNotSupported);
+    CHECK_THAT(e.what(), Contains("cfg/adapter_config.json") && Contains(name));
+  }
+  const LoraConfig c = parse_adapter_config(
+      R"({"peft_type":"LORA","r":4,"use_dora":false,"lora_bias":false,"layer_replication":null,)"
+      R"("target_parameters":null,"trainable_token_indices":null,"use_qalora":false,"qalora_group_size":16,)"
+      R"("alora_invocation_tokens":null,"velora_config":null,"monteclora_config":null,"use_bdlora":null,)"
+      R"("arrow_config":null,"kasa_config":null,"ensure_weight_tying":false,"lora_ga_config":null})",
+      "cfg/adapter_config.json");
+  CHECK(c.r == 4);
+}
+
 TEST_CASE("the GPT-2 PEFT adapter loads into the GPT-2 module tree and merges as base + scaling (BA)^T",
           "[lora][peft]") {
   torch::manual_seed(0);

@@ -202,8 +202,9 @@ Coordinator Coordinator::from_env(CoordinatorOptions options) {
   const int world = env_int("WORLD_SIZE", 1, 1 << 20);
   const int rank = env_int("RANK", 0, world - 1);
   if (world == 1) return Coordinator();
-  if (options.node_rank < 0 && std::getenv("GROUP_RANK") != nullptr)
+  if (options.node_rank < 0 && std::getenv("GROUP_RANK") != nullptr) {
     options.node_rank = env_int("GROUP_RANK", 0, world - 1);
+  }
   if (options.local_rank < 0 && std::getenv("LOCAL_RANK") != nullptr) {
     options.local_rank = env_int("LOCAL_RANK", 0, world - 1);
   }

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <map>
 #include <regex>
 #include <set>
 
@@ -93,9 +94,28 @@ LoraConfig parse_adapter_config(const std::string& text, const std::string& path
                 "'" + path + "' is a " + peft_type->get<std::string>() + " adapter; lorakeep loads LORA adapters only");
   }
   LoraConfig c;
-  static const std::set<std::string> kIgnored = {"peft_type",    "auto_mapping",   "megatron_config", "megatron_core",
-                                                 "loftq_config", "runtime_config", "peft_version",    "eva_config",
-                                                 "corda_config", "layers_pattern"};
+  // Fields that change nothing lorakeep reads: metadata, or the settings of
+  // an initialisation or a variant refused by its own field.
+  static const std::set<std::string> kIgnored = {
+      "peft_type",    "auto_mapping", "megatron_config", "megatron_core",  "loftq_config",      "runtime_config",
+      "peft_version", "eva_config",   "corda_config",    "layers_pattern", "qalora_group_size", "lora_ga_config"};
+  // PEFT's variants and options that change the tensors or the forward, by
+  // field: refused whenever set (PEFT 0.21 writes them at their defaults).
+  static const std::map<std::string, std::string> kRefused = {
+      {"use_dora", "DoRA (use_dora)"},
+      {"lora_bias", "lora_bias"},
+      {"layer_replication", "layer_replication"},
+      {"target_parameters", "target_parameters"},
+      {"trainable_token_indices", "trainable_token_indices"},
+      {"use_qalora", "QALoRA (use_qalora)"},
+      {"alora_invocation_tokens", "aLoRA (alora_invocation_tokens)"},
+      {"velora_config", "VeLoRA (velora_config)"},
+      {"monteclora_config", "MonteCLoRA (monteclora_config)"},
+      {"use_bdlora", "BD-LoRA (use_bdlora)"},
+      {"arrow_config", "Arrow routing (arrow_config)"},
+      {"kasa_config", "KaSA (kasa_config)"},
+      {"ensure_weight_tying", "ensure_weight_tying"},
+  };
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& key = it.key();
     const OrderedJson& v = it.value();
@@ -157,9 +177,16 @@ LoraConfig parse_adapter_config(const std::string& text, const std::string& path
         c.init_lora_weights = v.get<bool>() ? "true" : "false";
       } else if (v.is_string()) {
         const std::string init = v.get<std::string>();
+        if (init == "eva" || init == "orthogonal" || init == "mica") {
+          // Factors drawn otherwise, the base untouched: trained, they are
+          // plain LoRA, but lorakeep cannot arm a fresh adapter this way.
+          unsupported(path, "init_lora_weights='" + init +
+                                "' (an initialisation of the factors lorakeep does not implement; it leaves the "
+                                "base weights alone, so a trained adapter loads with init_lora_weights set to true)");
+        }
         if (init != "gaussian") {
-          // pissa, olora, loftq, corda, eva: the base weights were changed at
-          // initialisation, so these factors only fit that changed base.
+          // pissa, olora, loftq, corda, lora_ga: the base weights were changed
+          // at initialisation, so these factors only fit that changed base.
           unsupported(path, "init_lora_weights='" + init +
                                 "' (it rewrites the base weights; convert the adapter "
                                 "with PEFT's path_initial_model_for_weight_conversion)");
@@ -171,18 +198,8 @@ LoraConfig parse_adapter_config(const std::string& text, const std::string& path
     } else if (key == "bias") {
       if (!v.is_string()) bad(path, key, "a string");
       if (v.get<std::string>() != "none") unsupported(path, "bias='" + v.get<std::string>() + "'");
-    } else if (key == "use_dora") {
-      if (truthy(v)) unsupported(path, "DoRA (use_dora)");
-    } else if (key == "lora_bias") {
-      if (truthy(v)) unsupported(path, "lora_bias");
-    } else if (key == "layer_replication") {
-      if (truthy(v)) unsupported(path, "layer_replication");
-    } else if (key == "target_parameters") {
-      if (truthy(v)) unsupported(path, "target_parameters");
-    } else if (key == "trainable_token_indices") {
-      if (truthy(v)) unsupported(path, "trainable_token_indices");
-    } else if (key == "use_qalora" || key == "alora_invocation_tokens") {
-      if (truthy(v)) unsupported(path, key);
+    } else if (auto refused = kRefused.find(key); refused != kRefused.end()) {
+      if (truthy(v)) unsupported(path, refused->second);
     } else if (key == "task_type") {
       c.task_type = optional_string(v, path, key);
     } else if (key == "base_model_name_or_path") {
@@ -190,7 +207,9 @@ LoraConfig parse_adapter_config(const std::string& text, const std::string& path
     } else if (key == "revision") {
       c.revision = optional_string(v, path, key);
     } else if (!kIgnored.count(key)) {
-      detail::log_debug("'{}': ignoring field '{}'", path, key);
+      detail::log_warn("'{}': field '{}' is unknown to lorakeep, ignored (hint: written by a PEFT newer than "
+                       "lorakeep knows; if it changes the adapter, the load may not mean what PEFT means)",
+                       path, key);
     }
   }
   if (auto lp = j.find("layers_pattern"); lp != j.end()) {
