@@ -69,6 +69,13 @@ std::string reference_final(const test::TempDir& dir) {
   return r.out.substr(at, r.out.find('\n', at) - at);
 }
 
+// The "ready STEP PID" lines of one phase: STEP is what every rank resumed from.
+std::set<std::string> resumed_steps(const std::vector<std::string>& ready_lines) {
+  std::set<std::string> out;
+  for (const std::string& l : ready_lines) out.insert(l.substr(6, l.find(' ', 6) - 6));
+  return out;
+}
+
 // What one node runs in its namespace: `setup` (a shell line that makes
 // run/ the node's own), then each phase: a torchrun launch with the phase's
 // environment, and the shell line `after` it.
@@ -142,6 +149,23 @@ class TwoNodes {
 
   std::string all() const { return "node 0:\n" + nodes_[0]->all_lines() + "\nnode 1:\n" + nodes_[1]->all_lines(); }
 
+  // Runs phase 2 to the end on both nodes: every rank must resume from
+  // `step` and end with `final_line`, as every "final" line so far must
+  // (`finals` of them, both phases). Returns the phase's ready lines.
+  std::vector<std::string> resume_to_end(const std::string& step, const std::string& final_line, std::size_t finals) {
+    go(2);
+    CHECK(wait_phase(2) == std::array<int, 2>{0, 0});
+    finish();
+    INFO(all());
+    const std::vector<std::string> ready = worker_lines("ready");
+    REQUIRE(ready.size() == 8);
+    // Each node's lines in order: its two ranks' ready lines of phase 1, then of phase 2.
+    CHECK(resumed_steps({ready[2], ready[3], ready[6], ready[7]}) == std::set<std::string>{step});
+    for (const std::string& f : worker_lines("final")) CHECK(f == final_line);
+    CHECK(worker_lines("final").size() == finals);
+    return ready;
+  }
+
   void finish() {
     for (auto& node : nodes_) REQUIRE(node->finish(120) == 0);
   }
@@ -150,13 +174,6 @@ class TwoNodes {
   const test::TempDir& dir_;
   std::array<std::unique_ptr<test::ChildProcess>, 2> nodes_;
 };
-
-// The "ready STEP PID" lines of one phase: STEP is what every rank resumed from.
-std::set<std::string> resumed_steps(const std::vector<std::string>& ready_lines) {
-  std::set<std::string> out;
-  for (const std::string& l : ready_lines) out.insert(l.substr(6, l.find(' ', 6) - 6));
-  return out;
-}
 
 std::string bind(int node) {
   return "mkdir -p nodes/" + std::to_string(node) + " run && mount --bind nodes/" + std::to_string(node) + " run";
@@ -426,17 +443,8 @@ TEST_CASE(
   for (const std::string& f : job.worker_lines("final")) CHECK(f == final_line);
   CHECK(job.worker_lines("final").size() == 4);
   REQUIRE(test::run_shell("cd " + dir.path() + " && " + damage).exit_code == 0);
-  job.go(2);
-  CHECK(job.wait_phase(2) == std::array<int, 2>{0, 0});
-  job.finish();
-  INFO(job.all());
-  const std::vector<std::string> ready = job.worker_lines("ready");
-  REQUIRE(ready.size() == 8);
-  // Each node's lines in order: its two ranks' ready lines of phase 1, then of phase 2.
+  const std::vector<std::string> ready = job.resume_to_end("8", final_line, 8);
   CHECK(resumed_steps({ready[0], ready[1], ready[4], ready[5]}) == std::set<std::string>{"0"});
-  CHECK(resumed_steps({ready[2], ready[3], ready[6], ready[7]}) == std::set<std::string>{"8"});
-  for (const std::string& f : job.worker_lines("final")) CHECK(f == final_line);
-  CHECK(job.worker_lines("final").size() == 8);
   CHECK(test::checkpoint_difference(dir / "nodes/0", dir / "nodes/1") == "");
 }
 
@@ -460,14 +468,7 @@ TEST_CASE(
   CHECK(errors.size() == 4);
   for (const std::string& e : errors) CHECK_THAT(e, Catch::Contains("No space left on device"));
   CHECK(test::checkpoint_steps(dir / "nodes/0") == std::set<std::int64_t>{4});
-  job.go(2);
-  CHECK(job.wait_phase(2) == std::array<int, 2>{0, 0});
-  job.finish();
-  const std::vector<std::string> ready = job.worker_lines("ready");
-  REQUIRE(ready.size() == 8);
-  CHECK(resumed_steps({ready[2], ready[3], ready[6], ready[7]}) == std::set<std::string>{"4"});
-  for (const std::string& f : job.worker_lines("final")) CHECK(f == final_line);
-  CHECK(job.worker_lines("final").size() == 4);
+  job.resume_to_end("4", final_line, 4);
   CHECK(test::checkpoint_difference(dir / "nodes/0", dir / "kept1") == "");
 }
 
@@ -511,14 +512,7 @@ TEST_CASE("save_on_each_node: a node killed during a save, and every rank resume
   const std::int64_t expected = newest_common(dir / "nodes/0", dir / "nodes/1");
   const std::set<std::int64_t> on0 = test::checkpoint_steps(dir / "nodes/0"),
                                on1 = test::checkpoint_steps(dir / "nodes/1");
-  job.go(2);
-  CHECK(job.wait_phase(2) == std::array<int, 2>{0, 0});
-  job.finish();
-  const std::vector<std::string> ready = job.worker_lines("ready");
-  REQUIRE(ready.size() == 8);
-  CHECK(resumed_steps({ready[2], ready[3], ready[6], ready[7]}) == std::set<std::string>{std::to_string(expected)});
-  for (const std::string& f : job.worker_lines("final")) CHECK(f == final_line);
-  CHECK(job.worker_lines("final").size() == 4);
+  job.resume_to_end(std::to_string(expected), final_line, 4);
   CHECK(test::checkpoint_difference(dir / "nodes/0", dir / "nodes/1") == "");
   std::printf("save_on_each_node, seed %u: node 1 killed %d us after it began the save of step 8; node 0 then held "
               "step 8: %s, node 1: %s; every rank resumed from step %lld\n",
