@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -200,6 +201,17 @@ bool wait_for_worker_line(const std::string& log_dir, const std::string& prefix)
     ::usleep(1000);
   }
   return false;
+}
+
+// Whether process `pid` (not a child of this one: its parent reaps it) ended
+// within 60 s.
+bool wait_gone(pid_t pid) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (::kill(pid, 0) == 0 || errno != ESRCH) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    ::usleep(10000);
+  }
+  return true;
 }
 
 bool can_run() { return test::have_torchrun() && test::can_unshare_mounts(); }
@@ -483,28 +495,35 @@ TEST_CASE("save_on_each_node: a node killed during a save, and every rank resume
   TwoNodes job(dir, {NodeScript{bind(0), {"", ""}, {"", ""}}, NodeScript{bind(1), {"", ""}, {"", ""}}});
   // Node 1 dies: its agent and both workers, SIGKILLed a seeded moment after
   // its rank 2 began the save of step 8 (staging, publishing or past it).
-  const std::string agent = job.node(1).read_until("agent ");
-  std::vector<pid_t> victims = {static_cast<pid_t>(std::stol(agent.substr(6)))};
-  for (int r = 0; r < 2; ++r) {
-    const std::string ready = job.node(1).read_until(
-        [](const std::string& l) { return l.find("]:ready ") != std::string::npos; });
-    REQUIRE(!ready.empty());
-    victims.push_back(static_cast<pid_t>(std::stol(ready.substr(ready.rfind(' ') + 1))));
-  }
+  // A node's agent and its two workers, from their first lines.
+  const auto processes = [&](int n) {
+    const std::string agent = job.node(n).read_until("agent ");
+    std::vector<pid_t> pids = {static_cast<pid_t>(std::stol(agent.substr(6)))};
+    for (int r = 0; r < 2; ++r) {
+      const std::string ready = job.node(n).read_until(
+          [](const std::string& l) { return l.find("]:ready ") != std::string::npos; });
+      REQUIRE(!ready.empty());
+      pids.push_back(static_cast<pid_t>(std::stol(ready.substr(ready.rfind(' ') + 1))));
+    }
+    return pids;
+  };
+  const std::vector<pid_t> victims = processes(1);
   REQUIRE(wait_for_worker_line(dir / "logs-1-1", "begin 8 "));
   std::mt19937 rng(seed);
   const int after_us = std::uniform_int_distribution<int>(0, 20000)(rng);
   ::usleep(static_cast<useconds_t>(after_us));
   for (const pid_t pid : victims) ::kill(pid, SIGKILL);
-  // Node 0's ranks fail within the coordinator's timeout; its agent would
-  // then wait torchrun's exit barrier (300 s) for the dead node's agent: the
-  // test ends it, as a job scheduler would.
-  const std::string agent0 = job.node(0).read_until("agent ");
-  for (int r = 0; r < 2; ++r) {
-    REQUIRE(
-        !job.node(0).read_until([](const std::string& l) { return l.find("]:error ") != std::string::npos; }).empty());
-  }
-  ::kill(static_cast<pid_t>(std::stol(agent0.substr(6))), SIGKILL);
+  // Node 0's ranks fail within the coordinator's timeout: the first to fail
+  // prints its error, and its agent then stops the other (which may not have
+  // printed its own yet). The agent would then wait torchrun's exit barrier
+  // (300 s) for the dead node's agent: the test ends it once node 0's
+  // workers are gone, as a job scheduler would.
+  const std::vector<pid_t> node0 = processes(0);
+  REQUIRE(
+      !job.node(0).read_until([](const std::string& l) { return l.find("]:error ") != std::string::npos; }).empty());
+  REQUIRE(wait_gone(node0[1]));
+  REQUIRE(wait_gone(node0[2]));
+  ::kill(node0[0], SIGKILL);
   const std::array<int, 2> codes = job.wait_phase(1);
   INFO(job.all());
   CHECK(codes[0] != 0);
