@@ -10,7 +10,8 @@
 #       the Debian packages and the model, not the Python peers
 #   scripts/install-deps.sh --torch=2.15 [BUILD_DIR]   also LibTorch 2.15, from the
 #       PyPI wheel torch==2.15.0 (CUDA 13; about 5 GB with its nvidia-* wheels),
-#       in BUILD_DIR/torch-2.15, a venv of its own: only its LibTorch is used
+#       in BUILD_DIR/torch-2.15, a venv of its own, with today's PEFT and
+#       transformers as that pass's peers
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -85,15 +86,33 @@ if ! "$venv/bin/python" -c "import peft, transformers" 2>/dev/null; then
 fi
 
 # LibTorch 2.15 from its PyPI wheel, in a venv of its own (it must not replace
-# the peers' torch 1.13). Nothing imports it: the build uses its headers,
-# libraries and share/cmake/Torch, and its nvidia-* wheels.
+# the old peers' torch 1.13): the build uses its headers, libraries and
+# share/cmake/Torch, and its nvidia-* wheels; that pass's peers import it.
 if [[ -n $torch ]]; then
   tvenv=$build_dir/torch-${torch%.*}
   if [[ ! -x $tvenv/bin/python ]]; then
     /usr/bin/python3 -m venv "$tvenv"
   fi
-  if [[ $("$tvenv/bin/python" -c "import importlib.metadata as m; print(m.version('torch'))" 2>/dev/null) != "$torch" ]]; then
+  version() { "$tvenv/bin/python" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null; }
+  if [[ $(version torch) != "$torch" ]]; then
     echo "install-deps: installing torch==$torch into $tvenv (about 5 GB)"
-    "$tvenv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir "torch==$torch"
+    "$tvenv/bin/python" -m pip install --quiet --disable-pip-version-check --no-cache-dir "torch==$torch"
+  fi
+  # Today's peers on that torch: the newest PEFT and transformers (they need
+  # torch >= 2.6), with their whole closure pinned and no dependency
+  # resolution, so that nothing replaces the torch above (about 51 MB).
+  if [[ $(version peft) != 0.21.2 || $(version transformers) != 5.25.0 ]]; then
+    echo "install-deps: installing peft 0.21.2 and transformers 5.25.0 into $tvenv"
+    "$tvenv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+      "peft==0.21.2" "transformers==5.25.0" "safetensors==0.8.0" "numpy==2.4.6" "accelerate==1.16.0" \
+      "huggingface_hub==2.4.0" "tokenizers==0.23.3" "kernels==0.19.1" "hf-xet==1.8.0" "httpx2==2.17.0" \
+      "httpcore2==2.17.0" "h11==0.16.0" "anyio==4.16.0" "idna==3.21" "truststore==0.10.5" "click==8.5.1" \
+      "typer==0.29.2" "rich==15.0.0" "markdown-it-py==4.3.0" "mdurl==0.1.2" "Pygments==2.21.0" \
+      "shellingham==1.5.4" "annotated-doc==0.0.7" "pydantic==2.14.4" "pydantic_core==2.50.5" \
+      "annotated-types==0.8.0" "typing-inspection==0.4.5" "typing_extensions==4.16.0" "tomlkit==0.15.3" \
+      "packaging==26.4" "PyYAML==6.0.4" "regex==2026.12.2" "tqdm==4.70.1" "psutil==7.2.2" "filelock==4.3.2" \
+      "fsspec==2026.9.0"
+    "$tvenv/bin/python" -m pip check --disable-pip-version-check >/dev/null
+    if [[ $(version torch) != "$torch" ]]; then echo "install-deps: the peers replaced torch in $tvenv" >&2; exit 1; fi
   fi
 fi

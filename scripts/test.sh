@@ -7,9 +7,12 @@
 #   scripts/test.sh --sanitize    LibTorch 1.13 with ASan + UBSan, in build-asan/
 #   scripts/test.sh --slow        the [slow] tests too (the 200-kill crash trials)
 #
-# Tests labelled "expensive" (Python peers, kill trials, example runs) and
-# "tree" (checks of the source tree, not of a build) run in the default pass
-# only; the other passes leave them out.
+# Tests labelled "expensive" (kill trials, example runs) and "tree" (checks
+# of the source tree, not of a build) run in the default pass only; the other
+# passes leave them out. Those labelled "peers" (PEFT, transformers,
+# safetensors, tokenizers) run in the 1.13 pass against the last releases on
+# Debian's torch 1.13 (build/venv) and in the 2.15 pass against today's, on
+# the wheel's torch (build/torch-2.15); not in the sanitizer pass.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -39,7 +42,8 @@ install_args=("$root/build")
 if [[ $torch == 2.15 ]]; then
   build=$root/build-2.15
   install_args+=(--torch=2.15)
-  cmake_args+=("-DCMAKE_PREFIX_PATH=$root/build/torch-2.15/lib/python3.11/site-packages/torch/share/cmake")
+  cmake_args+=("-DCMAKE_PREFIX_PATH=$root/build/torch-2.15/lib/python3.11/site-packages/torch/share/cmake"
+              "-DLORAKEEP_PYTHON=$root/build/torch-2.15/bin/python")
   exclude+=(expensive tree)
 fi
 if ((sanitize)); then
@@ -49,7 +53,7 @@ if ((sanitize)); then
   # and LibTorch's templates) for tests that spend their time in LibTorch.
   # The benchmarks' tests are left out of this pass, so they are not built.
   cmake_args+=(-DLORAKEEP_SANITIZE=ON "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG" -DLORAKEEP_BUILD_BENCH=OFF)
-  exclude+=(expensive tool)  # build checks (package, benchmarks, fuzzers) need no second run
+  exclude+=(expensive tool peers)  # build checks (package, benchmarks, fuzzers) need no second run
 fi
 
 "$root/scripts/install-deps.sh" "${install_args[@]}"

@@ -2,7 +2,7 @@
 // mechanics on small tokenizer.json files written here, the normalizer and the
 // ids on all-MiniLM-L6-v2's own file (scripts/fetch-minilm.sh BUILD_DIR puts it
 // under BUILD_DIR/models; the cases that need it skip without it), and, tagged
-// [python][expensive], the ids of Hugging Face tokenizers on Debian's fortunes.
+// [python][peers], the ids of Hugging Face tokenizers on Debian's fortunes.
 #include <cstdint>
 #include <fstream>
 #include <iostream>
@@ -314,7 +314,7 @@ TEST_CASE("bert tokenizer: errors name the file and the key, with a hint") {
 }
 
 TEST_CASE("bert tokenizer: the ids of Hugging Face tokenizers for every fortune of four Debian files",
-          "[python][expensive]") {
+          "[python][peers]") {
   const std::string path = minilm_tokenizer();
   if (path.empty()) return;
   std::vector<std::string> sentences = {
@@ -369,9 +369,7 @@ TEST_CASE("bert tokenizer: the ids of Hugging Face tokenizers for every fortune 
     std::ofstream out(dir / "sentences.jsonl");
     for (const auto& s : sentences) out << json(s).dump() << "\n";
   }
-  const auto r = lorakeep::test::run_process({lorakeep::test::python_path(),
-                                              lorakeep::test::python_script("tokenizer_check.py"), path,
-                                              dir / "sentences.jsonl"});
+  const auto r = lorakeep::test::run_python("tokenizer_check.py", {path, dir / "sentences.jsonl"});
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
 
@@ -381,7 +379,14 @@ TEST_CASE("bert tokenizer: the ids of Hugging Face tokenizers for every fortune 
   full.set_padding(std::nullopt);
   std::istringstream lines(r.out);
   std::string line;
-  std::size_t i = 0, same = 0;
+  REQUIRE(std::getline(lines, line));
+  const json versions = json::parse(line);
+  // The tables reproduce one tokenizers release; another differs only in
+  // lowercasing code points that Unicode assigned lately (Rust's std updates
+  // its case tables): a text may then differ if it holds a code point that
+  // Python's older Unicode data calls unassigned, and nowhere else.
+  const bool tables_release = versions["tokenizers"].get<std::string>() == bert::unicode_tables_version();
+  std::size_t i = 0, same = 0, newer_code_points = 0;
   while (std::getline(lines, line)) {
     REQUIRE(i < sentences.size());
     const json ref = json::parse(line);
@@ -392,6 +397,8 @@ TEST_CASE("bert tokenizer: the ids of Hugging Face tokenizers for every fortune 
                     e.attention_mask == ref["mask"].get<Ids>() && g.input_ids == ref["full_ids"].get<Ids>();
     if (ok) {
       ++same;
+    } else if (!tables_release && ref["unassigned"].get<bool>()) {
+      ++newer_code_points;
     } else {
       CAPTURE(i, sentences[i], ref["full_ids"].dump(), json(g.input_ids).dump());
       FAIL_CHECK("ids differ from Hugging Face tokenizers'");
@@ -399,7 +406,10 @@ TEST_CASE("bert tokenizer: the ids of Hugging Face tokenizers for every fortune 
     ++i;
   }
   CHECK(i == sentences.size());
-  CHECK(same == sentences.size());
+  CHECK(same + newer_code_points == sentences.size());
   std::cout << "bert tokenizer: " << same << " of " << sentences.size() << " texts (" << n_fortunes << " fortunes, "
-            << n_code_point_texts << " of code points) give Hugging Face tokenizers' ids and normalization\n";
+            << n_code_point_texts << " of code points) give the ids and normalization of Hugging Face tokenizers "
+            << versions["tokenizers"].get<std::string>() << " (the tables': " << bert::unicode_tables_version() << "); "
+            << newer_code_points << " differ, each holding a code point Unicode "
+            << versions["unicode"].get<std::string>() << " lacks\n";
 }

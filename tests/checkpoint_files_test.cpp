@@ -228,7 +228,7 @@ TEST_CASE("a trainer_state.json of Trainer 5 reads, early stopping's state inclu
 }
 
 TEST_CASE("transformers' TrainerState.load_from_json reads lorakeep's trainer_state.json",
-          "[checkpoint][python][expensive]") {
+          "[checkpoint][python][peers]") {
   test::TempDir dir;
   Net net = lora_net();
   CheckpointManager ckpt(options_for(dir.path()));
@@ -242,8 +242,7 @@ TEST_CASE("transformers' TrainerState.load_from_json reads lorakeep's trainer_st
     state.record_evaluation({{"eval_loss", i == 1 ? 0.5 : 0.7}});
     ckpt.save(*net, lora_config(), state);
   }
-  const auto read = test::run_process(
-      {test::python_path(), test::python_script("trainer_state_check.py"), dir / "checkpoint-20/trainer_state.json"});
+  const auto read = test::run_python("trainer_state_check.py", {dir / "checkpoint-20/trainer_state.json"});
   INFO(read.out << read.err);
   REQUIRE(read.exit_code == 0);
   const auto j = nlohmann::json::parse(read.out.substr(0, read.out.find('\n')));

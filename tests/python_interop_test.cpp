@@ -38,17 +38,15 @@ const std::map<std::string, std::string> kMetadata = {{"format", "pt"}};
 }  // namespace
 
 TEST_CASE("our files read in the reference reader and its files read here with equal bytes",
-          "[safetensors][python][expensive]") {
+          "[safetensors][python][peers]") {
   test::TempDir dir;
   save_safetensors(dir / "ours.safetensors", expected(), kMetadata);
 
-  const auto check = test::run_process(
-      {test::python_path(), test::python_script("reference_roundtrip.py"), "check", dir / "ours.safetensors"});
+  const auto check = test::run_python("reference_roundtrip.py", {"check", dir / "ours.safetensors"});
   INFO(check.out << check.err);
   REQUIRE(check.exit_code == 0);
 
-  const auto write = test::run_process(
-      {test::python_path(), test::python_script("reference_roundtrip.py"), "write", dir / "ref.safetensors"});
+  const auto write = test::run_python("reference_roundtrip.py", {"write", dir / "ref.safetensors"});
   INFO(write.out << write.err);
   REQUIRE(write.exit_code == 0);
 

@@ -113,6 +113,13 @@ ProcessResult run_process(const std::vector<std::string>& argv) {
   return result;
 }
 
+ProcessResult run_python(const std::string& script, const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {"env", "HF_HUB_OFFLINE=1", "TRANSFORMERS_OFFLINE=1", python_path(),
+                                   python_script(script)};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return run_process(argv);
+}
+
 ProcessResult run_shell(const std::string& command) { return run_process({"/bin/bash", "-c", command}); }
 
 std::string read_file(const std::string& path) {

@@ -57,7 +57,9 @@ bool can_unshare_mounts();
 // How many times skip() ran in this process.
 int skip_count();
 
-// The built lorakeep tool, and the Python of the test venv.
+// The built lorakeep tool, and the Python of this build's peers (PEFT,
+// transformers, safetensors: build/venv's old pins for LibTorch 1.13,
+// build/torch-2.15's current ones for 2.15).
 std::string cli_path();
 std::string python_path();
 // "<repo>/tests/python/<name>".
@@ -72,6 +74,10 @@ struct ProcessResult {
 
 // Runs argv[0] with the given arguments (no shell), waits, collects output.
 ProcessResult run_process(const std::vector<std::string>& argv);
+
+// Runs tests/python/<script> with the peers' Python and `args`, offline
+// (HF_HUB_OFFLINE=1, TRANSFORMERS_OFFLINE=1: no peer may reach the Hub).
+ProcessResult run_python(const std::string& script, const std::vector<std::string>& args);
 
 // Runs a shell command line with bash -c.
 ProcessResult run_shell(const std::string& command);

@@ -202,6 +202,8 @@ Side side(const Reader& r, const json& obj, const std::string& parent) {
 
 }  // namespace
 
+const char* unicode_tables_version() { return kTokenizersVersion; }
+
 Tokenizer Tokenizer::from_file(const std::string& path) {
   Reader r(path);
   std::ifstream in(path, std::ios::binary);

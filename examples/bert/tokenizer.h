@@ -69,6 +69,11 @@ struct Batch {
   std::vector<std::int64_t> token_type_ids;
 };
 
+// The Hugging Face tokenizers release whose normalizer and pre-tokenizer the
+// character tables reproduce (examples/bert/gen_unicode_tables.py probed it).
+// Releases differ in lowercasing code points that Unicode assigned lately.
+const char* unicode_tables_version();
+
 class Tokenizer {
  public:
   // Reads a tokenizer.json. Throws lorakeep::Error naming the file and the key:
