@@ -3,15 +3,18 @@
 // and a saved adapter that PEFT and the reference reader load.
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <set>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 #include <torch/optim/sgd.h>
 
+#include "lorakeep/logging.h"
 #include "lorakeep/lora.h"
 #include "lorakeep/safetensors.h"
 #include "tensors/pickle.h"
@@ -113,6 +116,45 @@ TEST_CASE("PEFT 0.21's variants and options that change the tensors are refused 
   CHECK(c.r == 4);
 }
 
+TEST_CASE("every field of the peers' PEFT LoraConfig is understood or refused by name, and PEFT's own file loads",
+          "[lora][python][peers]") {
+  const auto py = test::run_python("lora_config_fields.py", {});
+  INFO(py.err);
+  REQUIRE(py.exit_code == 0);
+  const auto peers = nlohmann::json::parse(py.out);
+  std::vector<std::string> warnings;
+  set_log_sink([&](LogLevel level, std::string_view message) {
+    if (level >= LogLevel::kWarn) warnings.emplace_back(message);
+  });
+  // Each field of the class alone, at the value PEFT writes for a plain LoRA
+  // (null for runtime_config, which PEFT never writes): accepted, or
+  // refused naming it; never "unknown to lorakeep".
+  const auto saved = nlohmann::json::parse(peers["saved"].get<std::string>());
+  for (const auto& field : peers["fields"]) {
+    const std::string name = field.get<std::string>();
+    INFO("PEFT " << peers["peft"].get<std::string>() << ": field " << name);
+    nlohmann::json one = {{"peft_type", "LORA"}};
+    one[name] = saved.contains(name) ? saved[name] : nlohmann::json(nullptr);
+    try {
+      parse_adapter_config(one.dump(), "peft/adapter_config.json");
+    } catch (const Error& e) {
+      CHECK(e.code() == ErrorCode::kNotSupported);
+      CHECK_THAT(e.what(), Contains(name));
+    }
+    CHECK(warnings == std::vector<std::string>{});
+    warnings.clear();
+  }
+  // The whole file PEFT wrote, as a plain LoRA.
+  const LoraConfig c = parse_adapter_config(peers["saved"].get<std::string>(), "peft/adapter_config.json");
+  set_log_sink({});
+  CHECK(warnings == std::vector<std::string>{});
+  CHECK(c.r == 4);
+  CHECK(c.lora_alpha == 8);
+  CHECK(c.target_modules == std::vector<std::string>{"lin0"});
+  std::printf("PEFT %s: %zu LoraConfig fields, each understood or refused by name\n",
+              peers["peft"].get<std::string>().c_str(), peers["fields"].size());
+}
+
 TEST_CASE("the GPT-2 PEFT adapter loads into the GPT-2 module tree and merges as base + scaling (BA)^T",
           "[lora][peft]") {
   torch::manual_seed(0);
@@ -173,8 +215,7 @@ TEST_CASE("adapter_digest is equal for equal adapters and changes with any byte,
   CHECK(adapter_digest(*c, config) != digest);
 }
 
-TEST_CASE("inject then train then save then load into a fresh model gives identical outputs",
-          "[lora][python][expensive]") {
+TEST_CASE("inject then train then save then load into a fresh model gives identical outputs", "[lora][python][peers]") {
   test::TempDir dir;
   LoraConfig config;
   config.r = 4;
@@ -202,7 +243,7 @@ TEST_CASE("inject then train then save then load into a fresh model gives identi
   CHECK(torch::equal(fresh->forward(fixed_input()), model->forward(fixed_input())));
 
   // PEFT loads the directory as its own adapter and computes the same output.
-  const auto peft = test::run_process({test::python_path(), test::python_script("peft_check.py"), dir / "adapter"});
+  const auto peft = test::run_python("peft_check.py", {dir / "adapter"});
   INFO(peft.err);
   REQUIRE(peft.exit_code == 0);
   const auto loaded = nlohmann::json::parse(peft.out);
@@ -217,8 +258,7 @@ TEST_CASE("inject then train then save then load into a fresh model gives identi
   }
 
   // The reference reader sees PEFT's key names and shapes.
-  const auto py = test::run_process(
-      {test::python_path(), test::python_script("adapter_keys.py"), dir / "adapter/adapter_model.safetensors"});
+  const auto py = test::run_python("adapter_keys.py", {dir / "adapter/adapter_model.safetensors"});
   INFO(py.err);
   REQUIRE(py.exit_code == 0);
   const auto keys = nlohmann::json::parse(py.out);

@@ -39,14 +39,16 @@ struct LoraConfig {
   bool inference_mode = false;  // saved adapters say true, as PEFT's do
 };
 
-// Reads adapter_config.json text. Unknown keys are tolerated (logged at debug
-// level). Throws Error(kCorruption) naming `path` for malformed JSON or a
-// field of the wrong type; Error(kNotSupported) naming the field for
+// Reads adapter_config.json text. Every field of PEFT 0.21's LoraConfig is
+// understood or refused by name; another key is tolerated with a warning (a
+// newer PEFT's). Throws Error(kCorruption) naming `path` for malformed JSON or
+// a field of the wrong type; Error(kNotSupported) naming the field for
 // adapters lorakeep cannot apply faithfully: a peft_type other than LORA
 // (named in the message), use_dora, bias other than "none", lora_bias,
-// layer_replication, target_parameters, trainable tokens, or an
-// initialisation that rewrites the base weights (pissa, olora, loftq, corda,
-// eva).
+// layer_replication, target_parameters, trainable tokens, QALoRA, aLoRA,
+// VeLoRA, MonteCLoRA, BD-LoRA, Arrow, KaSA, ensure_weight_tying, or an
+// initialisation lorakeep does not implement (pissa, olora, loftq, corda and
+// lora_ga rewrite the base weights; eva, orthogonal and mica do not).
 LoraConfig parse_adapter_config(const std::string& text, const std::string& path);
 
 // adapter_config.json as PEFT writes it (sorted keys, two-space indent), with
