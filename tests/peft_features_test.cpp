@@ -1,0 +1,142 @@
+// The feature table against the peers' PEFT (peft 0.10 in the 1.13 pass,
+// 0.21 in the 2.15 pass), one Python process for all of it
+// (tests/python/peft_features.py): for each adapter feature lorakeep
+// supports, an adapter trained here loads in PEFT with the same outputs,
+// merge-lora's file equals PEFT's merge_and_unload(), and an adapter PEFT
+// trained loads here with PEFT's outputs. A small model defined in both
+// languages, its weights written by the test.
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <boost/filesystem.hpp>
+#include <nlohmann/json.hpp>
+#include <torch/optim/sgd.h>
+
+#include "lorakeep/lora.h"
+#include "lorakeep/merge_lora.h"
+#include "lorakeep/safetensors.h"
+#include "test_util.h"
+
+namespace lorakeep {
+namespace {
+
+// lin0 Linear(10, 20), relu, lin1 Linear(20, 16), relu, head Linear(16, 3):
+// FeatureNet of peft_features.py.
+struct FeatureNetImpl : torch::nn::Module {
+  LoraLinear lin0{nullptr}, lin1{nullptr};
+  torch::nn::Linear head{nullptr};
+  FeatureNetImpl() {
+    lin0 = register_module("lin0", LoraLinear(10, 20));
+    lin1 = register_module("lin1", LoraLinear(20, 16));
+    head = register_module("head", torch::nn::Linear(16, 3));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return head(torch::relu(lin1(torch::relu(lin0(x))))); }
+};
+TORCH_MODULE(FeatureNet);
+
+FeatureNet seeded_net() {
+  torch::manual_seed(0);
+  return FeatureNet();
+}
+
+NamedTensors named(torch::nn::Module& m) {
+  NamedTensors out;
+  for (const auto& p : m.named_parameters()) out.emplace_back(p.key(), p.value().detach());
+  return out;
+}
+
+// The rows of the table: each a configuration PEFT writes for the feature.
+std::map<std::string, LoraConfig> features() {
+  std::map<std::string, LoraConfig> out;
+  LoraConfig plain;  // LoRA on both linears, the head trained whole
+  plain.r = 4;
+  plain.lora_alpha = 8;
+  plain.target_modules = {"lin0", "lin1"};
+  plain.modules_to_save = {"head"};
+  out["lora"] = plain;
+  LoraConfig patterns;  // rank and alpha per module, rsLoRA's scaling
+  patterns.r = 4;
+  patterns.lora_alpha = 8;
+  patterns.use_rslora = true;
+  patterns.target_modules = {"lin0", "lin1"};
+  patterns.rank_pattern = {{"lin1", 2}};
+  patterns.alpha_pattern = {{"lin0", 16}};
+  out["patterns_rslora"] = patterns;
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("the feature table against the peers' PEFT: trained here, loaded there, merged alike, and back",
+          "[lora][python][peers]") {
+  test::TempDir dir;
+  const torch::Tensor x = torch::arange(90, torch::kFloat).reshape({9, 10}) / 90;
+  {
+    FeatureNet base = seeded_net();
+    save_safetensors(dir / "base.safetensors", named(*base));
+    save_safetensors(dir / "input.safetensors", {{"x", x}});
+  }
+  const std::map<std::string, LoraConfig> table = features();
+  std::map<std::string, torch::Tensor> ours;  // each feature's output here
+  for (const auto& [name, config] : table) {
+    INFO(name);
+    boost::filesystem::create_directories(dir / name);
+    FeatureNet net = seeded_net();
+    torch::manual_seed(1);
+    inject_lora(*net, config);
+    torch::optim::SGD sgd(net->parameters(), torch::optim::SGDOptions(0.1));
+    for (int step = 0; step < 5; ++step) {
+      sgd.zero_grad();
+      net->forward(x).pow(2).mean().backward();
+      sgd.step();
+    }
+    net->eval();
+    save_adapter(dir / (name + "/lorakeep_adapter"), *net, config);
+    torch::NoGradGuard no_grad;
+    ours[name] = net->forward(x);
+    save_safetensors(dir / (name + "/lorakeep_output.safetensors"), {{"y", ours[name]}});
+    merge_lora_files(dir / "base.safetensors", dir / (name + "/lorakeep_adapter"), dir / (name + "/lorakeep_merged"));
+  }
+
+  const auto py = test::run_python("peft_features.py", {dir.path()});
+  INFO(py.err);
+  REQUIRE(py.exit_code == 0);
+  std::istringstream lines(py.out);
+  std::set<std::string> seen;
+  for (std::string line; std::getline(lines, line);) {
+    const auto row = nlohmann::json::parse(line);
+    const std::string name = row["feature"].get<std::string>();
+    INFO("PEFT " << row["peft"].get<std::string>() << ", " << name << ": " << line);
+    REQUIRE(table.count(name) == 1);
+    seen.insert(name);
+    // lorakeep's adapter in PEFT, and merge-lora against merge_and_unload().
+    CHECK(row["load_max_diff"].get<double>() <= 1e-4);
+    CHECK(row["merge_max_diff"].get<double>() <= 1e-5);
+    const SafetensorsFile merged = SafetensorsFile::open(dir / (name + "/lorakeep_merged/model.safetensors"));
+    std::vector<std::string> names = merged.names();
+    std::sort(names.begin(), names.end());
+    CHECK(names == row["merge_names"].get<std::vector<std::string>>());
+    // PEFT's adapter here.
+    CHECK(row["peft_factors_trained"].get<bool>());
+    FeatureNet fresh = seeded_net();
+    load_adapter(dir / (name + "/peft_adapter"), *fresh);
+    fresh->eval();
+    torch::NoGradGuard no_grad;
+    const torch::Tensor want =
+        SafetensorsFile::open(dir / (name + "/peft_output.safetensors")).tensor("y").to(torch::kDouble);
+    const double back = (fresh->forward(x).to(torch::kDouble) - want).abs().max().item<double>();
+    CHECK(back <= 1e-4);
+    std::printf("PEFT %s, %s: lorakeep's adapter in PEFT %.2g, merge-lora vs merge_and_unload %.2g, PEFT's adapter "
+                "here %.2g (max abs differences)\n",
+                row["peft"].get<std::string>().c_str(), name.c_str(), row["load_max_diff"].get<double>(),
+                row["merge_max_diff"].get<double>(), back);
+  }
+  CHECK(seen.size() == table.size());
+}
+
+}  // namespace lorakeep

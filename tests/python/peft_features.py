@@ -1,0 +1,99 @@
+"""The feature table against the peers' PEFT, in one process, for
+tests/peft_features_test.cpp: a small model defined here as in the test
+(FeatureNet: lin0 Linear(10, 20), relu, lin1 Linear(20, 16), relu, head
+Linear(16, 3)), its base weights and input written by the test.
+
+  peft_features.py WORK
+
+WORK holds base.safetensors, input.safetensors ("x") and, for each feature, a
+folder with what lorakeep made: lorakeep_adapter/ (trained in LibTorch),
+lorakeep_output.safetensors ("y": that model's output on x) and
+lorakeep_merged/ (merge-lora of the adapter into base.safetensors). For each
+feature this script
+  1. loads lorakeep's adapter with PeftModel.from_pretrained and compares its
+     output with lorakeep's;
+  2. compares merge_and_unload()'s state dict with lorakeep's merged file;
+  3. trains an adapter of the same config in PEFT (its own initialisation,
+     5 SGD steps) and saves it as peft_adapter/, with its output on x as
+     peft_output.safetensors ("y"), for the test to load in LibTorch.
+It prints one JSON line per feature:
+  {"feature": NAME, "peft": VERSION, "load_max_diff": F, "merge_max_diff": F,
+   "merge_names": [...], "peft_factors_trained": BOOL}
+"""
+import copy
+import glob
+import json
+import os
+import sys
+import warnings
+
+warnings.filterwarnings("ignore")
+import peft  # noqa: E402
+import torch  # noqa: E402
+from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+from torch import nn  # noqa: E402
+
+
+class FeatureNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin0 = nn.Linear(10, 20)
+        self.lin1 = nn.Linear(20, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.lin1(torch.relu(self.lin0(x)))))
+
+
+def max_diff(a, b):
+    return float((a.double() - b.double()).abs().max())
+
+
+def main():
+    work = sys.argv[1]
+    base = FeatureNet()
+    base.load_state_dict(load_file(os.path.join(work, "base.safetensors")))
+    x = load_file(os.path.join(work, "input.safetensors"))["x"]
+    for feature in sorted(os.listdir(work)):
+        d = os.path.join(work, feature)
+        if not os.path.isdir(d):
+            continue
+        row = {"feature": feature, "peft": peft.__version__}
+        adapter = os.path.join(d, "lorakeep_adapter")
+
+        model = PeftModel.from_pretrained(copy.deepcopy(base), adapter).eval()
+        with torch.no_grad():
+            row["load_max_diff"] = max_diff(model(x), load_file(os.path.join(d, "lorakeep_output.safetensors"))["y"])
+            merged = model.merge_and_unload().state_dict()
+        ours = {}
+        for f in glob.glob(os.path.join(d, "lorakeep_merged", "*.safetensors")):
+            ours.update(load_file(f))
+        row["merge_names"] = sorted(merged)
+        row["merge_max_diff"] = max(max_diff(merged[n], ours[n]) for n in merged if n in ours)
+
+        config = LoraConfig.from_pretrained(adapter)
+        config.inference_mode = False
+        torch.manual_seed(1)
+        trained = get_peft_model(copy.deepcopy(base), config)
+        sgd = torch.optim.SGD([p for p in trained.parameters() if p.requires_grad], lr=0.1)
+        for _ in range(5):
+            sgd.zero_grad()
+            trained(x).pow(2).mean().backward()
+            sgd.step()
+        trained.eval()
+        # save_pretrained writes a model card: from a template (which needs
+        # Jinja2, not among peft 0.10's pinned peers) unless one is there.
+        os.makedirs(os.path.join(d, "peft_adapter"))
+        with open(os.path.join(d, "peft_adapter", "README.md"), "w") as f:
+            f.write("---\nlibrary_name: peft\n---\nA test adapter.\n")
+        trained.save_pretrained(os.path.join(d, "peft_adapter"))
+        with torch.no_grad():
+            save_file({"y": trained(x).contiguous()}, os.path.join(d, "peft_output.safetensors"))
+        factors = load_file(os.path.join(d, "peft_adapter", "adapter_model.safetensors"))
+        row["peft_factors_trained"] = all(float(t.abs().max()) > 0 for n, t in factors.items() if "lora_B" in n)
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
