@@ -16,6 +16,7 @@
 
 #include "lorakeep/logging.h"
 #include "lorakeep/lora.h"
+#include "lorakeep/merge_lora.h"
 #include "lorakeep/safetensors.h"
 #include "tensors/pickle.h"
 #include "test_model.h"
@@ -83,7 +84,6 @@ TEST_CASE("PEFT 0.21's variants and options that change the tensors are refused 
   // Each set as PEFT writes it when used; at its default (false, null, {})
   // each is accepted, as PEFT 0.21 writes every field.
   const std::vector<std::pair<std::string, std::string>> cases = {
-      {R"("use_dora":true)", "use_dora"},
       {R"("lora_bias":true)", "lora_bias"},
       {R"("layer_replication":[[0,2]])", "layer_replication"},
       {R"("target_parameters":["experts.gate_up_proj"])", "target_parameters"},
@@ -114,6 +114,63 @@ TEST_CASE("PEFT 0.21's variants and options that change the tensors are refused 
       R"("arrow_config":null,"kasa_config":null,"ensure_weight_tying":false,"lora_ga_config":null})",
       "cfg/adapter_config.json");
   CHECK(c.r == 4);
+}
+
+TEST_CASE("a DoRA adapter saves its magnitudes under PEFT's keys, loads back exactly, and mismatches are refused",
+          "[lora]") {
+  test::TempDir dir;
+  LoraConfig config;
+  config.r = 4;
+  config.target_modules = {"lin0"};
+  config.use_dora = true;
+  Mlp model = seeded_mlp();
+  inject_lora(*model, config);
+  {
+    torch::NoGradGuard no_grad;
+    model->lin0->lora_B->weight.normal_();
+    model->lin0->lora_magnitude_vector.uniform_(0.5, 2.0);
+  }
+  save_adapter(dir / "dora", *model, config);
+  const SafetensorsFile file = SafetensorsFile::open(dir / "dora/adapter_model.safetensors");
+  CHECK(file.names() == std::vector<std::string>{"base_model.model.lin0.lora_A.weight",
+                                                 "base_model.model.lin0.lora_B.weight",
+                                                 "base_model.model.lin0.lora_magnitude_vector"});
+  CHECK(file.info("base_model.model.lin0.lora_magnitude_vector").shape == std::vector<std::int64_t>{20});
+  CHECK(read_adapter_config(dir / "dora").use_dora);
+  Mlp fresh = seeded_mlp();
+  load_adapter(dir / "dora", *fresh);
+  CHECK(torch::equal(fresh->forward(fixed_input()), model->forward(fixed_input())));
+
+  // Magnitudes the config does not announce, and a config that announces
+  // them without them: refused naming the key, by a load and by merge-lora.
+  LoraConfig plain = config;
+  plain.use_dora = false;
+  test::write_file(dir / "dora/adapter_config.json", format_adapter_config(plain));
+  Mlp untouched = seeded_mlp();
+  Error e = test::capture_error([&] { load_adapter(dir / "dora", *untouched); });
+  CHECK(e.code() == ErrorCode::kCorruption);
+  CHECK_THAT(e.what(), Contains("base_model.model.lin0.lora_magnitude_vector") && Contains("use_dora is false"));
+  CHECK_FALSE(untouched->lin0->has_adapter());
+  save_safetensors(dir / "base.safetensors", {{"lin0.weight", model->lin0->weight.detach()}});
+  e = test::capture_error([&] { merge_lora_files(dir / "base.safetensors", dir / "dora", dir / "merged"); });
+  CHECK_THAT(e.what(), Contains("use_dora is false"));
+  save_safetensors(dir / "dora/adapter_model.safetensors",
+                   {{"base_model.model.lin0.lora_A.weight", file.tensor("base_model.model.lin0.lora_A.weight")},
+                    {"base_model.model.lin0.lora_B.weight", file.tensor("base_model.model.lin0.lora_B.weight")}});
+  test::write_file(dir / "dora/adapter_config.json", format_adapter_config(config));
+  e = test::capture_error([&] { load_adapter(dir / "dora", *untouched); });
+  CHECK(e.code() == ErrorCode::kCorruption);
+  CHECK_THAT(e.what(), Contains("lacks the DoRA magnitude") && Contains("lin0.lora_magnitude_vector"));
+
+  // A DoRA adapter into layers armed as plain LoRA, and the reverse.
+  save_adapter(dir / "dora2", *model, config);
+  Mlp armed_plain = seeded_mlp();
+  inject_lora(*armed_plain, plain);
+  e = test::capture_error([&] { load_adapter(dir / "dora2", *armed_plain); });
+  CHECK(e.code() == ErrorCode::kIncompatible);
+  CHECK_THAT(e.what(), Contains("a DoRA adapter") && Contains("lin0") && Contains("hint"));
+  e = test::capture_error([&] { save_adapter(dir / "mixed", *model, plain); });
+  CHECK_THAT(e.what(), Contains("use_dora"));
 }
 
 TEST_CASE("every field of the peers' PEFT LoraConfig is understood or refused by name, and PEFT's own file loads",

@@ -143,6 +143,12 @@ TEST_CASE("save_on_each_node is Trainer's boolean", "[config]") {
   CHECK_THAT(e.what(), Contains("n.yaml:3:") && Contains("save_on_each_node"));
 }
 
+TEST_CASE("lora.use_dora is PEFT's flag: off unless set", "[config]") {
+  const std::string head = "checkpoint:\n  output_dir: x\nlora:\n  target_modules: [q]\n";
+  CHECK_FALSE(parse_run_config(head, "d.yaml").lora.use_dora);
+  CHECK(parse_run_config(head + "  use_dora: true\n", "d.yaml").lora.use_dora);
+}
+
 TEST_CASE("resume_from_checkpoint takes Trainer's values: true, a path, or none", "[config]") {
   const std::string head = "checkpoint:\n  output_dir: x\n  resume_from_checkpoint: ";
   const std::string tail = "\nlora:\n  target_modules: [q]\n";

@@ -348,24 +348,32 @@ TEST_CASE("arming an unarmed model on the device puts its LoRA factors there, or
   }
 }
 
-TEST_CASE("a LoRA training step on the device, then save and reload", "[device]") {
-  test::TempDir dir;
-  const LoraConfig config = test::test_lora();
-  test::TestNet net = test::armed_net(0, config);
-  net->to(td::device());
-  torch::optim::AdamW adamw(trainable(net), torch::optim::AdamWOptions(1e-2));
-  const NamedTensors start = adapter_on_host(net, config);
-  train(net, adamw, 3);
-  for (const auto& p : net->parameters()) CHECK(p.device() == td::device());
-  const NamedTensors trained = adapter_on_host(net, config);
-  CHECK_FALSE(test::bitwise_equal(trained, start));
-  td::reset_peak();
-  const std::int64_t before = td::live_bytes();
-  save_adapter(dir / "a", *net, config);
-  CHECK(td::peak_bytes() - before == 0);  // contiguous parameters: read straight off the device
-  test::perturb(net, 1.0);
-  load_adapter(dir / "a", *net);
-  CHECK(test::bitwise_equal(adapter_on_host(net, config), trained));
+TEST_CASE("a LoRA or DoRA training step on the device, then save and reload with no device memory", "[device]") {
+  for (const bool dora : {false, true}) {
+    INFO("use_dora " << dora);
+    test::TempDir dir;
+    LoraConfig config = test::test_lora();
+    config.use_dora = dora;
+    test::TestNet net = test::armed_net(0, config);
+    net->to(td::device());
+    torch::optim::AdamW adamw(trainable(net), torch::optim::AdamWOptions(1e-2));
+    const NamedTensors start = adapter_on_host(net, config);
+    train(net, adamw, 3);
+    for (const auto& p : net->parameters()) CHECK(p.device() == td::device());
+    const NamedTensors trained = adapter_on_host(net, config);
+    CHECK(trained.size() == (dora ? 6u : 4u));  // A, B (and the magnitude) of two layers
+    CHECK_FALSE(test::bitwise_equal(trained, start));
+    td::reset_peak();
+    std::int64_t before = td::live_bytes();
+    save_adapter(dir / "a", *net, config);
+    CHECK(td::peak_bytes() - before == 0);  // contiguous parameters: read straight off the device
+    test::perturb(net, 1.0);
+    td::reset_peak();
+    before = td::live_bytes();
+    load_adapter(dir / "a", *net);
+    CHECK(td::peak_bytes() - before == 0);
+    CHECK(test::bitwise_equal(adapter_on_host(net, config), trained));
+  }
 }
 
 TEST_CASE("saves and async snapshots read device parameters with no device memory", "[device]") {

@@ -1,9 +1,11 @@
 // LoraLinear: a plain Linear without an adapter; an adapter initialised as
-// PEFT does, merged in F32 into a BF16 base and unmerged.
+// PEFT does, merged in F32 into a BF16 base and unmerged; DoRA's magnitude,
+// forward and merge in both weight layouts.
 #include <cmath>
 #include <string>
 #include <vector>
 
+#include <torch/nn/functional/linear.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/utils.h>
 
@@ -62,6 +64,53 @@ TEST_CASE("an adapter initialises as in PEFT and merges in F32 into a BF16 base"
   layer->unmerge();
   CHECK_FALSE(layer->merged());
   CHECK(torch::allclose(layer->weight.to(torch::kFloat), before.to(torch::kFloat), 0, 0.05));
+}
+
+TEST_CASE("DoRA starts as the base, merges each output row to its magnitude and unmerges, in both layouts", "[lora]") {
+  for (const bool fan_in_fan_out : {false, true}) {
+    INFO("fan_in_fan_out " << fan_in_fan_out);
+    torch::manual_seed(3);
+    LoraLinear layer(LoraLinearOptions(12, 7).fan_in_fan_out(fan_in_fan_out));
+    const torch::Tensor base = layer->weight.clone();
+    const torch::Tensor as_rows = fan_in_fan_out ? base.t() : base;  // [out, in]
+    const torch::Tensor x = torch::randn({5, 12});
+    const torch::Tensor base_out = layer->forward(x).detach();
+    LoraAdapterOptions o;
+    o.r = 3;
+    o.alpha = 6;
+    o.use_dora = true;
+    layer->add_adapter(o);
+    // The magnitude starts at the rows' norms (B is zero): the layer is its base.
+    CHECK(layer->lora_magnitude_vector.sizes() == torch::IntArrayRef{7});
+    CHECK(torch::allclose(layer->lora_magnitude_vector, as_rows.norm(2, 1), 0, 1e-6));
+    CHECK(torch::equal(layer->forward(x), base_out));
+    std::vector<std::string> names;
+    for (const auto& p : layer->named_parameters()) names.push_back(p.key());
+    // The layer's own parameter first, then its children's (LibTorch's order).
+    CHECK(names == std::vector<std::string>{"lora_magnitude_vector", "base_layer.weight", "base_layer.bias",
+                                            "lora_A.weight", "lora_B.weight"});
+    {
+      torch::NoGradGuard no_grad;
+      layer->lora_B->weight.normal_();
+      layer->lora_magnitude_vector.uniform_(0.5, 2.0);
+    }
+    // The magnitude learns; the norms are constants to the gradient.
+    layer->forward(x).sum().backward();
+    CHECK(layer->lora_magnitude_vector.grad().defined());
+    CHECK(layer->lora_A->weight.grad().abs().sum().item<double>() > 0);
+    torch::NoGradGuard no_grad;
+    const torch::Tensor out = layer->forward(x);
+    const torch::Tensor adapted = as_rows + layer->lora_B->weight.matmul(layer->lora_A->weight) * layer->scaling();
+    const torch::Tensor k = layer->lora_magnitude_vector / adapted.norm(2, 1);
+    CHECK(torch::allclose(out, torch::nn::functional::linear(x, adapted * k.unsqueeze(1), layer->bias), 0, 1e-5));
+    layer->merge(/*safe=*/true);
+    const torch::Tensor merged_rows = fan_in_fan_out ? layer->weight.t() : layer->weight;
+    CHECK(torch::allclose(merged_rows.norm(2, 1), layer->lora_magnitude_vector, 0, 1e-5));
+    CHECK(torch::allclose(layer->forward(x), out, 0, 1e-5));
+    layer->unmerge();
+    CHECK(torch::allclose(layer->weight, base, 0, 1e-5));
+    CHECK(torch::allclose(layer->forward(x), out, 0, 1e-5));
+  }
 }
 
 }  // namespace lorakeep

@@ -39,19 +39,24 @@ void check_no_temporaries(const fs::path& dir) {
 // Writes dir/base.safetensors, `layers` F32 weights [rows, cols]
 // "model.layers.<i>.weight" filled with i, and dir/adapter, a PEFT adapter of
 // rank r on every one of them with A filled with `a` and B with `b`: merged,
-// every element of layer i is i + alpha * a * b.
+// every element of layer i is i + alpha * a * b. A non-zero `magnitude`
+// makes it a DoRA adapter with every magnitude that value.
 void write_base_and_adapter(const test::TempDir& dir, int layers, std::int64_t rows, std::int64_t cols, int r,
-                            double alpha, double a, double b) {
+                            double alpha, double a, double b, double magnitude = 0) {
   NamedTensors base, adapter;
   LoraConfig config;
   config.r = r;
   config.lora_alpha = alpha;
+  config.use_dora = magnitude != 0;  // DoRA, every magnitude `magnitude`
   for (int i = 0; i < layers; ++i) {
     const std::string path = "model.layers." + std::to_string(i);
     base.emplace_back(path + ".weight", at::full({rows, cols}, static_cast<double>(i)));
     config.target_modules.push_back(path);
     adapter.emplace_back("base_model.model." + path + ".lora_A.weight", at::full({r, cols}, a));
     adapter.emplace_back("base_model.model." + path + ".lora_B.weight", at::full({rows, r}, b));
+    if (config.use_dora) {
+      adapter.emplace_back("base_model.model." + path + ".lora_magnitude_vector", at::full({rows}, magnitude));
+    }
   }
   save_safetensors(dir / "base.safetensors", base);
   base.clear();
@@ -334,6 +339,26 @@ TEST_CASE("lorakeep merge-lora on a 1 GiB base keeps peak RSS under 2 x largest 
   const auto out = open_tensor_source(dir / "out");
   CHECK(out->names().size() == 16);
   CHECK(out->tensor("model.layers.15.weight")[4095][4095].item<float>() == 16.0f);
+}
+
+TEST_CASE("lorakeep merge-lora of a DoRA adapter on a 1 GiB base keeps peak RSS under 2 x largest tensor + 128 MiB",
+          "[merge][cli]") {
+  // As above, with magnitudes 128: row norms are known, nothing is kept but
+  // a piece's norms.
+  test::TempDir dir;
+  write_base_and_adapter(dir, 16, 4096, 4096, /*r=*/16, /*alpha=*/32, /*a=*/0.25, /*b=*/0.125, /*magnitude=*/128);
+  check_merge_rss({"merge-lora", "--base", dir / "base.safetensors", "--adapter", dir / "adapter", "--out", dir / "out",
+                   "--max-shard-size", "300MB"},
+                  /*largest=*/64 * kMiB);
+  // Layer i's rows are all i + 1, of norm 64 (i + 1): scaled to norm 128,
+  // every element is 2.
+  const auto out = open_tensor_source(dir / "out");
+  CHECK(out->names().size() == 16);
+  for (const char* name : {"model.layers.0.weight", "model.layers.15.weight"}) {
+    const at::Tensor w = out->tensor(name);
+    CHECK(w.min().item<float>() == 2.0f);
+    CHECK(w.max().item<float>() == 2.0f);
+  }
 }
 
 }  // namespace lorakeep

@@ -33,7 +33,8 @@ struct LoraConfig {
   std::vector<std::pair<std::string, double>> alpha_pattern;  // path pattern -> lora_alpha
   std::string init_lora_weights = "true";                     // "true" (A Kaiming-uniform, B zero), "false", "gaussian"
   std::string bias = "none";                                  // only "none" is supported
-  std::optional<std::string> task_type;                       // "CAUSAL_LM", "SEQ_CLS", ... (informational)
+  bool use_dora = false;                 // DoRA: a magnitude per output row (lora_magnitude_vector)
+  std::optional<std::string> task_type;  // "CAUSAL_LM", "SEQ_CLS", ... (informational)
   std::optional<std::string> base_model_name_or_path;
   std::optional<std::string> revision;
   bool inference_mode = false;  // saved adapters say true, as PEFT's do
@@ -44,7 +45,7 @@ struct LoraConfig {
 // newer PEFT's). Throws Error(kCorruption) naming `path` for malformed JSON or
 // a field of the wrong type; Error(kNotSupported) naming the field for
 // adapters lorakeep cannot apply faithfully: a peft_type other than LORA
-// (named in the message), use_dora, bias other than "none", lora_bias,
+// (named in the message), bias other than "none", lora_bias,
 // layer_replication, target_parameters, trainable tokens, QALoRA, aLoRA,
 // VeLoRA, MonteCLoRA, BD-LoRA, Arrow, KaSA, ensure_weight_tying, or an
 // initialisation lorakeep does not implement (pissa, olora, loftq, corda and
@@ -53,7 +54,8 @@ LoraConfig parse_adapter_config(const std::string& text, const std::string& path
 
 // adapter_config.json as PEFT writes it (sorted keys, two-space indent), with
 // the field set of PEFT 0.10 so that PEFT from 0.10 on loads it;
-// exclude_modules is written only when set (PEFT >= 0.14 knows it).
+// exclude_modules is written only when set (PEFT >= 0.14 knows it). A field
+// PEFT 0.10 does not know is written only when its feature is used.
 std::string format_adapter_config(const LoraConfig& config);
 
 // The rank and alpha for the module at `path`: rank_pattern / alpha_pattern

@@ -46,6 +46,10 @@ struct LoraAdapterOptions {
   double dropout = 0.0;
   bool use_rslora = false;
   std::string init = "true";  // PEFT's init_lora_weights: "true", "false" or "gaussian"
+  // DoRA (PEFT's use_dora): a magnitude per output, lora_magnitude_vector
+  // [out], rescales each output row of the adapted weight W + scaling * B A
+  // to it.
+  bool use_dora = false;
 };
 
 // A linear layer that can carry one LoRA adapter.
@@ -61,14 +65,19 @@ class LoraLinearImpl : public torch::nn::Module {
 
   // base(x) + scaling * B(A(dropout(x))), the LoRA path computed in the
   // adapter's dtype and added in the base's. Only the base when there is no
-  // adapter or it is merged.
+  // adapter or it is merged. With DoRA, PEFT's forward: with
+  // k = magnitude / norm (norm: each output row's L2 norm of
+  // W + scaling * B A, detached from the gradient),
+  // base(x) + (k - 1) * (W x) + k * scaling * B(A(dropout(x))), where W x is
+  // taken on dropout(x) when dropout is active.
   torch::Tensor forward(const torch::Tensor& x);
 
   // Arms the layer: lora_A [r, in] and lora_B [out, r] on the weight's device
   // (F32, or F64 for an F64 base), initialised as PEFT does (A
   // Kaiming-uniform with a = sqrt(5) and B zero for "true"; A normal(0, 1/r)
-  // for "gaussian"; both as nn.Linear for "false"); the base weight and bias
-  // move under "base_layer" and stop requiring grad.
+  // for "gaussian"; both as nn.Linear for "false"), and with use_dora the
+  // magnitude [out], initialised to the row norms of W + scaling * B A; the
+  // base weight and bias move under "base_layer" and stop requiring grad.
   // Throws Error(kInvalidArgument) if it already has an adapter, r < 1 or
   // init is not one of the three.
   void add_adapter(const LoraAdapterOptions& options);
@@ -86,27 +95,37 @@ class LoraLinearImpl : public torch::nn::Module {
   void set_scaling(double alpha, bool use_rslora, double dropout);
 
   // W += scaling * B @ A (transposed for fan_in_fan_out), computed in F32 for
-  // F16 / BF16 weights; forward then skips the LoRA path. With safe = true the
-  // delta is checked for NaN / Inf first (Error(kInvalidArgument), nothing
-  // changed). unmerge() subtracts it again. Both need an adapter.
+  // F16 / BF16 weights; forward then skips the LoRA path. With DoRA, as PEFT:
+  // W = k * (W + scaling * B A) per output row, k = magnitude / the row norms
+  // of W + scaling * B A, which the layer keeps for unmerge. With safe = true
+  // the new weight is checked for NaN / Inf first (Error(kInvalidArgument),
+  // nothing changed). unmerge() takes the adapter out again. Both need an
+  // adapter.
   void merge(bool safe = false);
   void unmerge();
   bool merged() const { return merged_; }
 
-  // scaling * B @ A in the base layout and the weight's dtype.
+  // scaling * B @ A in the base layout and the weight's dtype (with DoRA, the
+  // LoRA part only: the merge also rescales the rows).
   torch::Tensor delta_weight() const;
   double scaling() const { return scaling_; }
   int rank() const { return has_adapter() ? static_cast<int>(lora_A->weight.size(0)) : 0; }
+  bool use_dora() const { return lora_magnitude_vector.defined(); }
   const LoraLinearOptions& options() const { return options_; }
 
   torch::Tensor weight;  // the base: [out, in], or [in, out] with fan_in_fan_out
   torch::Tensor bias;    // undefined without bias
   torch::nn::Linear lora_A{nullptr};
   torch::nn::Linear lora_B{nullptr};
+  torch::Tensor lora_magnitude_vector;  // DoRA's magnitude [out]; undefined without DoRA
 
  private:
   torch::Tensor base_forward(const torch::Tensor& x) const;
   torch::Tensor delta_f32_or_wider() const;
+  // The L2 norm of each output row of W + `delta` (base layout, the compute
+  // dtype), without gradient: DoRA's denominator.
+  torch::Tensor row_norms(const torch::Tensor& delta) const;
+  torch::Tensor dora_factors(const torch::Tensor& norms) const;
 
   LoraLinearOptions options_;
   LoraAdapterOptions adapter_;
@@ -114,6 +133,7 @@ class LoraLinearImpl : public torch::nn::Module {
   torch::nn::Dropout dropout_{nullptr};
   double scaling_ = 0;
   bool merged_ = false;
+  torch::Tensor merged_norms_;  // DoRA: the row norms the merge divided by, for unmerge
 };
 TORCH_MODULE(LoraLinear);
 

@@ -27,6 +27,7 @@ AdapterLoad::AdapterLoad(const std::string& dir, LoraConfig config, std::unique_
                          torch::nn::Module& module, const LoadOptions& transfer)
     : module_(&module), config_(std::move(config)), source_(std::move(weights)) {
   const AdapterLayout layout = classify_adapter_keys(*source_);
+  check_magnitudes(layout, config_.use_dora, source_->path());
   // The config's rank of each layer is the rank its factors have: the
   // scaling, which depends on it, is computed from the config.
   for (const std::string& path : layout.layers) {
@@ -54,7 +55,7 @@ AdapterLoad::AdapterLoad(const std::string& dir, LoraConfig config, std::unique_
     to_rescale_.assign(armed.begin(), armed.end());
     targets = live_factors(to_rescale_);
   }
-  std::vector<std::string> absent, merged, other_rank;
+  std::vector<std::string> absent, merged, other_rank, other_kind;
   for (const std::string& path : layout.layers) {
     auto it = armed.find(path);
     if (it == armed.end()) {
@@ -64,6 +65,8 @@ AdapterLoad::AdapterLoad(const std::string& dir, LoraConfig config, std::unique_
     } else if (to_arm_.empty() && it->second->rank() != rank_for(config_, path)) {
       other_rank.push_back("'" + path + "' (" + std::to_string(rank_for(config_, path)) + " in the file, " +
                            std::to_string(it->second->rank()) + " armed)");
+    } else if (to_arm_.empty() && it->second->use_dora() != config_.use_dora) {
+      other_kind.push_back(path);
     }
   }
   if (!absent.empty()) {
@@ -86,6 +89,14 @@ AdapterLoad::AdapterLoad(const std::string& dir, LoraConfig config, std::unique_
                                               "' has another rank than the armed layers: " + list_paths(other_rank) +
                                               " (hint: load it into a model that is not armed yet, which arms the "
                                               "file's ranks) (nothing was changed)");
+  }
+  if (!other_kind.empty()) {
+    throw Error(ErrorCode::kIncompatible,
+                "adapter '" + dir + "' is " + (config_.use_dora ? "a DoRA adapter" : "a plain LoRA adapter") +
+                    " but the armed layers are " + (config_.use_dora ? "plain LoRA" : "DoRA") + ": " +
+                    list_paths(other_kind) +
+                    " (hint: load it into a model that is not armed yet, which arms the file's kind) (nothing "
+                    "was changed)");
   }
   // The whole tensors the file holds (modules_to_save, task heads): live
   // parameters already, whose tensors arming does not replace.

@@ -46,6 +46,7 @@ std::vector<PlannedLayer> plan_injection(torch::nn::Module& module, const LoraCo
         o.dropout = config.lora_dropout;
         o.use_rslora = config.use_rslora;
         o.init = config.init_lora_weights;
+        o.use_dora = config.use_dora;
         targets.push_back(PlannedLayer{path, lora, o});
       }
     } else if (std::dynamic_pointer_cast<torch::nn::LinearImpl>(item.value())) {
@@ -103,6 +104,8 @@ NamedTensors planned_factors(const std::vector<PlannedLayer>& layers) {
     const std::int64_t in = t.layer->options().in_features(), out_features = t.layer->options().out_features();
     out.emplace_back(model_name({PeftTensor::kLoraA, t.path}), at::empty({t.options.r, in}, meta));
     out.emplace_back(model_name({PeftTensor::kLoraB, t.path}), at::empty({out_features, t.options.r}, meta));
+    if (t.options.use_dora)
+      out.emplace_back(model_name({PeftTensor::kMagnitude, t.path}), at::empty({out_features}, meta));
   }
   return out;
 }
@@ -112,6 +115,7 @@ NamedTensors live_factors(const std::vector<std::pair<std::string, std::shared_p
   for (const auto& [path, layer] : layers) {
     out.emplace_back(model_name({PeftTensor::kLoraA, path}), layer->lora_A->weight);
     out.emplace_back(model_name({PeftTensor::kLoraB, path}), layer->lora_B->weight);
+    if (layer->use_dora()) out.emplace_back(model_name({PeftTensor::kMagnitude, path}), layer->lora_magnitude_vector);
   }
   return out;
 }

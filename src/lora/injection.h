@@ -33,11 +33,12 @@ std::vector<PlannedLayer> plan_injection(torch::nn::Module& module, const LoraCo
 std::vector<std::string> layout_mismatches(const std::vector<PlannedLayer>& planned, const LoraConfig& config);
 
 // The factors arming `layers` would create (their model names, [r, in] and
-// [out, r], in add_adapter's dtype) as meta tensors: placeholders to
-// validate a load against before anything is armed.
+// [out, r], and DoRA's magnitude [out], in add_adapter's dtype) as meta
+// tensors: placeholders to validate a load against before anything is armed.
 NamedTensors planned_factors(const std::vector<PlannedLayer>& layers);
 
-// The live factors of `layers`, under their model names.
+// The live factors of `layers` (with DoRA's magnitudes), under their model
+// names.
 NamedTensors live_factors(const std::vector<std::pair<std::string, std::shared_ptr<LoraLinearImpl>>>& layers);
 
 // Arms `layers` (from plan_injection; a layer whose layout contradicts

@@ -102,7 +102,6 @@ LoraConfig parse_adapter_config(const std::string& text, const std::string& path
   // PEFT's variants and options that change the tensors or the forward, by
   // field: refused whenever set (PEFT 0.21 writes them at their defaults).
   static const std::map<std::string, std::string> kRefused = {
-      {"use_dora", "DoRA (use_dora)"},
       {"lora_bias", "lora_bias"},
       {"layer_replication", "layer_replication"},
       {"target_parameters", "target_parameters"},
@@ -141,6 +140,9 @@ LoraConfig parse_adapter_config(const std::string& text, const std::string& path
     } else if (key == "use_rslora") {
       if (!v.is_boolean()) bad(path, key, "true or false");
       c.use_rslora = v.get<bool>();
+    } else if (key == "use_dora") {
+      if (!v.is_boolean()) bad(path, key, "true or false");
+      c.use_dora = v.get<bool>();
     } else if (key == "inference_mode") {
       if (!v.is_boolean()) bad(path, key, "true or false");
       c.inference_mode = v.get<bool>();
@@ -268,7 +270,7 @@ std::string format_adapter_config(const LoraConfig& c) {
   if (!c.exclude_modules_regex.empty()) j["exclude_modules"] = c.exclude_modules_regex;
   if (!c.exclude_modules.empty()) j["exclude_modules"] = c.exclude_modules;
   j["task_type"] = opt(c.task_type);
-  j["use_dora"] = false;
+  j["use_dora"] = c.use_dora;
   j["use_rslora"] = c.use_rslora;
   return j.dump(2) + "\n";
 }

@@ -1,4 +1,6 @@
 #include <cmath>
+#include <cstdint>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
@@ -56,8 +58,27 @@ torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
   torch::Tensor result = base_forward(x);
   if (!has_adapter() || merged_) return result;
   torch::Tensor h = x.to(lora_A->weight.scalar_type());
-  if (dropout_ && adapter_.dropout > 0 && is_training()) h = dropout_(h);
-  return result + (lora_B(lora_A(h)) * scaling_).to(result.scalar_type());
+  const bool dropped = dropout_ && adapter_.dropout > 0 && is_training();
+  if (dropped) h = dropout_(h);
+  const torch::Tensor lora = lora_B(lora_A(h)) * scaling_;
+  if (!use_dora()) return result + lora.to(result.scalar_type());
+  // DoRA, as PEFT's DoraLinearLayer: the norms are constants to the gradient.
+  const torch::Tensor k = lora_magnitude_vector / row_norms(delta_f32_or_wider());
+  torch::Tensor base_x;  // W x without the bias, on the input the LoRA path saw
+  if (dropped) {
+    const torch::Tensor w = weight.to(h.scalar_type());
+    base_x = options_.fan_in_fan_out() ? h.matmul(w) : torch::nn::functional::linear(h, w);
+  } else {
+    base_x = (bias.defined() ? result - bias : result).to(h.scalar_type());
+  }
+  return result + ((k - 1) * base_x + k * lora).to(result.scalar_type());
+}
+
+torch::Tensor LoraLinearImpl::row_norms(const torch::Tensor& delta) const {
+  c10::NoGradGuard no_grad;
+  const torch::Tensor w = weight.to(delta.scalar_type()) + delta;
+  const std::vector<std::int64_t> rows = {options_.fan_in_fan_out() ? 0 : 1};  // [in, out] or [out, in]
+  return at::linalg_vector_norm(w, 2, rows, /*keepdim=*/false, c10::nullopt);
 }
 
 void LoraLinearImpl::add_adapter(const LoraAdapterOptions& o) {
@@ -93,6 +114,9 @@ void LoraLinearImpl::add_adapter(const LoraAdapterOptions& o) {
   adapter_ = o;
   merged_ = false;
   set_scaling(o.alpha, o.use_rslora, o.dropout);
+  if (o.use_dora) {
+    lora_magnitude_vector = register_parameter("lora_magnitude_vector", row_norms(delta_f32_or_wider()));
+  }
 }
 
 void LoraLinearImpl::set_scaling(double alpha, bool use_rslora, double dropout) {
@@ -120,10 +144,28 @@ torch::Tensor LoraLinearImpl::delta_f32_or_wider() const {
 
 torch::Tensor LoraLinearImpl::delta_weight() const { return delta_f32_or_wider().to(weight.scalar_type()); }
 
+// DoRA's factors k = magnitude / norms, shaped to scale the output rows of a
+// weight in the base layout.
+torch::Tensor LoraLinearImpl::dora_factors(const torch::Tensor& norms) const {
+  const torch::Tensor k = lora_magnitude_vector.detach().to(norms.scalar_type()) / norms;
+  return options_.fan_in_fan_out() ? k.unsqueeze(0) : k.unsqueeze(1);
+}
+
 void LoraLinearImpl::merge(bool safe) {
   if (merged_) return;
   const torch::Tensor delta = delta_f32_or_wider();
   c10::NoGradGuard no_grad;
+  if (use_dora()) {
+    const torch::Tensor norms = row_norms(delta);
+    const torch::Tensor merged = (weight.to(delta.scalar_type()) + delta).mul_(dora_factors(norms));
+    if (safe && !torch::isfinite(merged).all().item<bool>()) {
+      throw Error(ErrorCode::kInvalidArgument, "the DoRA-merged weight holds NaN or Inf: not merged");
+    }
+    weight.copy_(merged);
+    merged_norms_ = norms;
+    merged_ = true;
+    return;
+  }
   if (safe && !torch::isfinite(delta).all().item<bool>()) {
     throw Error(ErrorCode::kInvalidArgument, "the LoRA delta holds NaN or Inf: not merged");
   }
@@ -140,6 +182,12 @@ void LoraLinearImpl::unmerge() {
   if (!merged_) return;
   const torch::Tensor delta = delta_f32_or_wider();
   c10::NoGradGuard no_grad;
+  if (use_dora()) {
+    weight.copy_(weight.to(delta.scalar_type()).div(dora_factors(merged_norms_)).sub_(delta));
+    merged_norms_ = torch::Tensor();
+    merged_ = false;
+    return;
+  }
   if (weight.scalar_type() == delta.scalar_type()) {
     weight.sub_(delta);
   } else {

@@ -1,6 +1,7 @@
 // merge_lora_files: an adapter folded into base weights, file to file.
 #include <cmath>
 #include <map>
+#include <vector>
 
 #include <ATen/ATen.h>
 
@@ -22,9 +23,10 @@ namespace {
 
 // One adapted weight's update, W[i, :] += sum_k C[i, k] V[k, :], in the
 // compute dtype, contiguous: C = s * B and V = A, or for a fan_in_fan_out
-// weight (W is [in, out]) C = s * A^T and V = B^T.
+// weight (W is [in, out]) C = s * A^T and V = B^T. With DoRA's magnitude m
+// (rows only), each row of the sum is then scaled to m[i] / its L2 norm.
 struct Fold {
-  at::Tensor C, V;
+  at::Tensor C, V, magnitude;
   std::int64_t r = 0;
 
   // Rows [r0, r0 + rows) of W, in `w` (the compute dtype).
@@ -34,6 +36,11 @@ struct Fold {
     } else {
       detail::rank_update(w.data_ptr<float>(), rows, cols, C.data_ptr<float>() + r0 * r, V.data_ptr<float>(), r);
     }
+    if (!magnitude.defined()) return;
+    const at::Tensor block = w.view({rows, cols});
+    const std::vector<std::int64_t> along_rows = {1};
+    const at::Tensor norms = at::linalg_vector_norm(block, 2, along_rows, /*keepdim=*/false, c10::nullopt);
+    block.mul_((magnitude.narrow(0, r0, rows) / norms).unsqueeze(1));
   }
 };
 
@@ -50,6 +57,7 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
   const LoraConfig config = read_adapter_config(adapter_dir);
   const auto adapter = open_tensor_source(detail::adapter_weights_path(adapter_dir));
   const detail::AdapterLayout layout = detail::classify_adapter_keys(*adapter);
+  detail::check_magnitudes(layout, config.use_dora, adapter->path());
   const auto source = open_tensor_source(base);
 
   // The adapted model's names carry base_prefix; the base file's lack it.
@@ -102,6 +110,22 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
       problems.push_back("'" + path + "' has rank " + std::to_string(a.shape[0]) + " in the file but " +
                          std::to_string(rank_for(config, path)) + " in adapter_config.json");
       continue;
+    }
+    if (config.use_dora) {
+      const TensorInfo& m = adapter->info(detail::file_key({detail::PeftTensor::kMagnitude, path}));
+      if (m.shape != std::vector<std::int64_t>{b.shape[0]}) {
+        problems.push_back("'" + path + "' has a DoRA magnitude " + format_shape(m.shape) + " for " +
+                           std::to_string(b.shape[0]) + " outputs");
+        continue;
+      }
+      if (config.fan_in_fan_out) {
+        // Its norms run down the columns of the stored [in, out] weight,
+        // which a merge of row blocks does not see whole.
+        problems.push_back("'" + path +
+                           "' is DoRA on a fan_in_fan_out weight, which merge-lora does not implement (hint: "
+                           "merge it in the live model with merge_lora)");
+        continue;
+      }
     }
     layer_of[weight] = path;
   }
@@ -181,6 +205,9 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
                                                  : alpha / static_cast<double>(fold.r);
         fold.C = (config.fan_in_fan_out ? A.t() * scaling : B * scaling).contiguous();
         fold.V = (config.fan_in_fan_out ? B.t() : A).contiguous();
+        if (config.use_dora) {
+          fold.magnitude = adapter->tensor(detail::file_key({detail::PeftTensor::kMagnitude, path})).to(compute);
+        }
       }
       source->prefetch(name);
       for (std::int64_t e = 0; e < n;) {

@@ -1,5 +1,6 @@
 #include "lora/peft_keys.h"
 
+#include <algorithm>
 #include <map>
 
 #include "lorakeep/error.h"
@@ -17,6 +18,7 @@ struct FactorSuffix {
 constexpr FactorSuffix kFactorSuffixes[] = {
     {PeftTensor::kLoraA, ".lora_A.weight"},
     {PeftTensor::kLoraB, ".lora_B.weight"},
+    {PeftTensor::kMagnitude, ".lora_magnitude_vector"},
 };
 
 const char* suffix_of(PeftTensor kind) {
@@ -51,13 +53,21 @@ PeftKey parse_file_key(const std::string& key, const std::string& file) {
 
 AdapterLayout classify_adapter_keys(const TensorSource& source) {
   AdapterLayout layout;
-  std::map<std::string, int> halves;  // layer path -> bit 1: A, bit 2: B
+  std::map<std::string, int> halves;  // layer path -> bit 1: A, bit 2: B, bit 4: magnitude
   for (const std::string& key : source.names()) {
     const PeftKey k = parse_file_key(key, source.path());
     if (k.kind == PeftTensor::kWhole) layout.whole.push_back(k.path);
-    else halves[k.path] |= k.kind == PeftTensor::kLoraA ? 1 : 2;
+    else halves[k.path] |= k.kind == PeftTensor::kLoraA ? 1 : k.kind == PeftTensor::kLoraB ? 2 : 4;
   }
-  for (const auto& [path, bits] : halves) {
+  for (auto [path, bits] : halves) {
+    if (bits & 4) {
+      if ((bits & 3) == 0) {
+        throw Error(ErrorCode::kCorruption, "'" + source.path() + "' has '" + file_key({PeftTensor::kMagnitude, path}) +
+                                                "' but no LoRA factors for '" + path + "'");
+      }
+      layout.dora.push_back(path);
+      bits &= 3;
+    }
     if (bits != 3) {
       const PeftTensor has = bits == 1 ? PeftTensor::kLoraA : PeftTensor::kLoraB;
       const PeftTensor lacks = bits == 1 ? PeftTensor::kLoraB : PeftTensor::kLoraA;
@@ -67,6 +77,25 @@ AdapterLayout classify_adapter_keys(const TensorSource& source) {
     layout.layers.push_back(path);
   }
   return layout;
+}
+
+void check_magnitudes(const AdapterLayout& layout, bool use_dora, const std::string& file) {
+  if (!use_dora && !layout.dora.empty()) {
+    throw Error(ErrorCode::kCorruption, "'" + file + "' holds DoRA magnitudes (" +
+                                            file_key({PeftTensor::kMagnitude, layout.dora.front()}) +
+                                            ", ...) but its adapter_config.json says use_dora is false");
+  }
+  if (use_dora && layout.dora.size() != layout.layers.size()) {
+    std::vector<std::string> lacking;
+    for (const std::string& path : layout.layers) {
+      if (std::find(layout.dora.begin(), layout.dora.end(), path) == layout.dora.end()) {
+        lacking.push_back(file_key({PeftTensor::kMagnitude, path}));
+      }
+    }
+    throw Error(ErrorCode::kCorruption, "'" + file + "' lacks the DoRA magnitude of " + std::to_string(lacking.size()) +
+                                            " layer(s) (" + lacking.front() + (lacking.size() > 1 ? ", ..." : "") +
+                                            ") though its adapter_config.json says use_dora is true");
+  }
 }
 
 }  // namespace lorakeep::detail

@@ -5,13 +5,14 @@
 //
 //   "base_model.model." + "q_proj" + the lora_A factor's suffix  <=>  {kLoraA, "q_proj"}
 //   "base_model.model." + "q_proj" + the lora_B factor's suffix  <=>  {kLoraB, "q_proj"}
+//   "base_model.model." + "q_proj" + DoRA's magnitude suffix      <=>  {kMagnitude, "q_proj"}
 //   "base_model.model.classifier.weight"                         <=>  {kWhole, "classifier.weight"}
 //
 // The live model names a tensor as the key less PEFT's prefix (for a factor:
 // the name of a LoraLinear's lora_A or lora_B parameter). PEFT strips its adapter
-// name ("default") from the keys it saves. Kinds that lorakeep does not
-// implement yet (lora_embedding_A / B, lora_magnitude_vector, lora_B.bias)
-// are recognised by name and refused.
+// name ("default") from the keys it saves (and ".weight" from DoRA's
+// magnitude). Kinds that lorakeep does not implement yet (lora_embedding_A /
+// B, lora_B.bias) are recognised by name and refused.
 #pragma once
 
 #include <string>
@@ -22,9 +23,10 @@
 namespace lorakeep::detail {
 
 enum class PeftTensor {
-  kLoraA,  // a LoRA layer's A factor [r, in]
-  kLoraB,  // its B factor [out, r]
-  kWhole,  // a tensor saved whole (modules_to_save, task heads)
+  kLoraA,      // a LoRA layer's A factor [r, in]
+  kLoraB,      // its B factor [out, r]
+  kMagnitude,  // DoRA's magnitude [out]
+  kWhole,      // a tensor saved whole (modules_to_save, task heads)
 };
 
 struct PeftKey {
@@ -48,11 +50,17 @@ PeftKey parse_file_key(const std::string& key, const std::string& file);
 // What an adapter file holds.
 struct AdapterLayout {
   std::vector<std::string> layers;  // module paths with both factors
+  std::vector<std::string> dora;    // those of them with a DoRA magnitude
   std::vector<std::string> whole;   // names of whole tensors
 };
 
 // Parses every key of `source`. Throws as parse_file_key, and
-// Error(kCorruption) for a layer with one factor only.
+// Error(kCorruption) for a layer with one factor only, or a magnitude
+// without factors.
 AdapterLayout classify_adapter_keys(const TensorSource& source);
+
+// Throws Error(kCorruption) naming `file` unless every layer of `layout` has
+// a DoRA magnitude when `use_dora` (adapter_config.json's), and none when not.
+void check_magnitudes(const AdapterLayout& layout, bool use_dora, const std::string& file);
 
 }  // namespace lorakeep::detail
