@@ -3,7 +3,8 @@
 // (tests/python/peft_features.py): for each adapter feature lorakeep
 // supports, an adapter trained here loads in PEFT with the same outputs,
 // merge-lora's file equals PEFT's merge_and_unload(), and an adapter PEFT
-// trained loads here with PEFT's outputs. A small model defined in both
+// trained loads here with PEFT's outputs, and one training step from the
+// same adapter and batch gives PEFT's tensors. A small model defined in both
 // languages, its weights written by the test.
 #include <algorithm>
 #include <cstdio>
@@ -20,6 +21,7 @@
 #include "lorakeep/lora.h"
 #include "lorakeep/merge_lora.h"
 #include "lorakeep/safetensors.h"
+#include "lorakeep/tensor_source.h"
 #include "test_util.h"
 
 namespace lorakeep {
@@ -67,6 +69,12 @@ std::map<std::string, LoraConfig> features() {
   patterns.rank_pattern = {{"lin1", 2}};
   patterns.alpha_pattern = {{"lin0", 16}};
   out["patterns_rslora"] = patterns;
+  LoraConfig dora = plain;  // DoRA on both linears, the head trained whole
+  dora.use_dora = true;
+  out["dora"] = dora;
+  LoraConfig dora_patterns = patterns;  // DoRA with rank and alpha patterns and rsLoRA
+  dora_patterns.use_dora = true;
+  out["dora_patterns_rslora"] = dora_patterns;
   return out;
 }
 
@@ -126,15 +134,43 @@ TEST_CASE("the feature table against the peers' PEFT: trained here, loaded there
     FeatureNet fresh = seeded_net();
     load_adapter(dir / (name + "/peft_adapter"), *fresh);
     fresh->eval();
-    torch::NoGradGuard no_grad;
-    const torch::Tensor want =
-        SafetensorsFile::open(dir / (name + "/peft_output.safetensors")).tensor("y").to(torch::kDouble);
-    const double back = (fresh->forward(x).to(torch::kDouble) - want).abs().max().item<double>();
+    double back = 0;
+    {
+      torch::NoGradGuard no_grad;
+      const torch::Tensor want =
+          SafetensorsFile::open(dir / (name + "/peft_output.safetensors")).tensor("y").to(torch::kDouble);
+      back = (fresh->forward(x).to(torch::kDouble) - want).abs().max().item<double>();
+    }
     CHECK(back <= 1e-4);
+    // One training step from PEFT's start, here: PEFT's step, every tensor
+    // of the adapter (factors, magnitudes, the head).
+    FeatureNet start = seeded_net();
+    load_adapter(dir / (name + "/peft_start"), *start);
+    std::vector<torch::Tensor> trainable;
+    for (const torch::Tensor& p : start->parameters()) {
+      if (p.requires_grad()) trainable.push_back(p);
+    }
+    torch::optim::SGD sgd(trainable, torch::optim::SGDOptions(0.1));
+    start->forward(x).pow(2).mean().backward();
+    sgd.step();
+    const auto before = open_tensor_source(dir / (name + "/peft_start/adapter_model.safetensors"));
+    const auto after = open_tensor_source(dir / (name + "/peft_step/adapter_model.safetensors"));
+    const NamedTensors stepped = adapter_tensors(*start, read_adapter_config(dir / (name + "/peft_start")));
+    CHECK(stepped.size() == after->names().size());
+    double step = 0, least_moved = 1;
+    for (const auto& [key, t] : stepped) {
+      INFO(key);
+      REQUIRE(after->contains(key));
+      const torch::Tensor want = after->tensor(key).to(torch::kDouble);
+      step = std::max(step, (t.detach().to(torch::kDouble) - want).abs().max().item<double>());
+      least_moved = std::min(least_moved, (want - before->tensor(key).to(torch::kDouble)).abs().max().item<double>());
+    }
+    CHECK(step <= 1e-5);
+    CHECK(least_moved > 1e-4);  // the step moved every tensor
     std::printf("PEFT %s, %s: lorakeep's adapter in PEFT %.2g, merge-lora vs merge_and_unload %.2g, PEFT's adapter "
-                "here %.2g (max abs differences)\n",
+                "here %.2g, one training step %.2g (max abs differences)\n",
                 row["peft"].get<std::string>().c_str(), name.c_str(), row["load_max_diff"].get<double>(),
-                row["merge_max_diff"].get<double>(), back);
+                row["merge_max_diff"].get<double>(), back, step);
   }
   CHECK(seen.size() == table.size());
 }

@@ -15,7 +15,11 @@ feature this script
   2. compares merge_and_unload()'s state dict with lorakeep's merged file;
   3. trains an adapter of the same config in PEFT (its own initialisation,
      5 SGD steps) and saves it as peft_adapter/, with its output on x as
-     peft_output.safetensors ("y"), for the test to load in LibTorch.
+     peft_output.safetensors ("y"), for the test to load in LibTorch;
+  4. saves another, initialised with init_lora_weights=False (every factor
+     non-zero, so that every tensor gets a gradient), as peft_start/, and
+     the same after one SGD step (lr 0.1, loss mean(y^2)) as peft_step/, for
+     the test to take the same step in LibTorch.
 It prints one JSON line per feature:
   {"feature": NAME, "peft": VERSION, "load_max_diff": F, "merge_max_diff": F,
    "merge_names": [...], "peft_factors_trained": BOOL}
@@ -50,6 +54,23 @@ def max_diff(a, b):
     return float((a.double() - b.double()).abs().max())
 
 
+def sgd_steps(model, x, steps):
+    sgd = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(steps):
+        sgd.zero_grad()
+        model(x).pow(2).mean().backward()
+        sgd.step()
+
+
+def save(model, path):
+    # save_pretrained writes a model card: from a template (which needs
+    # Jinja2, not among peft 0.10's pinned peers) unless one is there.
+    os.makedirs(path)
+    with open(os.path.join(path, "README.md"), "w") as f:
+        f.write("---\nlibrary_name: peft\n---\nA test adapter.\n")
+    model.save_pretrained(path)
+
+
 def main():
     work = sys.argv[1]
     base = FeatureNet()
@@ -76,22 +97,22 @@ def main():
         config.inference_mode = False
         torch.manual_seed(1)
         trained = get_peft_model(copy.deepcopy(base), config)
-        sgd = torch.optim.SGD([p for p in trained.parameters() if p.requires_grad], lr=0.1)
-        for _ in range(5):
-            sgd.zero_grad()
-            trained(x).pow(2).mean().backward()
-            sgd.step()
+        sgd_steps(trained, x, 5)
         trained.eval()
-        # save_pretrained writes a model card: from a template (which needs
-        # Jinja2, not among peft 0.10's pinned peers) unless one is there.
-        os.makedirs(os.path.join(d, "peft_adapter"))
-        with open(os.path.join(d, "peft_adapter", "README.md"), "w") as f:
-            f.write("---\nlibrary_name: peft\n---\nA test adapter.\n")
-        trained.save_pretrained(os.path.join(d, "peft_adapter"))
+        save(trained, os.path.join(d, "peft_adapter"))
         with torch.no_grad():
             save_file({"y": trained(x).contiguous()}, os.path.join(d, "peft_output.safetensors"))
         factors = load_file(os.path.join(d, "peft_adapter", "adapter_model.safetensors"))
         row["peft_factors_trained"] = all(float(t.abs().max()) > 0 for n, t in factors.items() if "lora_B" in n)
+
+        config = LoraConfig.from_pretrained(adapter)
+        config.inference_mode = False
+        config.init_lora_weights = False
+        torch.manual_seed(2)
+        stepped = get_peft_model(copy.deepcopy(base), config)
+        save(stepped, os.path.join(d, "peft_start"))
+        sgd_steps(stepped, x, 1)
+        save(stepped, os.path.join(d, "peft_step"))
         print(json.dumps(row), flush=True)
 
 
