@@ -84,7 +84,8 @@ TEST_CASE("PEFT 0.21's variants and options that change the tensors are refused 
   // Each set as PEFT writes it when used; at its default (false, null, {})
   // each is accepted, as PEFT 0.21 writes every field.
   const std::vector<std::pair<std::string, std::string>> cases = {
-      {R"("lora_bias":true)", "lora_bias"},
+      {R"("lora_bias":true,"use_dora":true)", "lora_bias with use_dora"},
+      {R"("lora_bias":true,"init_lora_weights":"gaussian")", "lora_bias with init_lora_weights='gaussian'"},
       {R"("layer_replication":[[0,2]])", "layer_replication"},
       {R"("target_parameters":["experts.gate_up_proj"])", "target_parameters"},
       {R"("trainable_token_indices":[3,5])", "trainable_token_indices"},

@@ -9,6 +9,7 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/utils.h>
 
+#include "lorakeep/error.h"
 #include "lorakeep/lora_linear.h"
 #include "test_util.h"
 
@@ -111,6 +112,48 @@ TEST_CASE("DoRA starts as the base, merges each output row to its magnitude and 
     CHECK(torch::allclose(layer->weight, base, 0, 1e-5));
     CHECK(torch::allclose(layer->forward(x), out, 0, 1e-5));
   }
+}
+
+TEST_CASE("lora_bias adds a scaled bias to the LoRA path and merges it into the base's bias", "[lora]") {
+  torch::manual_seed(4);
+  LoraLinear layer(9, 5);
+  const torch::Tensor x = torch::randn({3, 9});
+  const torch::Tensor base_out = layer->forward(x).detach();
+  const torch::Tensor base_weight = layer->weight.clone(), base_bias = layer->bias.clone();
+  LoraAdapterOptions o;
+  o.r = 2;
+  o.alpha = 6;
+  o.lora_bias = true;
+  layer->add_adapter(o);
+  CHECK(torch::equal(layer->lora_B->bias, torch::zeros({5})));  // zero, as B, at "true"
+  CHECK(torch::equal(layer->forward(x), base_out));
+  {
+    torch::NoGradGuard no_grad;
+    layer->lora_B->weight.normal_();
+    layer->lora_B->bias.normal_();
+  }
+  const torch::Tensor out = layer->forward(x).detach();
+  const torch::Tensor lora =
+      (x.matmul(layer->lora_A->weight.t()).matmul(layer->lora_B->weight.t()) + layer->lora_B->bias) * layer->scaling();
+  CHECK(torch::allclose(out, base_out + lora, 0, 1e-5));
+  layer->merge(/*safe=*/true);
+  CHECK(torch::allclose(layer->bias, base_bias + layer->lora_B->bias * layer->scaling(), 0, 1e-6));
+  CHECK(torch::allclose(layer->forward(x), out, 0, 1e-5));
+  layer->unmerge();
+  CHECK(torch::allclose(layer->bias, base_bias, 0, 1e-6));
+  CHECK(torch::allclose(layer->weight, base_weight, 0, 1e-6));
+
+  // A base without bias: armed (as PEFT, which only warns), but a merge is
+  // refused with nothing changed; DoRA with lora_bias is refused.
+  LoraLinear unbiased(LoraLinearOptions(9, 5).bias(false));
+  unbiased->add_adapter(o);
+  const torch::Tensor w = unbiased->weight.clone();
+  const Error e = test::capture_error([&] { unbiased->merge(); });
+  CHECK_THAT(e.what(), Catch::Contains("no bias"));
+  CHECK_FALSE(unbiased->merged());
+  CHECK(torch::equal(unbiased->weight, w));
+  o.use_dora = true;
+  CHECK_THROWS_AS(LoraLinear(9, 5)->add_adapter(o), Error);
 }
 
 }  // namespace lorakeep

@@ -140,51 +140,61 @@ TEST_CASE("merge-lora's rank-r update equals a GEMM in every instruction set thi
   }
 }
 
-TEST_CASE("merge-lora output equals the in-memory merged weights", "[lora][merge]") {
-  test::TempDir dir;
-  LoraConfig config;
-  config.r = 4;
-  config.lora_alpha = 12;
-  config.use_rslora = true;
-  config.target_modules = {"lin0"};
-  config.modules_to_save = {"lin1"};
-  config.alpha_pattern = {{"lin0", 6.0}};
-  Mlp model = seeded_mlp();
-  // The base file, with the base model's own names.
-  save_safetensors(dir / "base.safetensors", {{"lin0.weight", model->lin0->weight},
-                                              {"lin0.bias", model->lin0->bias},
-                                              {"lin1.weight", model->lin1->weight},
-                                              {"lin1.bias", model->lin1->bias}});
-  inject_lora(*model, config);
-  {
-    torch::NoGradGuard no_grad;
-    model->lin0->lora_B->weight.normal_();
-    model->lin1->weight.add_(1.0);
-  }
-  save_adapter(dir / "adapter", *model, config);
-  const auto r = test::run_process({test::cli_path(), "merge-lora", "--base", dir / "base.safetensors", "--adapter",
-                                    dir / "adapter", "--out", dir / "merged"});
-  INFO(r.out << r.err);
-  REQUIRE(r.exit_code == 0);
-  merge_lora(*model);
-  CHECK(model->lin0->scaling() == Approx(6.0 / 2.0));  // alpha_pattern's 6 over sqrt(4)
-  const auto merged = open_tensor_source(dir / "merged");
-  CHECK(torch::allclose(merged->tensor("lin0.weight"), model->lin0->weight, 0, 1e-6));
-  CHECK(torch::equal(merged->tensor("lin0.bias"), model->lin0->bias));
-  CHECK(torch::equal(merged->tensor("lin1.weight"), model->lin1->weight));  // modules_to_save replace the base's
-  // And the merged file is the fine-tuned model: a plain MLP loaded from it
-  // computes what the adapted model computes.
-  torch::manual_seed(0);
-  struct Plain : torch::nn::Module {
-    torch::nn::Linear lin0{nullptr}, lin1{nullptr};
-    Plain() {
-      lin0 = register_module("lin0", torch::nn::Linear(10, 20));
-      lin1 = register_module("lin1", torch::nn::Linear(20, 2));
+TEST_CASE("merge-lora output equals the in-memory merged weights, for LoRA, lora_bias and DoRA", "[lora][merge]") {
+  for (const std::string kind : {"lora", "lora_bias", "dora"}) {
+    INFO(kind);
+    test::TempDir dir;
+    LoraConfig config;
+    config.r = 4;
+    config.lora_alpha = 12;
+    config.use_rslora = true;
+    config.target_modules = {"lin0"};
+    config.modules_to_save = {"lin1"};
+    config.alpha_pattern = {{"lin0", 6.0}};
+    config.lora_bias = kind == "lora_bias";
+    config.use_dora = kind == "dora";
+    Mlp model = seeded_mlp();
+    // The base file, with the base model's own names.
+    save_safetensors(dir / "base.safetensors", {{"lin0.weight", model->lin0->weight},
+                                                {"lin0.bias", model->lin0->bias},
+                                                {"lin1.weight", model->lin1->weight},
+                                                {"lin1.bias", model->lin1->bias}});
+    inject_lora(*model, config);
+    {
+      torch::NoGradGuard no_grad;
+      model->lin0->lora_B->weight.normal_();
+      if (config.lora_bias) model->lin0->lora_B->bias.normal_();
+      if (config.use_dora) model->lin0->lora_magnitude_vector.uniform_(0.5, 2.0);
+      model->lin1->weight.add_(1.0);
     }
-  } plain;
-  load_into(plain, *merged);
-  const torch::Tensor x = fixed_input() / 90;
-  CHECK(torch::allclose(torch::log_softmax(plain.lin1(torch::relu(plain.lin0(x))), -1), model->forward(x), 0, 1e-5));
+    save_adapter(dir / "adapter", *model, config);
+    const auto r = test::run_process({test::cli_path(), "merge-lora", "--base", dir / "base.safetensors", "--adapter",
+                                      dir / "adapter", "--out", dir / "merged"});
+    INFO(r.out << r.err);
+    REQUIRE(r.exit_code == 0);
+    const torch::Tensor x = fixed_input() / 90;
+    const torch::Tensor adapted = model->forward(x).detach();
+    const torch::Tensor base_bias = model->lin0->bias.clone();
+    merge_lora(*model);
+    CHECK(model->lin0->scaling() == Approx(6.0 / 2.0));  // alpha_pattern's 6 over sqrt(4)
+    const auto merged = open_tensor_source(dir / "merged");
+    CHECK(torch::allclose(merged->tensor("lin0.weight"), model->lin0->weight, 0, 1e-6));
+    CHECK(torch::allclose(merged->tensor("lin0.bias"), model->lin0->bias, 0, 1e-6));
+    CHECK(torch::equal(model->lin0->bias, base_bias) == !config.lora_bias);   // lora_bias moves the base's bias
+    CHECK(torch::equal(merged->tensor("lin1.weight"), model->lin1->weight));  // modules_to_save replace the base's
+    // And the merged file is the fine-tuned model: a plain MLP loaded from it
+    // computes what the adapted model computed.
+    torch::manual_seed(0);
+    struct Plain : torch::nn::Module {
+      torch::nn::Linear lin0{nullptr}, lin1{nullptr};
+      Plain() {
+        lin0 = register_module("lin0", torch::nn::Linear(10, 20));
+        lin1 = register_module("lin1", torch::nn::Linear(20, 2));
+      }
+    } plain;
+    load_into(plain, *merged);
+    CHECK(torch::allclose(torch::log_softmax(plain.lin1(torch::relu(plain.lin0(x))), -1), adapted, 0, 1e-5));
+  }
 }
 
 TEST_CASE("merge-lora folds the GPT-2 adapter into Conv1D weights and refuses a mismatched base", "[lora][merge]") {

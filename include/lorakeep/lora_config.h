@@ -34,6 +34,7 @@ struct LoraConfig {
   std::string init_lora_weights = "true";                     // "true" (A Kaiming-uniform, B zero), "false", "gaussian"
   std::string bias = "none";                                  // only "none" is supported
   bool use_dora = false;                 // DoRA: a magnitude per output row (lora_magnitude_vector)
+  bool lora_bias = false;                // lora_B has a bias (lora_B.bias), scaled with the rest; not with DoRA
   std::optional<std::string> task_type;  // "CAUSAL_LM", "SEQ_CLS", ... (informational)
   std::optional<std::string> base_model_name_or_path;
   std::optional<std::string> revision;
@@ -45,7 +46,8 @@ struct LoraConfig {
 // newer PEFT's). Throws Error(kCorruption) naming `path` for malformed JSON or
 // a field of the wrong type; Error(kNotSupported) naming the field for
 // adapters lorakeep cannot apply faithfully: a peft_type other than LORA
-// (named in the message), bias other than "none", lora_bias,
+// (named in the message), bias other than "none", lora_bias with DoRA or with
+// init_lora_weights "gaussian" (PEFT refuses both),
 // layer_replication, target_parameters, trainable tokens, QALoRA, aLoRA,
 // VeLoRA, MonteCLoRA, BD-LoRA, Arrow, KaSA, ensure_weight_tying, or an
 // initialisation lorakeep does not implement (pissa, olora, loftq, corda and

@@ -50,6 +50,9 @@ struct LoraAdapterOptions {
   // [out], rescales each output row of the adapted weight W + scaling * B A
   // to it.
   bool use_dora = false;
+  // PEFT's lora_bias: lora_B has a bias [out] (zero at "true"), scaled with
+  // the rest of the LoRA path and merged into the base's bias. Not with DoRA.
+  bool lora_bias = false;
 };
 
 // A linear layer that can carry one LoRA adapter.
@@ -99,8 +102,9 @@ class LoraLinearImpl : public torch::nn::Module {
   // W = k * (W + scaling * B A) per output row, k = magnitude / the row norms
   // of W + scaling * B A, which the layer keeps for unmerge. With safe = true
   // the new weight is checked for NaN / Inf first (Error(kInvalidArgument),
-  // nothing changed). unmerge() takes the adapter out again. Both need an
-  // adapter.
+  // nothing changed). With lora_bias the base's bias gains scaling *
+  // lora_B.bias (Error(kInvalidArgument) for a base without bias, nothing
+  // changed). unmerge() takes the adapter out again. Both need an adapter.
   void merge(bool safe = false);
   void unmerge();
   bool merged() const { return merged_; }
@@ -126,6 +130,11 @@ class LoraLinearImpl : public torch::nn::Module {
   // dtype), without gradient: DoRA's denominator.
   torch::Tensor row_norms(const torch::Tensor& delta) const;
   torch::Tensor dora_factors(const torch::Tensor& norms) const;
+  // scaling * lora_B.bias in the bias's compute dtype; undefined without
+  // lora_bias. Throws Error(kInvalidArgument) for a base without bias.
+  torch::Tensor lora_bias_delta() const;
+  // target += delta, computed in delta's dtype and rounded once into target's.
+  static void add_rounded_once(torch::Tensor& target, const torch::Tensor& delta);
 
   LoraLinearOptions options_;
   LoraAdapterOptions adapter_;

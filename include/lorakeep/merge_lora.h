@@ -40,12 +40,13 @@ struct MergeLoraOptions {
 // adapter's config (lora_alpha or alpha_pattern, over r or sqrt(r) with
 // use_rslora), computed in F32 (F64 for F64 weights) a block of rows at a
 // time, and for a DoRA adapter each row then scaled to its magnitude over its
-// L2 norm (as PEFT's merge; DoRA on fan_in_fan_out weights is refused); the adapter's whole tensors (modules_to_save,
-// task heads) replace or join the base's. Streams one tensor at a time into sharded safetensors, as merge_delta_files.
-// Validates first: every adapted layer's weight exists in the base (under options.base_prefix, see there) with the
-// shape the factors imply, ranks agree with the config, whole tensors that replace a base tensor have its shape. Throws
-// Error(kIncompatible) listing every problem (a missing weight that the base has under another prefix with a hint at
-// base_prefix), and as merge_delta_files.
+// L2 norm (as PEFT's merge; DoRA on fan_in_fan_out weights is refused), and
+// with lora_bias each adapted layer's base bias gains scaling * lora_B.bias; the adapter's whole tensors
+// (modules_to_save, task heads) replace or join the base's. Streams one tensor at a time into sharded safetensors, as
+// merge_delta_files. Validates first: every adapted layer's weight exists in the base (under options.base_prefix, see
+// there) with the shape the factors imply, ranks agree with the config, whole tensors that replace a base tensor have
+// its shape. Throws Error(kIncompatible) listing every problem (a missing weight that the base has under another prefix
+// with a hint at base_prefix), and as merge_delta_files.
 MergeReport merge_lora_files(const std::string& base, const std::string& adapter_dir, const std::string& out_dir,
                              const MergeLoraOptions& options = {});
 

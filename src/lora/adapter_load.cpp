@@ -11,6 +11,14 @@
 #include "tensors/rng.h"
 
 namespace lorakeep::detail {
+namespace {
+
+// An adapter's kind, for messages.
+std::string kind_of(bool use_dora, bool lora_bias) {
+  return use_dora ? "DoRA" : lora_bias ? "LoRA with lora_bias" : "plain LoRA";
+}
+
+}  // namespace
 
 std::string adapter_weights_path(const std::string& dir) {
   namespace fs = boost::filesystem;
@@ -27,7 +35,7 @@ AdapterLoad::AdapterLoad(const std::string& dir, LoraConfig config, std::unique_
                          torch::nn::Module& module, const LoadOptions& transfer)
     : module_(&module), config_(std::move(config)), source_(std::move(weights)) {
   const AdapterLayout layout = classify_adapter_keys(*source_);
-  check_magnitudes(layout, config_.use_dora, source_->path());
+  check_optional_tensors(layout, config_.use_dora, config_.lora_bias, source_->path());
   // The config's rank of each layer is the rank its factors have: the
   // scaling, which depends on it, is computed from the config.
   for (const std::string& path : layout.layers) {
@@ -65,8 +73,10 @@ AdapterLoad::AdapterLoad(const std::string& dir, LoraConfig config, std::unique_
     } else if (to_arm_.empty() && it->second->rank() != rank_for(config_, path)) {
       other_rank.push_back("'" + path + "' (" + std::to_string(rank_for(config_, path)) + " in the file, " +
                            std::to_string(it->second->rank()) + " armed)");
-    } else if (to_arm_.empty() && it->second->use_dora() != config_.use_dora) {
-      other_kind.push_back(path);
+    } else if (to_arm_.empty() && kind_of(it->second->use_dora(), it->second->adapter_options().lora_bias) !=
+                                      kind_of(config_.use_dora, config_.lora_bias)) {
+      other_kind.push_back("'" + path + "' (" +
+                           kind_of(it->second->use_dora(), it->second->adapter_options().lora_bias) + ")");
     }
   }
   if (!absent.empty()) {
@@ -92,9 +102,8 @@ AdapterLoad::AdapterLoad(const std::string& dir, LoraConfig config, std::unique_
   }
   if (!other_kind.empty()) {
     throw Error(ErrorCode::kIncompatible,
-                "adapter '" + dir + "' is " + (config_.use_dora ? "a DoRA adapter" : "a plain LoRA adapter") +
-                    " but the armed layers are " + (config_.use_dora ? "plain LoRA" : "DoRA") + ": " +
-                    list_paths(other_kind) +
+                "adapter '" + dir + "' is a " + kind_of(config_.use_dora, config_.lora_bias) +
+                    " adapter but the armed layers are not: " + list_paths(other_kind) +
                     " (hint: load it into a model that is not armed yet, which arms the file's kind) (nothing "
                     "was changed)");
   }

@@ -45,6 +45,7 @@ void check_config_matches_layers(torch::nn::Module& module, const LoraConfig& co
     }
     if (config.use_rslora != o.use_rslora) differs(path, "use_rslora", flag(config.use_rslora), flag(o.use_rslora));
     if (config.use_dora != layer->use_dora()) differs(path, "use_dora", flag(config.use_dora), flag(layer->use_dora()));
+    if (config.lora_bias != o.lora_bias) differs(path, "lora_bias", flag(config.lora_bias), flag(o.lora_bias));
     if (config.lora_dropout != o.dropout) differs(path, "lora_dropout", number(config.lora_dropout), number(o.dropout));
     if (config.fan_in_fan_out != layer->options().fan_in_fan_out()) {
       differs(path, "fan_in_fan_out", flag(config.fan_in_fan_out),

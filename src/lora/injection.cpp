@@ -47,6 +47,7 @@ std::vector<PlannedLayer> plan_injection(torch::nn::Module& module, const LoraCo
         o.use_rslora = config.use_rslora;
         o.init = config.init_lora_weights;
         o.use_dora = config.use_dora;
+        o.lora_bias = config.lora_bias;
         targets.push_back(PlannedLayer{path, lora, o});
       }
     } else if (std::dynamic_pointer_cast<torch::nn::LinearImpl>(item.value())) {
@@ -80,6 +81,11 @@ std::vector<PlannedLayer> plan_injection(torch::nn::Module& module, const LoraCo
       throw Error(ErrorCode::kInvalidArgument,
                   "init_lora_weights '" + t.options.init + "' is not true, false or gaussian");
     }
+    if (t.options.lora_bias && (t.options.use_dora || t.options.init == "gaussian")) {
+      throw Error(ErrorCode::kInvalidArgument, std::string("lora_bias does not combine with ") +
+                                                   (t.options.use_dora ? "use_dora" : "init_lora_weights 'gaussian'") +
+                                                   " (PEFT refuses it too)");
+    }
   }
   return targets;
 }
@@ -104,8 +110,12 @@ NamedTensors planned_factors(const std::vector<PlannedLayer>& layers) {
     const std::int64_t in = t.layer->options().in_features(), out_features = t.layer->options().out_features();
     out.emplace_back(model_name({PeftTensor::kLoraA, t.path}), at::empty({t.options.r, in}, meta));
     out.emplace_back(model_name({PeftTensor::kLoraB, t.path}), at::empty({out_features, t.options.r}, meta));
-    if (t.options.use_dora)
+    if (t.options.use_dora) {
       out.emplace_back(model_name({PeftTensor::kMagnitude, t.path}), at::empty({out_features}, meta));
+    }
+    if (t.options.lora_bias) {
+      out.emplace_back(model_name({PeftTensor::kLoraBias, t.path}), at::empty({out_features}, meta));
+    }
   }
   return out;
 }
@@ -116,6 +126,9 @@ NamedTensors live_factors(const std::vector<std::pair<std::string, std::shared_p
     out.emplace_back(model_name({PeftTensor::kLoraA, path}), layer->lora_A->weight);
     out.emplace_back(model_name({PeftTensor::kLoraB, path}), layer->lora_B->weight);
     if (layer->use_dora()) out.emplace_back(model_name({PeftTensor::kMagnitude, path}), layer->lora_magnitude_vector);
+    if (layer->adapter_options().lora_bias) {
+      out.emplace_back(model_name({PeftTensor::kLoraBias, path}), layer->lora_B->bias);
+    }
   }
   return out;
 }

@@ -102,7 +102,6 @@ LoraConfig parse_adapter_config(const std::string& text, const std::string& path
   // PEFT's variants and options that change the tensors or the forward, by
   // field: refused whenever set (PEFT 0.21 writes them at their defaults).
   static const std::map<std::string, std::string> kRefused = {
-      {"lora_bias", "lora_bias"},
       {"layer_replication", "layer_replication"},
       {"target_parameters", "target_parameters"},
       {"trainable_token_indices", "trainable_token_indices"},
@@ -143,6 +142,9 @@ LoraConfig parse_adapter_config(const std::string& text, const std::string& path
     } else if (key == "use_dora") {
       if (!v.is_boolean()) bad(path, key, "true or false");
       c.use_dora = v.get<bool>();
+    } else if (key == "lora_bias") {
+      if (!v.is_boolean()) bad(path, key, "true or false");
+      c.lora_bias = v.get<bool>();
     } else if (key == "inference_mode") {
       if (!v.is_boolean()) bad(path, key, "true or false");
       c.inference_mode = v.get<bool>();
@@ -214,6 +216,10 @@ LoraConfig parse_adapter_config(const std::string& text, const std::string& path
                        path, key);
     }
   }
+  if (c.lora_bias && c.use_dora) unsupported(path, "lora_bias with use_dora (PEFT refuses the combination too)");
+  if (c.lora_bias && c.init_lora_weights == "gaussian") {
+    unsupported(path, "lora_bias with init_lora_weights='gaussian' (PEFT refuses the combination too)");
+  }
   if (auto lp = j.find("layers_pattern"); lp != j.end()) {
     std::string single;
     c.layers_pattern = strings_or_list(*lp, path, "layers_pattern", &single);
@@ -271,6 +277,7 @@ std::string format_adapter_config(const LoraConfig& c) {
   if (!c.exclude_modules.empty()) j["exclude_modules"] = c.exclude_modules;
   j["task_type"] = opt(c.task_type);
   j["use_dora"] = c.use_dora;
+  if (c.lora_bias) j["lora_bias"] = true;  // PEFT 0.10 does not know the field
   j["use_rslora"] = c.use_rslora;
   return j.dump(2) + "\n";
 }

@@ -87,6 +87,11 @@ void LoraLinearImpl::add_adapter(const LoraAdapterOptions& o) {
   if (o.init != "true" && o.init != "false" && o.init != "gaussian") {
     throw Error(ErrorCode::kInvalidArgument, "init_lora_weights '" + o.init + "' is not true, false or gaussian");
   }
+  if (o.lora_bias && (o.use_dora || o.init == "gaussian")) {
+    throw Error(ErrorCode::kInvalidArgument, std::string("lora_bias does not combine with ") +
+                                                 (o.use_dora ? "DoRA" : "init_lora_weights 'gaussian'") +
+                                                 " (PEFT refuses it too)");
+  }
   // The base moves under "base_layer", frozen.
   parameters_.erase("weight");
   if (bias.defined()) parameters_.erase("bias");
@@ -98,7 +103,7 @@ void LoraLinearImpl::add_adapter(const LoraAdapterOptions& o) {
   const auto on = at::TensorOptions().dtype(dtype).device(weight.device());
   const std::int64_t in = options_.in_features(), out = options_.out_features();
   lora_A = register_module("lora_A", torch::nn::Linear(torch::nn::LinearOptions(in, o.r).bias(false)));
-  lora_B = register_module("lora_B", torch::nn::Linear(torch::nn::LinearOptions(o.r, out).bias(false)));
+  lora_B = register_module("lora_B", torch::nn::Linear(torch::nn::LinearOptions(o.r, out).bias(o.lora_bias)));
   lora_A->to(on.device(), on.dtype().toScalarType());
   lora_B->to(on.device(), on.dtype().toScalarType());
   {
@@ -106,6 +111,7 @@ void LoraLinearImpl::add_adapter(const LoraAdapterOptions& o) {
     if (o.init == "true") {
       torch::nn::init::kaiming_uniform_(lora_A->weight, std::sqrt(5.0));
       lora_B->weight.zero_();
+      if (o.lora_bias) lora_B->bias.zero_();
     } else if (o.init == "gaussian") {
       lora_A->weight.normal_(0.0, 1.0 / o.r);
       lora_B->weight.zero_();
@@ -166,16 +172,36 @@ void LoraLinearImpl::merge(bool safe) {
     merged_ = true;
     return;
   }
-  if (safe && !torch::isfinite(delta).all().item<bool>()) {
+  const torch::Tensor bias_delta = lora_bias_delta();
+  if (safe && !(torch::isfinite(delta).all().item<bool>() &&
+                (!bias_delta.defined() || torch::isfinite(bias_delta).all().item<bool>()))) {
     throw Error(ErrorCode::kInvalidArgument, "the LoRA delta holds NaN or Inf: not merged");
   }
-  if (weight.scalar_type() == delta.scalar_type()) {
-    weight.add_(delta);
-  } else {
-    // Add in F32, round once into the half-precision weight.
-    weight.copy_(weight.to(delta.scalar_type()).add_(delta));
-  }
+  add_rounded_once(weight, delta);
+  if (bias_delta.defined()) add_rounded_once(bias, bias_delta);
   merged_ = true;
+}
+
+torch::Tensor LoraLinearImpl::lora_bias_delta() const {
+  if (!lora_B->options.bias()) return torch::Tensor();
+  if (!bias.defined()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "the layer has lora_bias but its base has no bias to merge lora_B.bias into (PEFT cannot merge it "
+                "either): not merged");
+  }
+  const auto compute = bias.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  c10::NoGradGuard no_grad;
+  return lora_B->bias.to(compute) * scaling_;
+}
+
+void LoraLinearImpl::add_rounded_once(torch::Tensor& target, const torch::Tensor& delta) {
+  c10::NoGradGuard no_grad;
+  if (target.scalar_type() == delta.scalar_type()) {
+    target.add_(delta);
+  } else {
+    // Add in F32, round once into the half-precision tensor.
+    target.copy_(target.to(delta.scalar_type()).add_(delta));
+  }
 }
 
 void LoraLinearImpl::unmerge() {
@@ -188,11 +214,8 @@ void LoraLinearImpl::unmerge() {
     merged_ = false;
     return;
   }
-  if (weight.scalar_type() == delta.scalar_type()) {
-    weight.sub_(delta);
-  } else {
-    weight.copy_(weight.to(delta.scalar_type()).sub_(delta));
-  }
+  add_rounded_once(weight, -delta);
+  if (const torch::Tensor bias_delta = lora_bias_delta(); bias_delta.defined()) add_rounded_once(bias, -bias_delta);
   merged_ = false;
 }
 

@@ -57,7 +57,7 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
   const LoraConfig config = read_adapter_config(adapter_dir);
   const auto adapter = open_tensor_source(detail::adapter_weights_path(adapter_dir));
   const detail::AdapterLayout layout = detail::classify_adapter_keys(*adapter);
-  detail::check_magnitudes(layout, config.use_dora, adapter->path());
+  detail::check_optional_tensors(layout, config.use_dora, config.lora_bias, adapter->path());
   const auto source = open_tensor_source(base);
 
   // The adapted model's names carry base_prefix; the base file's lack it.
@@ -81,6 +81,7 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
   // Validate everything first.
   std::vector<std::string> problems;
   std::map<std::string, std::string> layer_of;  // base weight name -> layer path
+  std::map<std::string, std::string> bias_of;   // base bias name -> layer path (lora_bias)
   for (const std::string& path : layout.layers) {
     if (!starts_with(path, base_prefix)) {
       problems.push_back("adapted layer '" + path + "' does not start with base_prefix '" + base_prefix + "'");
@@ -110,6 +111,15 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
       problems.push_back("'" + path + "' has rank " + std::to_string(a.shape[0]) + " in the file but " +
                          std::to_string(rank_for(config, path)) + " in adapter_config.json");
       continue;
+    }
+    if (config.lora_bias) {
+      const std::string bias = path.substr(base_prefix.size()) + ".bias";
+      if (!source->contains(bias) || source->info(bias).shape != std::vector<std::int64_t>{b.shape[0]}) {
+        problems.push_back("'" + path + "' has lora_bias but the base has no '" + bias + "' of shape " +
+                           format_shape({b.shape[0]}) + " to merge it into (PEFT cannot merge it either)");
+        continue;
+      }
+      bias_of[bias] = path;
     }
     if (config.use_dora) {
       const TensorInfo& m = adapter->info(detail::file_key({detail::PeftTensor::kMagnitude, path}));
@@ -155,6 +165,10 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
     throw Error(ErrorCode::kIncompatible, msg);
   }
 
+  auto scaling_for = [&](const std::string& path, std::int64_t r) {
+    const double alpha = alpha_for(config, path);
+    return config.use_rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r);
+  };
   // Output names: base_prefix + each base tensor's name, then the joiners'.
   std::vector<TensorInfo> specs;
   std::map<std::string, std::string> base_of;  // output name -> base name
@@ -200,21 +214,30 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
         const at::Tensor B =
             adapter->tensor(detail::file_key({detail::PeftTensor::kLoraB, path})).to(compute);  // [out, r]
         fold.r = A.size(0);
-        const double alpha = alpha_for(config, path);
-        const double scaling = config.use_rslora ? alpha / std::sqrt(static_cast<double>(fold.r))
-                                                 : alpha / static_cast<double>(fold.r);
+        const double scaling = scaling_for(path, fold.r);
         fold.C = (config.fan_in_fan_out ? A.t() * scaling : B * scaling).contiguous();
         fold.V = (config.fan_in_fan_out ? B.t() : A).contiguous();
         if (config.use_dora) {
           fold.magnitude = adapter->tensor(detail::file_key({detail::PeftTensor::kMagnitude, path})).to(compute);
         }
       }
+      at::Tensor bias_delta;  // s * lora_B.bias, for the base bias of a lora_bias layer
+      if (auto biased = bias_of.find(name); biased != bias_of.end()) {
+        const std::string& path = biased->second;
+        const std::int64_t r = adapter->info(detail::file_key({detail::PeftTensor::kLoraA, path})).shape[0];
+        bias_delta = adapter->tensor(detail::file_key({detail::PeftTensor::kLoraBias, path})).to(compute) *
+                     scaling_for(path, r);
+      }
       source->prefetch(name);
       for (std::int64_t e = 0; e < n;) {
         const std::int64_t k = std::min(n - e, info.shape.empty() ? n : rows_per * cols);
         detail::PiecePipeline::Slot& slot = pipe.acquire();
         const at::Tensor piece = detail::piece_view(*source, name, stored, e, k, &slot.read[0]);
-        if (!fold.C.defined()) {
+        if (bias_delta.defined()) {
+          const at::Tensor b = slot.scratch.as(piece, compute, 2);
+          b.view({-1}).add_(bias_delta.narrow(0, e, k));
+          slot.piece = slot.scratch.as(b, out, 3);
+        } else if (!fold.C.defined()) {
           slot.piece = slot.scratch.as(piece, out, 0);
         } else {
           // Rows [r0, r0 + k / cols) of W plus the same rows of s * B A,

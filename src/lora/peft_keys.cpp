@@ -19,6 +19,7 @@ constexpr FactorSuffix kFactorSuffixes[] = {
     {PeftTensor::kLoraA, ".lora_A.weight"},
     {PeftTensor::kLoraB, ".lora_B.weight"},
     {PeftTensor::kMagnitude, ".lora_magnitude_vector"},
+    {PeftTensor::kLoraBias, ".lora_B.bias"},
 };
 
 const char* suffix_of(PeftTensor kind) {
@@ -53,20 +54,23 @@ PeftKey parse_file_key(const std::string& key, const std::string& file) {
 
 AdapterLayout classify_adapter_keys(const TensorSource& source) {
   AdapterLayout layout;
-  std::map<std::string, int> halves;  // layer path -> bit 1: A, bit 2: B, bit 4: magnitude
+  // Layer path -> bit 1: A, bit 2: B, bit 4: magnitude, bit 8: lora_B.bias.
+  std::map<std::string, int> parts;
   for (const std::string& key : source.names()) {
     const PeftKey k = parse_file_key(key, source.path());
     if (k.kind == PeftTensor::kWhole) layout.whole.push_back(k.path);
-    else halves[k.path] |= k.kind == PeftTensor::kLoraA ? 1 : k.kind == PeftTensor::kLoraB ? 2 : 4;
+    else parts[k.path] |= 1 << static_cast<int>(k.kind);
   }
-  for (auto [path, bits] : halves) {
-    if (bits & 4) {
+  for (auto [path, bits] : parts) {
+    for (const PeftTensor extra : {PeftTensor::kMagnitude, PeftTensor::kLoraBias}) {
+      const int bit = 1 << static_cast<int>(extra);
+      if (!(bits & bit)) continue;
       if ((bits & 3) == 0) {
-        throw Error(ErrorCode::kCorruption, "'" + source.path() + "' has '" + file_key({PeftTensor::kMagnitude, path}) +
+        throw Error(ErrorCode::kCorruption, "'" + source.path() + "' has '" + file_key({extra, path}) +
                                                 "' but no LoRA factors for '" + path + "'");
       }
-      layout.dora.push_back(path);
-      bits &= 3;
+      (extra == PeftTensor::kMagnitude ? layout.dora : layout.biased).push_back(path);
+      bits &= ~bit;
     }
     if (bits != 3) {
       const PeftTensor has = bits == 1 ? PeftTensor::kLoraA : PeftTensor::kLoraB;
@@ -79,22 +83,33 @@ AdapterLayout classify_adapter_keys(const TensorSource& source) {
   return layout;
 }
 
-void check_magnitudes(const AdapterLayout& layout, bool use_dora, const std::string& file) {
-  if (!use_dora && !layout.dora.empty()) {
-    throw Error(ErrorCode::kCorruption, "'" + file + "' holds DoRA magnitudes (" +
-                                            file_key({PeftTensor::kMagnitude, layout.dora.front()}) +
-                                            ", ...) but its adapter_config.json says use_dora is false");
-  }
-  if (use_dora && layout.dora.size() != layout.layers.size()) {
-    std::vector<std::string> lacking;
-    for (const std::string& path : layout.layers) {
-      if (std::find(layout.dora.begin(), layout.dora.end(), path) == layout.dora.end()) {
-        lacking.push_back(file_key({PeftTensor::kMagnitude, path}));
-      }
+void check_optional_tensors(const AdapterLayout& layout, bool use_dora, bool lora_bias, const std::string& file) {
+  struct Optional {
+    PeftTensor kind;
+    const std::vector<std::string>* have;
+    bool wanted;
+    const char* what;
+    const char* field;
+  };
+  for (const Optional& o : {Optional{PeftTensor::kMagnitude, &layout.dora, use_dora, "DoRA magnitude", "use_dora"},
+                            Optional{PeftTensor::kLoraBias, &layout.biased, lora_bias, "lora_B bias", "lora_bias"}}) {
+    const std::vector<std::string>& have = *o.have;
+    if (!o.wanted && !have.empty()) {
+      throw Error(ErrorCode::kCorruption, "'" + file + "' holds the " + o.what + " of " + std::to_string(have.size()) +
+                                              " layer(s) (" + file_key({o.kind, have.front()}) +
+                                              (have.size() > 1 ? ", ..." : "") + ") but its adapter_config.json says " +
+                                              o.field + " is false");
     }
-    throw Error(ErrorCode::kCorruption, "'" + file + "' lacks the DoRA magnitude of " + std::to_string(lacking.size()) +
-                                            " layer(s) (" + lacking.front() + (lacking.size() > 1 ? ", ..." : "") +
-                                            ") though its adapter_config.json says use_dora is true");
+    if (o.wanted && have.size() != layout.layers.size()) {
+      std::vector<std::string> lacking;
+      for (const std::string& path : layout.layers) {
+        if (std::find(have.begin(), have.end(), path) == have.end()) lacking.push_back(file_key({o.kind, path}));
+      }
+      throw Error(ErrorCode::kCorruption, "'" + file + "' lacks the " + o.what + " of " +
+                                              std::to_string(lacking.size()) + " layer(s) (" + lacking.front() +
+                                              (lacking.size() > 1 ? ", ..." : "") +
+                                              ") though its adapter_config.json says " + o.field + " is true");
+    }
   }
 }
 

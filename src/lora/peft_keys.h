@@ -6,13 +6,14 @@
 //   "base_model.model." + "q_proj" + the lora_A factor's suffix  <=>  {kLoraA, "q_proj"}
 //   "base_model.model." + "q_proj" + the lora_B factor's suffix  <=>  {kLoraB, "q_proj"}
 //   "base_model.model." + "q_proj" + DoRA's magnitude suffix      <=>  {kMagnitude, "q_proj"}
+//   "base_model.model." + "q_proj" + lora_B's bias suffix          <=>  {kLoraBias, "q_proj"}
 //   "base_model.model.classifier.weight"                         <=>  {kWhole, "classifier.weight"}
 //
 // The live model names a tensor as the key less PEFT's prefix (for a factor:
 // the name of a LoraLinear's lora_A or lora_B parameter). PEFT strips its adapter
 // name ("default") from the keys it saves (and ".weight" from DoRA's
 // magnitude). Kinds that lorakeep does not implement yet (lora_embedding_A /
-// B, lora_B.bias) are recognised by name and refused.
+// B) are recognised by name and refused.
 #pragma once
 
 #include <string>
@@ -26,6 +27,7 @@ enum class PeftTensor {
   kLoraA,      // a LoRA layer's A factor [r, in]
   kLoraB,      // its B factor [out, r]
   kMagnitude,  // DoRA's magnitude [out]
+  kLoraBias,   // lora_B's bias [out] (lora_bias)
   kWhole,      // a tensor saved whole (modules_to_save, task heads)
 };
 
@@ -51,16 +53,18 @@ PeftKey parse_file_key(const std::string& key, const std::string& file);
 struct AdapterLayout {
   std::vector<std::string> layers;  // module paths with both factors
   std::vector<std::string> dora;    // those of them with a DoRA magnitude
+  std::vector<std::string> biased;  // those of them with lora_B.bias
   std::vector<std::string> whole;   // names of whole tensors
 };
 
 // Parses every key of `source`. Throws as parse_file_key, and
-// Error(kCorruption) for a layer with one factor only, or a magnitude
-// without factors.
+// Error(kCorruption) for a layer with one factor only, or a magnitude or a
+// lora_B.bias without factors.
 AdapterLayout classify_adapter_keys(const TensorSource& source);
 
 // Throws Error(kCorruption) naming `file` unless every layer of `layout` has
-// a DoRA magnitude when `use_dora` (adapter_config.json's), and none when not.
-void check_magnitudes(const AdapterLayout& layout, bool use_dora, const std::string& file);
+// a DoRA magnitude when `use_dora` (adapter_config.json's) and none when not,
+// and the same for lora_B.bias and `lora_bias`.
+void check_optional_tensors(const AdapterLayout& layout, bool use_dora, bool lora_bias, const std::string& file);
 
 }  // namespace lorakeep::detail

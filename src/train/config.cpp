@@ -101,6 +101,7 @@ void declare_lora(ConfigSection& s, LoraConfig* c) {
   }
   s.boolean("use_rslora", &c->use_rslora)
       .boolean("use_dora", &c->use_dora)
+      .boolean("lora_bias", &c->lora_bias)
       .boolean("fan_in_fan_out", &c->fan_in_fan_out)
       .choice("init_lora_weights", &c->init_lora_weights, {"true", "false", "gaussian"})
       .text("task_type", &c->task_type)
