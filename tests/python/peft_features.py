@@ -23,7 +23,11 @@ feature this script
 It prints one JSON line per feature:
   {"feature": NAME, "peft": VERSION, "load_max_diff": F, "merge_max_diff": F,
    "merge_names": [...], "peft_factors_trained": BOOL}
+or, for a feature this PEFT does not have (a config field its LoraConfig
+lacks, such as lora_bias before 0.14):
+  {"feature": NAME, "peft": VERSION, "skipped": REASON}
 """
+import dataclasses
 import copy
 import glob
 import json
@@ -82,6 +86,12 @@ def main():
             continue
         row = {"feature": feature, "peft": peft.__version__}
         adapter = os.path.join(d, "lorakeep_adapter")
+        with open(os.path.join(adapter, "adapter_config.json"), encoding="utf-8") as f:
+            unknown = sorted(set(json.load(f)) - {field.name for field in dataclasses.fields(LoraConfig)})
+        if unknown:
+            row["skipped"] = f"PEFT {peft.__version__}'s LoraConfig has no {', '.join(unknown)}"
+            print(json.dumps(row), flush=True)
+            continue
 
         model = PeftModel.from_pretrained(copy.deepcopy(base), adapter).eval()
         with torch.no_grad():
