@@ -83,7 +83,10 @@ def reload(args):
     torch.set_grad_enabled(False)
     if args.method == "torch-load":
         def run():
-            state = torch.load(args.file, map_location="cpu")
+            # LibTorch's pickler tags typed containers with a global that
+            # torch >= 2.6's default weights_only load refuses; the file is
+            # the benchmark's own.
+            state = torch.load(args.file, map_location="cpu", weights_only=False)
             for name, p in live.items():
                 p.copy_(state[name])
     elif args.method == "safetensors":

@@ -81,8 +81,8 @@ class LoraLinearImpl : public torch::nn::Module {
   // for "gaussian"; both as nn.Linear for "false"), and with use_dora the
   // magnitude [out], initialised to the row norms of W + scaling * B A; the
   // base weight and bias move under "base_layer" and stop requiring grad.
-  // Throws Error(kInvalidArgument) if it already has an adapter, r < 1 or
-  // init is not one of the three.
+  // Throws Error(kInvalidArgument) if it already has an adapter, r < 1, init
+  // is not one of the three, or lora_bias comes with DoRA or "gaussian".
   void add_adapter(const LoraAdapterOptions& options);
   bool has_adapter() const { return static_cast<bool>(lora_A); }
 
