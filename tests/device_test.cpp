@@ -15,6 +15,8 @@
 
 #include "lorakeep/adapter.h"
 #include "lorakeep/checkpoint_manager.h"
+#include "lorakeep/lora_conv2d.h"
+#include "lorakeep/lora_embedding.h"
 #include "lorakeep/memory.h"
 #include "lorakeep/safetensors.h"
 #include "lorakeep/tensor_source.h"
@@ -373,6 +375,70 @@ TEST_CASE("a LoRA or DoRA training step on the device, then save and reload with
     load_adapter(dir / "a", *net);
     CHECK(td::peak_bytes() - before == 0);
     CHECK(test::bitwise_equal(adapter_on_host(net, config), trained));
+  }
+}
+
+// An embedding and a 2-D convolution, the other kinds of LoRA layer.
+struct KindsNetImpl : torch::nn::Module {
+  LoraEmbedding emb{nullptr};
+  LoraConv2d conv{nullptr};
+  KindsNetImpl() {
+    emb = register_module("emb", LoraEmbedding(16, 6));
+    conv = register_module("conv", LoraConv2d(torch::nn::Conv2dOptions(1, 2, 3).padding(1)));
+  }
+  torch::Tensor loss(const torch::Tensor& ids, const torch::Tensor& images) {
+    return emb(ids).pow(2).mean() + conv(images).pow(2).mean();
+  }
+};
+TORCH_MODULE(KindsNet);
+
+TEST_CASE("embeddings and convolutions, plain and DoRA, armed on the device from a file, trained, reloaded",
+          "[device]") {
+  for (const bool dora : {false, true}) {
+    INFO("use_dora " << dora);
+    test::TempDir dir;
+    LoraConfig config;
+    config.r = 2;
+    config.lora_alpha = 4;
+    config.target_modules = {"emb", "conv"};
+    config.init_lora_weights = "false";  // every factor non-zero
+    config.use_dora = dora;
+    torch::manual_seed(0);
+    KindsNet on_host;
+    inject_lora(*on_host, config);
+    save_adapter(dir / "start", *on_host, config);
+    torch::manual_seed(0);
+    KindsNet net;
+    net->to(td::device());
+    load_adapter(dir / "start", *net);  // arms on the device
+    for (const auto& p : net->parameters()) CHECK(p.device() == td::device());
+    CHECK(test::bitwise_equal(test::clone_all(adapter_tensors(*net, config)),
+                              test::clone_all(adapter_tensors(*on_host, config))));
+    std::vector<torch::Tensor> params;
+    for (const auto& p : net->parameters()) {
+      if (p.requires_grad()) params.push_back(p);
+    }
+    CHECK(params.size() == (dora ? 6u : 4u));
+    torch::optim::AdamW adamw(params, torch::optim::AdamWOptions(1e-2));
+    const torch::Tensor ids = torch::tensor({1, 5, 9, 15}, torch::kLong).to(td::device());
+    const torch::Tensor images = torch::randn({4, 1, 3, 3}).to(td::device());
+    adamw.zero_grad();
+    net->loss(ids, images).backward();
+    adamw.step();
+    const NamedTensors trained = test::clone_all(adapter_tensors(*net, config));
+    td::reset_peak();
+    std::int64_t before = td::live_bytes();
+    save_adapter(dir / "trained", *net, config);
+    CHECK(td::peak_bytes() - before == 0);
+    {
+      torch::NoGradGuard no_grad;
+      for (auto& p : params) p.add_(1.0);
+    }
+    td::reset_peak();
+    before = td::live_bytes();
+    load_adapter(dir / "trained", *net);
+    CHECK(td::peak_bytes() - before == 0);  // CPU-first, in place: no device byte
+    CHECK(test::bitwise_equal(test::clone_all(adapter_tensors(*net, config)), trained));
   }
 }
 

@@ -106,6 +106,16 @@ NamedTensors write_bert_base_and_adapter(const test::TempDir& dir) {
   return base;
 }
 
+// GPT-2's 12 c_attn weights, under their names.
+NamedTensors c_attn_weights(Gpt2SeqCls& model) {
+  NamedTensors out;
+  for (int i = 0; i < 12; ++i) {
+    out.emplace_back("transformer.h." + std::to_string(i) + ".attn.c_attn.weight",
+                     model->transformer->h->ptr<Gpt2BlockImpl>(i)->attn->c_attn->weight);
+  }
+  return out;
+}
+
 }  // namespace
 
 TEST_CASE("merge-lora's rank-r update equals a GEMM in every instruction set this CPU runs", "[lora][merge]") {
@@ -197,16 +207,39 @@ TEST_CASE("merge-lora output equals the in-memory merged weights, for LoRA, lora
   }
 }
 
+TEST_CASE("merge-lora merges DoRA on Conv1D weights: column norms summed over many row blocks", "[lora][merge]") {
+  // GPT-2's c_attn is stored [768, 2304]: DoRA's outputs are its columns,
+  // and a piece holds 28 of its rows, so each norm is summed over 28 blocks.
+  test::TempDir dir;
+  torch::manual_seed(0);
+  Gpt2SeqCls model;
+  save_safetensors(dir / "gpt2.safetensors", c_attn_weights(model));
+  LoraConfig config = read_adapter_config(test::fixture("peft/gpt2_lora_seqcls"));
+  config.use_dora = true;
+  config.modules_to_save.clear();
+  inject_lora(*model, config);
+  for (int i = 0; i < 12; ++i) {
+    torch::NoGradGuard no_grad;
+    LoraLinearImpl& layer = *model->transformer->h->ptr<Gpt2BlockImpl>(i)->attn->c_attn;
+    layer.lora_B->weight.normal_(0, 0.1);
+    layer.lora_magnitude_vector.mul_(torch::rand({2304}) + 0.5);
+  }
+  save_adapter(dir / "adapter", *model, config);
+  merge_lora_files(dir / "gpt2.safetensors", dir / "adapter", dir / "merged");
+  merge_lora(*model);
+  const auto merged = open_tensor_source(dir / "merged");
+  for (int i = 0; i < 12; ++i) {
+    const std::string name = "transformer.h." + std::to_string(i) + ".attn.c_attn.weight";
+    INFO(name);
+    CHECK(torch::allclose(merged->tensor(name), c_attn_weights(model)[i].second, 0, 1e-5));
+  }
+}
+
 TEST_CASE("merge-lora folds the GPT-2 adapter into Conv1D weights and refuses a mismatched base", "[lora][merge]") {
   test::TempDir dir;
   torch::manual_seed(0);
   Gpt2SeqCls model;
-  NamedTensors base;
-  for (int i = 0; i < 12; ++i) {
-    base.emplace_back("transformer.h." + std::to_string(i) + ".attn.c_attn.weight",
-                      model->transformer->h->ptr<Gpt2BlockImpl>(i)->attn->c_attn->weight);
-  }
-  save_safetensors(dir / "gpt2.safetensors", base);
+  save_safetensors(dir / "gpt2.safetensors", c_attn_weights(model));
   const std::string adapter = test::fixture("peft/gpt2_lora_seqcls");
   const MergeReport report = merge_lora_files(dir / "gpt2.safetensors", adapter, dir / "merged");
   CHECK(report.tensors == 13);  // 12 merged weights and the classifier head, which the base lacks

@@ -27,17 +27,24 @@
 namespace lorakeep {
 namespace {
 
-// lin0 Linear(10, 20), relu, lin1 Linear(20, 16), relu, head Linear(16, 3):
-// FeatureNet of peft_features.py.
+// emb Embedding(12, 10) added to the input x, lin0 Linear(10, 20) plus conv
+// Conv2d(1, 2, 3, padding 1) of x seen as 1x2x5 images, relu, lin1
+// Linear(20, 16), relu, head Linear(16, 3): FeatureNet of peft_features.py.
 struct FeatureNetImpl : torch::nn::Module {
-  LoraLinear lin0{nullptr}, lin1{nullptr};
-  torch::nn::Linear head{nullptr};
+  LoraEmbedding emb{nullptr};
+  LoraConv2d conv{nullptr};
+  LoraLinear lin0{nullptr}, lin1{nullptr}, head{nullptr};
   FeatureNetImpl() {
+    emb = register_module("emb", LoraEmbedding(12, 10));
+    conv = register_module("conv", LoraConv2d(torch::nn::Conv2dOptions(1, 2, 3).padding(1)));
     lin0 = register_module("lin0", LoraLinear(10, 20));
     lin1 = register_module("lin1", LoraLinear(20, 16));
-    head = register_module("head", torch::nn::Linear(16, 3));
+    head = register_module("head", LoraLinear(16, 3));
   }
-  torch::Tensor forward(const torch::Tensor& x) { return head(torch::relu(lin1(torch::relu(lin0(x))))); }
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& ids) {
+    const torch::Tensor h = lin0(x + emb(ids)) + conv(x.view({-1, 1, 2, 5})).flatten(1);
+    return head(torch::relu(lin1(torch::relu(h))));
+  }
 };
 TORCH_MODULE(FeatureNet);
 
@@ -78,6 +85,26 @@ std::map<std::string, LoraConfig> features() {
   LoraConfig biased = plain;  // lora_B with a bias (PEFT 0.14 on)
   biased.lora_bias = true;
   out["lora_bias"] = biased;
+  LoraConfig embedding = plain;  // LoRA on the embedding and a linear
+  embedding.target_modules = {"emb", "lin0"};
+  out["embedding"] = embedding;
+  LoraConfig embedding_dora = embedding;  // DoRA on both (PEFT 0.12 on for the embedding)
+  embedding_dora.use_dora = true;
+  out["embedding_dora"] = embedding_dora;
+  LoraConfig conv = plain;  // LoRA on the convolution and a linear
+  conv.target_modules = {"conv", "lin0"};
+  out["conv2d"] = conv;
+  LoraConfig conv_dora = conv;  // DoRA on both
+  conv_dora.use_dora = true;
+  out["conv2d_dora"] = conv_dora;
+  LoraConfig conv_bias = conv;  // lora_B's bias on the convolution
+  conv_bias.lora_bias = true;
+  out["conv2d_lora_bias"] = conv_bias;
+  LoraConfig all_linear;  // PEFT's shorthand: every linear layer, the head too
+  all_linear.r = 4;
+  all_linear.lora_alpha = 8;
+  all_linear.target_modules_regex = "all-linear";
+  out["all_linear"] = all_linear;
   return out;
 }
 
@@ -87,10 +114,11 @@ TEST_CASE("the feature table against the peers' PEFT: trained here, loaded there
           "[lora][python][peers]") {
   test::TempDir dir;
   const torch::Tensor x = torch::arange(90, torch::kFloat).reshape({9, 10}) / 90;
+  const torch::Tensor ids = torch::tensor({3, 0, 11, 5, 3, 7, 1, 9, 2}, torch::kLong);
   {
     FeatureNet base = seeded_net();
     save_safetensors(dir / "base.safetensors", named(*base));
-    save_safetensors(dir / "input.safetensors", {{"x", x}});
+    save_safetensors(dir / "input.safetensors", {{"x", x}, {"ids", ids}});
   }
   const std::map<std::string, LoraConfig> table = features();
   std::map<std::string, torch::Tensor> ours;  // each feature's output here
@@ -103,13 +131,13 @@ TEST_CASE("the feature table against the peers' PEFT: trained here, loaded there
     torch::optim::SGD sgd(net->parameters(), torch::optim::SGDOptions(0.1));
     for (int step = 0; step < 5; ++step) {
       sgd.zero_grad();
-      net->forward(x).pow(2).mean().backward();
+      net->forward(x, ids).pow(2).mean().backward();
       sgd.step();
     }
     net->eval();
     save_adapter(dir / (name + "/lorakeep_adapter"), *net, config);
     torch::NoGradGuard no_grad;
-    ours[name] = net->forward(x);
+    ours[name] = net->forward(x, ids);
     save_safetensors(dir / (name + "/lorakeep_output.safetensors"), {{"y", ours[name]}});
     merge_lora_files(dir / "base.safetensors", dir / (name + "/lorakeep_adapter"), dir / (name + "/lorakeep_merged"));
   }
@@ -128,8 +156,21 @@ TEST_CASE("the feature table against the peers' PEFT: trained here, loaded there
     if (row.contains("skipped")) {  // a feature the peers' PEFT lacks: reported, nothing compared
       std::printf("PEFT %s, %s: skipped: %s\n", row["peft"].get<std::string>().c_str(), name.c_str(),
                   row["skipped"].get<std::string>().c_str());
-      CHECK(table.at(name).lora_bias);  // only lora_bias is newer than peft 0.10
+      // Newer than peft 0.10: lora_bias, and DoRA on embeddings.
+      CHECK((table.at(name).lora_bias || name == "embedding_dora"));
       continue;
+    }
+    if (name == "all_linear") {  // what lorakeep saved is what PEFT's shorthand selects
+      const LoraConfig saved = read_adapter_config(dir / (name + "/lorakeep_adapter"));
+      std::vector<std::string> targets = saved.target_modules;
+      std::sort(targets.begin(), targets.end());
+      CHECK(saved.target_modules_regex.empty());
+      if (row.contains("all_linear_refused")) {  // peft 0.10: transformers' models only
+        std::printf("PEFT %s refuses target_modules='all-linear' on FeatureNet: %s\n",
+                    row["peft"].get<std::string>().c_str(), row["all_linear_refused"].get<std::string>().c_str());
+      } else {
+        CHECK(targets == row["all_linear"].get<std::vector<std::string>>());
+      }
     }
     // lorakeep's adapter in PEFT, and merge-lora against merge_and_unload().
     CHECK(row["load_max_diff"].get<double>() <= 1e-4);
@@ -148,7 +189,7 @@ TEST_CASE("the feature table against the peers' PEFT: trained here, loaded there
       torch::NoGradGuard no_grad;
       const torch::Tensor want =
           SafetensorsFile::open(dir / (name + "/peft_output.safetensors")).tensor("y").to(torch::kDouble);
-      back = (fresh->forward(x).to(torch::kDouble) - want).abs().max().item<double>();
+      back = (fresh->forward(x, ids).to(torch::kDouble) - want).abs().max().item<double>();
     }
     CHECK(back <= 1e-4);
     // One training step from PEFT's start, here: PEFT's step, every tensor
@@ -160,7 +201,7 @@ TEST_CASE("the feature table against the peers' PEFT: trained here, loaded there
       if (p.requires_grad()) trainable.push_back(p);
     }
     torch::optim::SGD sgd(trainable, torch::optim::SGDOptions(0.1));
-    start->forward(x).pow(2).mean().backward();
+    start->forward(x, ids).pow(2).mean().backward();
     sgd.step();
     const auto before = open_tensor_source(dir / (name + "/peft_start/adapter_model.safetensors"));
     const auto after = open_tensor_source(dir / (name + "/peft_step/adapter_model.safetensors"));

@@ -24,20 +24,33 @@
 
 namespace lorakeep {
 
-// Arms, anywhere in `module`'s tree, every LoraLinear that PEFT's rules select
-// (is_lora_target), with rank and alpha from rank_pattern / alpha_pattern;
+// Arms, anywhere in `module`'s tree, every LoRA layer (LoraLinear,
+// LoraEmbedding, LoraConv2d) that PEFT's rules select (is_lora_target, after
+// resolve_target_modules), with rank and alpha from rank_pattern / alpha_pattern;
 // freezes every other parameter; makes the parameters of modules_to_save
 // trainable. Returns the names of the trainable parameters: the adapter
 // factors and the modules_to_save parameters, as named_parameters() spells
 // them. Borrows `module` for the call only.
 // Throws Error(kInvalidArgument) when the targets select nothing (the message
 // lists the module paths there are), when a selected module is a plain
-// torch::nn::Linear (with a hint to declare it as lorakeep::LoraLinear) or not
-// a linear layer, when a selected layer already has an adapter, or when a
+// torch::nn::Linear or Embedding (with a hint to declare it as lorakeep's
+// drop-in) or cannot carry an adapter, when a selected layer already has an
+// adapter or refuses the config (LoraLayer::refusal), or when a
 // selected layer's weight layout contradicts config.fan_in_fan_out (PEFT
 // would correct the flag; an adapter saved with the wrong one would be merged
 // untransposed). Nothing is armed then.
 std::vector<std::string> inject_lora(torch::nn::Module& module, const LoraConfig& config);
+
+// `config` with PEFT's target_modules shorthand "all-linear" (any case)
+// resolved against `module` as PEFT resolves it, and as the saves write it:
+// the paths of every linear layer (LoraLinear; a torch::nn::Linear is listed
+// too, and inject_lora refuses it with its hint) but those inside a LoRA
+// layer, those of modules_to_save and exclude_modules, and the output layer
+// PEFT leaves out: a top-level "lm_head" for task_type CAUSAL_LM or
+// SEQ_2_SEQ_LM, a top-level "classifier" or "score" for SEQ_CLS. Any other
+// config comes back unchanged. Throws Error(kInvalidArgument) when the
+// shorthand selects nothing.
+LoraConfig resolve_target_modules(torch::nn::Module& module, const LoraConfig& config);
 
 // The tensors an adapter file of `config` holds, under PEFT's keys (the two
 // factors of every armed layer, the parameters of modules_to_save). Views of

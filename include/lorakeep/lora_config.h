@@ -21,7 +21,8 @@ struct LoraConfig {
   double lora_alpha = 8;                     // scaling = lora_alpha / r (or / sqrt(r) with use_rslora)
   double lora_dropout = 0.0;                 // dropout on the LoRA path's input, in training mode
   std::vector<std::string> target_modules;   // module paths, matched exactly or by their last components...
-  std::string target_modules_regex;          // ...or one regular expression matched against the full path
+  std::string target_modules_regex;          // ...or one regular expression matched against the full path, or
+                                             // PEFT's "all-linear" (resolve_target_modules in adapter.h)
   std::vector<std::string> exclude_modules;  // the same two forms, for modules never to adapt
   std::string exclude_modules_regex;
   bool fan_in_fan_out = false;                            // base weights stored [in, out] (GPT-2's Conv1D)

@@ -19,11 +19,15 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <torch/nn/module.h>
 #include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
+
+#include "lorakeep/lora_layer.h"
 
 namespace lorakeep {
 
@@ -39,25 +43,9 @@ struct LoraLinearOptions {
   TORCH_ARG(bool, fan_in_fan_out) = false;
 };
 
-// The adapter part of one layer.
-struct LoraAdapterOptions {
-  int r = 8;
-  double alpha = 8;
-  double dropout = 0.0;
-  bool use_rslora = false;
-  std::string init = "true";  // PEFT's init_lora_weights: "true", "false" or "gaussian"
-  // DoRA (PEFT's use_dora): a magnitude per output, lora_magnitude_vector
-  // [out], rescales each output row of the adapted weight W + scaling * B A
-  // to it.
-  bool use_dora = false;
-  // PEFT's lora_bias: lora_B has a bias [out] (zero at "true"), scaled with
-  // the rest of the LoRA path and merged into the base's bias. Not with DoRA.
-  bool lora_bias = false;
-};
-
 // A linear layer that can carry one LoRA adapter.
 // Thread-safety: as any torch::nn::Module (no concurrent mutation).
-class LoraLinearImpl : public torch::nn::Module {
+class LoraLinearImpl : public torch::nn::Module, public LoraLayer {
  public:
   explicit LoraLinearImpl(const LoraLinearOptions& options);
   LoraLinearImpl(std::int64_t in_features, std::int64_t out_features)
@@ -81,41 +69,27 @@ class LoraLinearImpl : public torch::nn::Module {
   // for "gaussian"; both as nn.Linear for "false"), and with use_dora the
   // magnitude [out], initialised to the row norms of W + scaling * B A; the
   // base weight and bias move under "base_layer" and stop requiring grad.
-  // Throws Error(kInvalidArgument) if it already has an adapter, r < 1, init
-  // is not one of the three, or lora_bias comes with DoRA or "gaussian".
-  void add_adapter(const LoraAdapterOptions& options);
-  bool has_adapter() const { return static_cast<bool>(lora_A); }
+  // Throws Error(kInvalidArgument) if it already has an adapter, or with
+  // refusal(options).
+  void add_adapter(const LoraAdapterOptions& options) override;
+  bool has_adapter() const override { return static_cast<bool>(lora_A); }
 
-  // The adapter's options as armed, with the scaling and dropout of the last
-  // set_scaling. REQUIRES: has_adapter().
-  const LoraAdapterOptions& adapter_options() const { return adapter_; }
-
-  // Sets the adapter's alpha, use_rslora and dropout; its rank and factors
-  // stay. What a load of an adapter whose config says otherwise does, so that
-  // the layer computes what the file's adapter computes. Throws
-  // Error(kInvalidArgument) without an adapter, or when merged (the merged
-  // weight holds the old scaling: unmerge first).
-  void set_scaling(double alpha, bool use_rslora, double dropout);
-
-  // W += scaling * B @ A (transposed for fan_in_fan_out), computed in F32 for
-  // F16 / BF16 weights; forward then skips the LoRA path. With DoRA, as PEFT:
-  // W = k * (W + scaling * B A) per output row, k = magnitude / the row norms
-  // of W + scaling * B A, which the layer keeps for unmerge. With safe = true
-  // the new weight is checked for NaN / Inf first (Error(kInvalidArgument),
-  // nothing changed). With lora_bias the base's bias gains scaling *
-  // lora_B.bias (Error(kInvalidArgument) for a base without bias, nothing
-  // changed). unmerge() takes the adapter out again. Both need an adapter.
-  void merge(bool safe = false);
-  void unmerge();
-  bool merged() const { return merged_; }
+  // merge() (LoraLayer's): delta = scaling * B @ A (transposed for
+  // fan_in_fan_out); DoRA's outputs are the weight's rows (its columns when
+  // stored [in, out]).
 
   // scaling * B @ A in the base layout and the weight's dtype (with DoRA, the
   // LoRA part only: the merge also rescales the rows).
   torch::Tensor delta_weight() const;
-  double scaling() const { return scaling_; }
-  int rank() const { return has_adapter() ? static_cast<int>(lora_A->weight.size(0)) : 0; }
-  bool use_dora() const { return lora_magnitude_vector.defined(); }
+  bool use_dora() const override { return lora_magnitude_vector.defined(); }
   const LoraLinearOptions& options() const { return options_; }
+
+  std::vector<std::pair<std::string, torch::Tensor>> lora_tensors() const override;
+  std::vector<std::pair<std::string, std::vector<std::int64_t>>> lora_shapes(
+      const LoraAdapterOptions& options) const override;
+  const torch::Tensor& base_weight() const override { return weight; }
+  bool fan_in_fan_out() const override { return options_.fan_in_fan_out(); }
+  const char* kind() const override { return "linear layer"; }
 
   torch::Tensor weight;  // the base: [out, in], or [in, out] with fan_in_fan_out
   torch::Tensor bias;    // undefined without bias
@@ -125,24 +99,16 @@ class LoraLinearImpl : public torch::nn::Module {
 
  private:
   torch::Tensor base_forward(const torch::Tensor& x) const;
-  torch::Tensor delta_f32_or_wider() const;
-  // The L2 norm of each output row of W + `delta` (base layout, the compute
-  // dtype), without gradient: DoRA's denominator.
-  torch::Tensor row_norms(const torch::Tensor& delta) const;
-  torch::Tensor dora_factors(const torch::Tensor& norms) const;
-  // scaling * lora_B.bias in the bias's compute dtype; undefined without
-  // lora_bias. Throws Error(kInvalidArgument) for a base without bias.
-  torch::Tensor lora_bias_delta() const;
-  // target += delta, computed in delta's dtype and rounded once into target's.
-  static void add_rounded_once(torch::Tensor& target, const torch::Tensor& delta);
+  void on_dropout(double p) override;
+  torch::Tensor delta_f32_or_wider() const override;
+  torch::Tensor dora_norms(const torch::Tensor& adapted) const override;
+  torch::Tensor dora_factors(const torch::Tensor& norms) const override;
+  torch::Tensor base_bias() const override { return bias; }
+  torch::Tensor lora_bias_tensor() const override;
 
   LoraLinearOptions options_;
-  LoraAdapterOptions adapter_;
   std::shared_ptr<torch::nn::Module> base_layer_;
   torch::nn::Dropout dropout_{nullptr};
-  double scaling_ = 0;
-  bool merged_ = false;
-  torch::Tensor merged_norms_;  // DoRA: the row norms the merge divided by, for unmerge
 };
 TORCH_MODULE(LoraLinear);
 

@@ -36,12 +36,14 @@ struct MergeLoraOptions {
 };
 
 // Offline, file to file: out_dir = the base weights with the adapter folded
-// in, W + scaling * B @ A (transposed for fan_in_fan_out), scaling from the
-// adapter's config (lora_alpha or alpha_pattern, over r or sqrt(r) with
-// use_rslora), computed in F32 (F64 for F64 weights) a block of rows at a
-// time, and for a DoRA adapter each row then scaled to its magnitude over its
-// L2 norm (as PEFT's merge; DoRA on fan_in_fan_out weights is refused), and
-// with lora_bias each adapted layer's base bias gains scaling * lora_B.bias; the adapter's whole tensors
+// in, W + scaling * B @ A (transposed for fan_in_fan_out; an embedding's
+// (B @ A)^T; a convolution's kernels as rows), scaling from the adapter's config (lora_alpha or
+// alpha_pattern, over r or sqrt(r) with use_rslora), computed in F32 (F64
+// for F64 weights) a block of rows at a time; for a DoRA adapter each output
+// then scaled to its magnitude over its L2 norm, as PEFT's merge (a row's;
+// for weights stored [in, out] and embeddings a column's, whose norms a
+// first pass over the adapted weight works out); with lora_bias each adapted
+// layer's base bias gains scaling * lora_B.bias; the adapter's whole tensors
 // (modules_to_save, task heads) replace or join the base's. Streams one tensor at a time into sharded safetensors, as
 // merge_delta_files. Validates first: every adapted layer's weight exists in the base (under options.base_prefix, see
 // there) with the shape the factors imply, ranks agree with the config, whole tensors that replace a base tensor have

@@ -92,13 +92,12 @@ AsyncSave AsyncWriter::start(torch::nn::Module& module, const LoraConfig& lora, 
   // from what was committed, should the background write fail).
   committed_.set_best(state, &ticket.checkpoint);
   auto shadow = std::make_shared<TrainingState>(state);
-  auto lora_copy = std::make_shared<LoraConfig>(lora);
-  worker_ = std::thread([this, contents, shadow, lora_copy, key, what, step, rank, world] {
+  worker_ = std::thread([this, contents, shadow, key, what, step, rank, world] {
     try {
       if (nodes_) {
         commit_on_each_node(
             *nodes_, committed_, options_, *shadow,
-            [&] { return StagedCheckpoint(committed_, options_, *lora_copy, *shadow, *contents); },
+            [&] { return StagedCheckpoint(committed_, options_, *shadow, *contents); },
             [&](const std::string& round, const std::function<std::string()>& local) {
               if (nodes_->writes) coordinator_.post(round_key(key, round, rank), RankOutcome::run(local));
               std::vector<RankOutcome> out;
@@ -113,7 +112,7 @@ AsyncSave AsyncWriter::start(torch::nn::Module& module, const LoraConfig& lora, 
             world);
       } else if (rank == 0) {
         const std::string outcome = RankOutcome::run([&] {
-          commit_checkpoint(committed_, options_, *lora_copy, *shadow, *contents);
+          commit_checkpoint(committed_, options_, *shadow, *contents);
           return committed_steps_message(committed_);
         });
         if (world > 1) coordinator_.post(key, outcome);

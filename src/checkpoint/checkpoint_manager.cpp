@@ -93,7 +93,7 @@ CheckpointInfo CheckpointManager::save(torch::nn::Module& module, const LoraConf
     return detail::coordinated_save(m.coordinator, m.committed, m.options, module, lora, state, optimizer);
   }
   return detail::commit_checkpoint(
-      m.committed, m.options, lora, state,
+      m.committed, m.options, state,
       detail::CheckpointContents::live(module, lora, optimizer, m.options, {detail::capture_rng_states()}));
 }
 

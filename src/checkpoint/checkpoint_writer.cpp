@@ -37,9 +37,9 @@ std::string utc_now() {
 
 // Writes every file of a checkpoint into `dir`, each synced, the manifest
 // last (with the sizes and checksums of the others).
-void write_files(const std::string& dir, Manifest& manifest, const CheckpointContents& contents, const LoraConfig& lora,
+void write_files(const std::string& dir, Manifest& manifest, const CheckpointContents& contents,
                  const TrainingState& state) {
-  const WrittenAdapter adapter = write_adapter(dir, contents.adapter, lora, /*direct=*/true);
+  const WrittenAdapter adapter = write_adapter(dir, contents.adapter, contents.config, /*direct=*/true);
   manifest.files[kAdapterWeightsFile] = {adapter.weights.file_size, adapter.weights.file_checksum};
   for (std::size_t i = 0; i < adapter.weights.tensors.size(); ++i) {
     manifest.tensors[adapter.weights.tensors[i].name] = adapter.weights.tensor_checksums[i];
@@ -67,7 +67,8 @@ CheckpointContents CheckpointContents::live(torch::nn::Module& module, const Lor
                                             torch::optim::Optimizer* optimizer, const CheckpointOptions& options,
                                             std::vector<NamedTensors> rng) {
   CheckpointContents c;
-  c.adapter = adapter_tensors(module, lora);
+  c.config = resolve_target_modules(module, lora);
+  c.adapter = adapter_tensors(module, c.config);
   if (options.save_optimizer) c.optimizer = optimizer;
   if (options.save_rng) c.rng = std::move(rng);
   return c;
@@ -75,6 +76,7 @@ CheckpointContents CheckpointContents::live(torch::nn::Module& module, const Lor
 
 CheckpointContents CheckpointContents::snapshot(std::size_t optimizer_reserve) const {
   CheckpointContents c;
+  c.config = config;
   for (const auto& [name, t] : adapter) {
     at::Tensor host = at::empty(t.sizes(), t.options().device(at::kCPU));
     host.copy_(t.detach());
@@ -112,8 +114,7 @@ Manifest manifest_of(const CommittedSet& committed, const TrainingState& state) 
 }  // namespace
 
 StagedCheckpoint::StagedCheckpoint(const CommittedSet& committed, const CheckpointOptions& options,
-                                   const LoraConfig& lora, const TrainingState& state,
-                                   const CheckpointContents& contents)
+                                   const TrainingState& state, const CheckpointContents& contents)
     : staged_(committed.path_of(state.global_step),
               join(options.output_dir, temp_checkpoint_dir_name(state.global_step, ::getpid()))) {
   Manifest manifest = manifest_of(committed, state);
@@ -121,7 +122,7 @@ StagedCheckpoint::StagedCheckpoint(const CommittedSet& committed, const Checkpoi
   TrainingState recorded = state;
   committed.set_best(recorded, &info_);
   with_torch_errors(ErrorCode::kInvalidArgument, "cannot save '" + info_.path + "'",
-                    [&] { write_files(staged_.path(), manifest, contents, lora, recorded); });
+                    [&] { write_files(staged_.path(), manifest, contents, recorded); });
 }
 
 void StagedCheckpoint::publish(CommittedSet& committed) {
@@ -131,9 +132,9 @@ void StagedCheckpoint::publish(CommittedSet& committed) {
            info_.metric ? " (" + committed.key() + " " + std::to_string(*info_.metric) + ")" : std::string());
 }
 
-CheckpointInfo commit_checkpoint(CommittedSet& committed, const CheckpointOptions& options, const LoraConfig& lora,
-                                 TrainingState& state, const CheckpointContents& contents) {
-  StagedCheckpoint staged(committed, options, lora, state, contents);
+CheckpointInfo commit_checkpoint(CommittedSet& committed, const CheckpointOptions& options, TrainingState& state,
+                                 const CheckpointContents& contents) {
+  StagedCheckpoint staged(committed, options, state, contents);
   staged.publish(committed);
   committed.rotate(options.save_total_limit, options.keep_best);
   committed.set_best(state);

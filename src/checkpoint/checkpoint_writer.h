@@ -25,13 +25,15 @@ namespace lorakeep::detail {
 // written, or host copies taken earlier), the optimizer (streamed from the
 // live one, or its serialized bytes), the RNG states by rank.
 struct CheckpointContents {
+  LoraConfig config;  // adapter_config.json's (its target_modules resolved against the model)
   NamedTensors adapter;
   torch::optim::Optimizer* optimizer = nullptr;
   std::optional<std::string> optimizer_bytes;
   std::vector<NamedTensors> rng;  // empty: not saved
 
-  // From the live objects, nothing copied yet; what the options save. Throws
-  // as adapter_tensors (a config that disagrees with the armed layers).
+  // From the live objects, nothing copied yet; what the options save; `lora`
+  // resolved (resolve_target_modules). Throws as adapter_tensors (a config
+  // that disagrees with the armed layers).
   static CheckpointContents live(torch::nn::Module& module, const LoraConfig& lora, torch::optim::Optimizer* optimizer,
                                  const CheckpointOptions& options, std::vector<NamedTensors> rng);
 
@@ -53,8 +55,8 @@ class StagedCheckpoint {
   // Writes checkpoint-<state.global_step> of `committed`'s run directory,
   // trainer_state.json with state's best fields as they will be once it is
   // in (`state` itself unchanged). Throws as commit_checkpoint.
-  StagedCheckpoint(const CommittedSet& committed, const CheckpointOptions& options, const LoraConfig& lora,
-                   const TrainingState& state, const CheckpointContents& contents);
+  StagedCheckpoint(const CommittedSet& committed, const CheckpointOptions& options, const TrainingState& state,
+                   const CheckpointContents& contents);
 
   const CheckpointInfo& info() const { return info_; }
 
@@ -73,7 +75,7 @@ class StagedCheckpoint {
 // rotates. On failure nothing new is visible, earlier checkpoints are intact,
 // and `state` and `committed` are unchanged. Throws Error(kIOError) naming
 // the path, Error(kInvalidArgument) for what LibTorch refuses to serialize.
-CheckpointInfo commit_checkpoint(CommittedSet& committed, const CheckpointOptions& options, const LoraConfig& lora,
-                                 TrainingState& state, const CheckpointContents& contents);
+CheckpointInfo commit_checkpoint(CommittedSet& committed, const CheckpointOptions& options, TrainingState& state,
+                                 const CheckpointContents& contents);
 
 }  // namespace lorakeep::detail

@@ -225,7 +225,7 @@ CheckpointInfo coordinated_save(Coordinator& coordinator, CommittedSet& committe
   std::string outcome;
   if (coordinator.rank() == 0) {
     outcome = RankOutcome::run([&] {
-      info = commit_checkpoint(committed, options, lora, state,
+      info = commit_checkpoint(committed, options, state,
                                CheckpointContents::live(module, lora, optimizer, options, std::move(rng)));
       return committed_steps_message(committed);
     });

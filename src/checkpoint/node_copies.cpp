@@ -185,7 +185,7 @@ CheckpointInfo save_on_each_node(Coordinator& coordinator, const NodeWriters& no
   return commit_on_each_node(
       nodes, committed, options, state,
       [&] {
-        return StagedCheckpoint(committed, options, lora, state,
+        return StagedCheckpoint(committed, options, state,
                                 CheckpointContents::live(module, lora, optimizer, options, std::move(rng)));
       },
       [&](const std::string& round, const std::function<std::string()>& local) {

@@ -66,15 +66,16 @@ std::uint64_t adapter_digest(torch::nn::Module& module, const LoraConfig& config
 }
 
 AdapterSaveReport save_adapter(const std::string& dir, torch::nn::Module& module, const LoraConfig& config) {
-  const NamedTensors tensors = adapter_tensors(module, config);
+  const LoraConfig saved = resolve_target_modules(module, config);
+  const NamedTensors tensors = adapter_tensors(module, saved);
   boost::system::error_code ec;
   AdapterSaveReport report;
   if (fs::is_directory(dir, ec)) {
-    const detail::WrittenAdapter written = detail::write_adapter(dir, tensors, config, /*direct=*/false);
+    const detail::WrittenAdapter written = detail::write_adapter(dir, tensors, saved, /*direct=*/false);
     report.weights = written.weights;
   } else {
     detail::StagedDirectory staged(dir);
-    report.weights = detail::write_adapter(staged.path(), tensors, config, /*direct=*/true).weights;
+    report.weights = detail::write_adapter(staged.path(), tensors, saved, /*direct=*/true).weights;
     staged.publish(/*replace=*/false);
   }
   report.weights.path = (fs::path(dir) / detail::kAdapterWeightsFile).string();

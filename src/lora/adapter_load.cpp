@@ -39,8 +39,8 @@ AdapterLoad::AdapterLoad(const std::string& dir, LoraConfig config, std::unique_
   // The config's rank of each layer is the rank its factors have: the
   // scaling, which depends on it, is computed from the config.
   for (const std::string& path : layout.layers) {
-    const std::vector<std::int64_t>& shape = source_->info(file_key({PeftTensor::kLoraA, path})).shape;
-    if (shape.size() != 2) continue;  // the transfer plan names the shape
+    const std::vector<std::int64_t>& shape = source_->info(file_key(layout.factor_a(path))).shape;
+    if (shape.empty()) continue;  // the transfer plan names the shape
     const std::int64_t in_file = shape[0];
     if (in_file != rank_for(config_, path)) {
       throw Error(ErrorCode::kCorruption, "adapter '" + dir + "': its config gives '" + path + "' rank " +
@@ -52,7 +52,7 @@ AdapterLoad::AdapterLoad(const std::string& dir, LoraConfig config, std::unique_
   // The layers the adapter fills: those armed already, or, in a model with
   // none armed, those injection would arm (planned only: nothing changes
   // until everything is checked).
-  std::map<std::string, std::shared_ptr<LoraLinearImpl>> armed;
+  std::map<std::string, std::shared_ptr<LoraLayer>> armed;
   for (auto& [path, layer] : armed_layers(module)) armed[path] = layer;
   NamedTensors targets;
   if (armed.empty()) {
@@ -73,8 +73,8 @@ AdapterLoad::AdapterLoad(const std::string& dir, LoraConfig config, std::unique_
     } else if (to_arm_.empty() && it->second->rank() != rank_for(config_, path)) {
       other_rank.push_back("'" + path + "' (" + std::to_string(rank_for(config_, path)) + " in the file, " +
                            std::to_string(it->second->rank()) + " armed)");
-    } else if (to_arm_.empty() && kind_of(it->second->use_dora(), it->second->adapter_options().lora_bias) !=
-                                      kind_of(config_.use_dora, config_.lora_bias)) {
+    } else if (to_arm_.empty() && (it->second->use_dora() != config_.use_dora ||
+                                   it->second->adapter_options().lora_bias != config_.lora_bias)) {
       other_kind.push_back("'" + path + "' (" +
                            kind_of(it->second->use_dora(), it->second->adapter_options().lora_bias) + ")");
     }
@@ -155,7 +155,7 @@ TransferReport AdapterLoad::apply() {
     // run's random stream must not move for that.
     RngGuard keep_random_stream;
     arm(*module_, config_, to_arm_);
-    std::vector<std::pair<std::string, std::shared_ptr<LoraLinearImpl>>> armed;
+    PathLayers armed;
     for (const PlannedLayer& t : to_arm_) armed.emplace_back(t.path, t.layer);
     plan_->retarget(live_factors(armed));
     to_arm_.clear();

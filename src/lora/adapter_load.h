@@ -47,7 +47,7 @@ class AdapterLoad {
   LoraConfig config_;
   std::unique_ptr<TensorSource> source_;
   std::vector<PlannedLayer> to_arm_;  // empty when the model was armed already
-  std::vector<std::pair<std::string, std::shared_ptr<LoraLinearImpl>>> to_rescale_;  // the armed layers it fills
+  PathLayers to_rescale_;             // the armed layers it fills
   std::optional<LoadPlan> plan_;
 };
 

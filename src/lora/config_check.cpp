@@ -3,7 +3,9 @@
 #include <set>
 #include <sstream>
 
+#include "lorakeep/adapter.h"
 #include "lorakeep/error.h"
+#include "lorakeep/lora_linear.h"
 #include "lora/injection.h"
 
 namespace lorakeep::detail {
@@ -19,7 +21,8 @@ std::string flag(bool v) { return v ? "true" : "false"; }
 
 }  // namespace
 
-void check_config_matches_layers(torch::nn::Module& module, const LoraConfig& config) {
+void check_config_matches_layers(torch::nn::Module& module, const LoraConfig& given) {
+  const LoraConfig config = resolve_target_modules(module, given);
   const auto armed = armed_layers(module);
   if (armed.empty()) {
     throw Error(ErrorCode::kInvalidArgument, "the model has no LoRA adapter to save (hint: call inject_lora first)");
@@ -47,10 +50,11 @@ void check_config_matches_layers(torch::nn::Module& module, const LoraConfig& co
     if (config.use_dora != layer->use_dora()) differs(path, "use_dora", flag(config.use_dora), flag(layer->use_dora()));
     if (config.lora_bias != o.lora_bias) differs(path, "lora_bias", flag(config.lora_bias), flag(o.lora_bias));
     if (config.lora_dropout != o.dropout) differs(path, "lora_dropout", number(config.lora_dropout), number(o.dropout));
-    if (config.fan_in_fan_out != layer->options().fan_in_fan_out()) {
+    const bool linear = dynamic_cast<const LoraLinearImpl*>(layer.get()) != nullptr;  // PEFT reads it for these
+    if (linear && config.fan_in_fan_out != layer->fan_in_fan_out()) {
       differs(path, "fan_in_fan_out", flag(config.fan_in_fan_out),
-              flag(layer->options().fan_in_fan_out()) + " (its weight is stored [" +
-                  (layer->options().fan_in_fan_out() ? "in, out]" : "out, in]") + ")");
+              flag(layer->fan_in_fan_out()) + " (its weight is stored [" +
+                  (layer->fan_in_fan_out() ? "in, out]" : "out, in]") + ")");
     }
   }
   std::vector<std::string> module_paths;

@@ -9,12 +9,12 @@
 
 namespace lorakeep::detail {
 
-// Compares `config` with the armed LoraLinear layers of `module`: the armed
+// Compares `config` with the armed LoRA layers of `module`: the armed
 // set equals the set the config's targets select; per layer the rank
 // (r / rank_pattern), lora_alpha (alpha_pattern), use_rslora, lora_dropout
-// and fan_in_fan_out; every modules_to_save entry names a module. Throws
-// Error(kInvalidArgument) listing every disagreement (layer, field, the
-// config's value and the layer's), or when nothing is armed.
+// and (linear layers) fan_in_fan_out; every modules_to_save entry names a
+// module. Throws Error(kInvalidArgument) listing every disagreement (layer,
+// field, the config's value and the layer's), or when nothing is armed.
 void check_config_matches_layers(torch::nn::Module& module, const LoraConfig& config);
 
 }  // namespace lorakeep::detail

@@ -114,6 +114,14 @@ LoraConfig parse_adapter_config(const std::string& text, const std::string& path
       {"kasa_config", "KaSA (kasa_config)"},
       {"ensure_weight_tying", "ensure_weight_tying"},
   };
+  // The fields that are true or false.
+  static const std::map<std::string, bool LoraConfig::*> kFlags = {
+      {"fan_in_fan_out", &LoraConfig::fan_in_fan_out},
+      {"use_rslora", &LoraConfig::use_rslora},
+      {"use_dora", &LoraConfig::use_dora},
+      {"lora_bias", &LoraConfig::lora_bias},
+      {"inference_mode", &LoraConfig::inference_mode},
+  };
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& key = it.key();
     const OrderedJson& v = it.value();
@@ -133,21 +141,9 @@ LoraConfig parse_adapter_config(const std::string& text, const std::string& path
       c.exclude_modules = strings_or_list(v, path, key, &c.exclude_modules_regex);
     } else if (key == "modules_to_save") {
       c.modules_to_save = strings_or_list(v, path, key, nullptr);
-    } else if (key == "fan_in_fan_out") {
+    } else if (auto flag = kFlags.find(key); flag != kFlags.end()) {
       if (!v.is_boolean()) bad(path, key, "true or false");
-      c.fan_in_fan_out = v.get<bool>();
-    } else if (key == "use_rslora") {
-      if (!v.is_boolean()) bad(path, key, "true or false");
-      c.use_rslora = v.get<bool>();
-    } else if (key == "use_dora") {
-      if (!v.is_boolean()) bad(path, key, "true or false");
-      c.use_dora = v.get<bool>();
-    } else if (key == "lora_bias") {
-      if (!v.is_boolean()) bad(path, key, "true or false");
-      c.lora_bias = v.get<bool>();
-    } else if (key == "inference_mode") {
-      if (!v.is_boolean()) bad(path, key, "true or false");
-      c.inference_mode = v.get<bool>();
+      c.*(flag->second) = v.get<bool>();
     } else if (key == "layers_to_transform") {
       std::int64_t layer = 0;
       if (v.is_number_integer()) {

@@ -1,4 +1,3 @@
-#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -9,21 +8,11 @@
 
 #include "lorakeep/error.h"
 #include "lorakeep/lora_linear.h"
+#include "lora/layer_parts.h"
 
 namespace lorakeep {
-namespace {
 
-// Holds the base weight and bias once a layer is armed, so that they are
-// named "base_layer.weight" / "base_layer.bias", as in PEFT.
-class LoraBaseImpl : public torch::nn::Module {
- public:
-  LoraBaseImpl(const torch::Tensor& weight, const torch::Tensor& bias) {
-    register_parameter("weight", weight, /*requires_grad=*/false);
-    if (bias.defined()) register_parameter("bias", bias, /*requires_grad=*/false);
-  }
-};
-
-}  // namespace
+using detail::compute_dtype;
 
 LoraLinearImpl::LoraLinearImpl(const LoraLinearOptions& options) : options_(options) {
   if (options.fan_in_fan_out()) {
@@ -63,7 +52,7 @@ torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
   const torch::Tensor lora = lora_B(lora_A(h)) * scaling_;
   if (!use_dora()) return result + lora.to(result.scalar_type());
   // DoRA, as PEFT's DoraLinearLayer: the norms are constants to the gradient.
-  const torch::Tensor k = lora_magnitude_vector / row_norms(delta_f32_or_wider());
+  const torch::Tensor k = lora_magnitude_vector / dora_norms(adapted_weight());
   torch::Tensor base_x;  // W x without the bias, on the input the LoRA path saw
   if (dropped) {
     const torch::Tensor w = weight.to(h.scalar_type());
@@ -74,75 +63,53 @@ torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
   return result + ((k - 1) * base_x + k * lora).to(result.scalar_type());
 }
 
-torch::Tensor LoraLinearImpl::row_norms(const torch::Tensor& delta) const {
+torch::Tensor LoraLinearImpl::dora_norms(const torch::Tensor& adapted) const {
   c10::NoGradGuard no_grad;
-  const torch::Tensor w = weight.to(delta.scalar_type()) + delta;
   const std::vector<std::int64_t> rows = {options_.fan_in_fan_out() ? 0 : 1};  // [in, out] or [out, in]
-  return at::linalg_vector_norm(w, 2, rows, /*keepdim=*/false, c10::nullopt);
+  return at::linalg_vector_norm(adapted, 2, rows, /*keepdim=*/false, c10::nullopt);
 }
 
 void LoraLinearImpl::add_adapter(const LoraAdapterOptions& o) {
   if (has_adapter()) throw Error(ErrorCode::kInvalidArgument, "the layer already has a LoRA adapter");
-  if (o.r < 1) throw Error(ErrorCode::kInvalidArgument, "LoRA rank must be at least 1, not " + std::to_string(o.r));
-  if (o.init != "true" && o.init != "false" && o.init != "gaussian") {
-    throw Error(ErrorCode::kInvalidArgument, "init_lora_weights '" + o.init + "' is not true, false or gaussian");
-  }
-  if (o.lora_bias && (o.use_dora || o.init == "gaussian")) {
-    throw Error(ErrorCode::kInvalidArgument, std::string("lora_bias does not combine with ") +
-                                                 (o.use_dora ? "DoRA" : "init_lora_weights 'gaussian'") +
-                                                 " (PEFT refuses it too)");
-  }
+  if (const std::string why = refusal(o); !why.empty()) throw Error(ErrorCode::kInvalidArgument, why);
   // The base moves under "base_layer", frozen.
   parameters_.erase("weight");
   if (bias.defined()) parameters_.erase("bias");
-  base_layer_ = register_module("base_layer", std::make_shared<LoraBaseImpl>(weight, bias));
+  base_layer_ = register_module("base_layer", std::make_shared<detail::LoraBaseImpl>(weight, bias));
   weight.set_requires_grad(false);
   if (bias.defined()) bias.set_requires_grad(false);
 
-  const auto dtype = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const auto on = at::TensorOptions().dtype(dtype).device(weight.device());
+  const auto on = at::TensorOptions().dtype(compute_dtype(weight)).device(weight.device());
   const std::int64_t in = options_.in_features(), out = options_.out_features();
   lora_A = register_module("lora_A", torch::nn::Linear(torch::nn::LinearOptions(in, o.r).bias(false)));
   lora_B = register_module("lora_B", torch::nn::Linear(torch::nn::LinearOptions(o.r, out).bias(o.lora_bias)));
   lora_A->to(on.device(), on.dtype().toScalarType());
   lora_B->to(on.device(), on.dtype().toScalarType());
-  {
-    c10::NoGradGuard no_grad;
-    if (o.init == "true") {
-      torch::nn::init::kaiming_uniform_(lora_A->weight, std::sqrt(5.0));
-      lora_B->weight.zero_();
-      if (o.lora_bias) lora_B->bias.zero_();
-    } else if (o.init == "gaussian") {
-      lora_A->weight.normal_(0.0, 1.0 / o.r);
-      lora_B->weight.zero_();
-    }  // "false": nn.Linear's own initialisation for both, as PEFT leaves them
-  }
-  adapter_ = o;
-  merged_ = false;
-  set_scaling(o.alpha, o.use_rslora, o.dropout);
-  if (o.use_dora) {
-    lora_magnitude_vector = register_parameter("lora_magnitude_vector", row_norms(delta_f32_or_wider()));
-  }
+  detail::init_factors(lora_A->weight, lora_B->weight, o.lora_bias ? lora_B->bias : torch::Tensor(), o);
+  set_adapter_options(o);
+  if (o.use_dora) lora_magnitude_vector = register_parameter("lora_magnitude_vector", dora_norms(adapted_weight()));
 }
 
-void LoraLinearImpl::set_scaling(double alpha, bool use_rslora, double dropout) {
-  if (!has_adapter()) throw Error(ErrorCode::kInvalidArgument, "the layer has no LoRA adapter");
-  if (merged_) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "the layer's adapter is merged into its weight with the old scaling (hint: unmerge first)");
-  }
-  adapter_.alpha = alpha;
-  adapter_.use_rslora = use_rslora;
-  adapter_.dropout = dropout;
-  const double r = static_cast<double>(adapter_.r);
-  scaling_ = use_rslora ? alpha / std::sqrt(r) : alpha / r;
-  if (dropout > 0 && !dropout_) dropout_ = register_module("lora_dropout", torch::nn::Dropout(dropout));
-  if (dropout_) dropout_->options.p(dropout);
+void LoraLinearImpl::on_dropout(double p) { detail::set_dropout(*this, dropout_, p); }
+
+std::vector<std::pair<std::string, torch::Tensor>> LoraLinearImpl::lora_tensors() const {
+  return detail::factor_tensors(lora_A->weight, lora_B->weight, lora_magnitude_vector,
+                                adapter_.lora_bias ? lora_B->bias : torch::Tensor());
+}
+
+std::vector<std::pair<std::string, std::vector<std::int64_t>>> LoraLinearImpl::lora_shapes(
+    const LoraAdapterOptions& o) const {
+  const std::int64_t in = options_.in_features(), out = options_.out_features();
+  std::vector<std::pair<std::string, std::vector<std::int64_t>>> shapes = {{"lora_A.weight", {o.r, in}},
+                                                                           {"lora_B.weight", {out, o.r}}};
+  if (o.use_dora) shapes.push_back({"lora_magnitude_vector", {out}});
+  if (o.lora_bias) shapes.push_back({"lora_B.bias", {out}});
+  return shapes;
 }
 
 torch::Tensor LoraLinearImpl::delta_f32_or_wider() const {
   if (!has_adapter()) throw Error(ErrorCode::kInvalidArgument, "the layer has no LoRA adapter");
-  const auto compute = weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto compute = compute_dtype(weight);
   c10::NoGradGuard no_grad;
   torch::Tensor delta = lora_B->weight.to(compute).matmul(lora_A->weight.to(compute)) * scaling_;  // [out, in]
   return options_.fan_in_fan_out() ? delta.t() : delta;
@@ -157,66 +124,6 @@ torch::Tensor LoraLinearImpl::dora_factors(const torch::Tensor& norms) const {
   return options_.fan_in_fan_out() ? k.unsqueeze(0) : k.unsqueeze(1);
 }
 
-void LoraLinearImpl::merge(bool safe) {
-  if (merged_) return;
-  const torch::Tensor delta = delta_f32_or_wider();
-  c10::NoGradGuard no_grad;
-  if (use_dora()) {
-    const torch::Tensor norms = row_norms(delta);
-    const torch::Tensor merged = (weight.to(delta.scalar_type()) + delta).mul_(dora_factors(norms));
-    if (safe && !torch::isfinite(merged).all().item<bool>()) {
-      throw Error(ErrorCode::kInvalidArgument, "the DoRA-merged weight holds NaN or Inf: not merged");
-    }
-    weight.copy_(merged);
-    merged_norms_ = norms;
-    merged_ = true;
-    return;
-  }
-  const torch::Tensor bias_delta = lora_bias_delta();
-  if (safe && !(torch::isfinite(delta).all().item<bool>() &&
-                (!bias_delta.defined() || torch::isfinite(bias_delta).all().item<bool>()))) {
-    throw Error(ErrorCode::kInvalidArgument, "the LoRA delta holds NaN or Inf: not merged");
-  }
-  add_rounded_once(weight, delta);
-  if (bias_delta.defined()) add_rounded_once(bias, bias_delta);
-  merged_ = true;
-}
-
-torch::Tensor LoraLinearImpl::lora_bias_delta() const {
-  if (!lora_B->options.bias()) return torch::Tensor();
-  if (!bias.defined()) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "the layer has lora_bias but its base has no bias to merge lora_B.bias into (PEFT cannot merge it "
-                "either): not merged");
-  }
-  const auto compute = bias.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  c10::NoGradGuard no_grad;
-  return lora_B->bias.to(compute) * scaling_;
-}
-
-void LoraLinearImpl::add_rounded_once(torch::Tensor& target, const torch::Tensor& delta) {
-  c10::NoGradGuard no_grad;
-  if (target.scalar_type() == delta.scalar_type()) {
-    target.add_(delta);
-  } else {
-    // Add in F32, round once into the half-precision tensor.
-    target.copy_(target.to(delta.scalar_type()).add_(delta));
-  }
-}
-
-void LoraLinearImpl::unmerge() {
-  if (!merged_) return;
-  const torch::Tensor delta = delta_f32_or_wider();
-  c10::NoGradGuard no_grad;
-  if (use_dora()) {
-    weight.copy_(weight.to(delta.scalar_type()).div(dora_factors(merged_norms_)).sub_(delta));
-    merged_norms_ = torch::Tensor();
-    merged_ = false;
-    return;
-  }
-  add_rounded_once(weight, -delta);
-  if (const torch::Tensor bias_delta = lora_bias_delta(); bias_delta.defined()) add_rounded_once(bias, -bias_delta);
-  merged_ = false;
-}
+torch::Tensor LoraLinearImpl::lora_bias_tensor() const { return adapter_.lora_bias ? lora_B->bias : torch::Tensor(); }
 
 }  // namespace lorakeep

@@ -22,22 +22,35 @@ namespace lorakeep {
 namespace {
 
 // One adapted weight's update, W[i, :] += sum_k C[i, k] V[k, :], in the
-// compute dtype, contiguous: C = s * B and V = A, or for a fan_in_fan_out
-// weight (W is [in, out]) C = s * A^T and V = B^T. With DoRA's magnitude m
-// (rows only), each row of the sum is then scaled to m[i] / its L2 norm.
+// compute dtype, contiguous: C = s * B and V = A, or for a weight stored
+// [in, out] (fan_in_fan_out, and an embedding's [num_embeddings, dim]) C =
+// s * A^T and V = B^T. With DoRA's magnitude m, each output of the sum is
+// then scaled to m / its L2 norm: a row's, or, stored [in, out], a column's,
+// whose norms the caller works out in a first pass (column_scale = m /
+// them).
 struct Fold {
-  at::Tensor C, V, magnitude;
+  at::Tensor C, V, magnitude, column_scale;
   std::int64_t r = 0;
+  bool columns = false;  // DoRA's outputs are columns
 
-  // Rows [r0, r0 + rows) of W, in `w` (the compute dtype).
-  void apply(const at::Tensor& w, std::int64_t r0, std::int64_t rows, std::int64_t cols) const {
+  // Rows [r0, r0 + rows) of W, in `w` (the compute dtype), before DoRA.
+  void update(const at::Tensor& w, std::int64_t r0, std::int64_t rows, std::int64_t cols) const {
     if (w.scalar_type() == c10::kDouble) {
       detail::rank_update(w.data_ptr<double>(), rows, cols, C.data_ptr<double>() + r0 * r, V.data_ptr<double>(), r);
     } else {
       detail::rank_update(w.data_ptr<float>(), rows, cols, C.data_ptr<float>() + r0 * r, V.data_ptr<float>(), r);
     }
+  }
+
+  // The same, then DoRA's scaling.
+  void apply(const at::Tensor& w, std::int64_t r0, std::int64_t rows, std::int64_t cols) const {
+    update(w, r0, rows, cols);
     if (!magnitude.defined()) return;
     const at::Tensor block = w.view({rows, cols});
+    if (columns) {
+      block.mul_(column_scale.unsqueeze(0));
+      return;
+    }
     const std::vector<std::int64_t> along_rows = {1};
     const at::Tensor norms = at::linalg_vector_norm(block, 2, along_rows, /*keepdim=*/false, c10::nullopt);
     block.mul_((magnitude.narrow(0, r0, rows) / norms).unsqueeze(1));
@@ -88,23 +101,30 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
       continue;
     }
     const std::string weight = path.substr(base_prefix.size()) + ".weight";
-    const TensorInfo& a = adapter->info(detail::file_key({detail::PeftTensor::kLoraA, path}));
-    const TensorInfo& b = adapter->info(detail::file_key({detail::PeftTensor::kLoraB, path}));
+    const TensorInfo& a = adapter->info(detail::file_key(layout.factor_a(path)));
+    const TensorInfo& b = adapter->info(detail::file_key(layout.factor_b(path)));
+    const bool in_out = config.fan_in_fan_out || layout.embedding(path);  // stored [in, out]
     if (!source->contains(weight)) {
       problems.push_back("the adapter adapts '" + path + "' but the base has no '" + weight + "'" + prefix_hint(path));
       continue;
     }
     const TensorInfo& w = source->info(weight);
-    if (a.shape.size() != 2 || b.shape.size() != 2 || a.shape[0] != b.shape[1]) {
+    // A convolution's: A [r, in, kh, kw], B [out, r, 1, 1] (groups 1).
+    const bool conv = a.shape.size() == 4 && b.shape.size() == 4 && b.shape[2] == 1 && b.shape[3] == 1;
+    if (!(conv || (a.shape.size() == 2 && b.shape.size() == 2)) || a.shape[0] != b.shape[1]) {
       problems.push_back("'" + path + "' has factors " + format_shape(a.shape) + " and " + format_shape(b.shape) +
-                         ", which do not multiply");
+                         ", which do not multiply" +
+                         (a.shape.size() == 4 && b.shape.size() == 4
+                              ? " (a grouped convolution's, which PEFT cannot merge either)"
+                              : ""));
       continue;
     }
-    const std::vector<std::int64_t> want = config.fan_in_fan_out ? std::vector<std::int64_t>{a.shape[1], b.shape[0]}
-                                                                 : std::vector<std::int64_t>{b.shape[0], a.shape[1]};
+    std::vector<std::int64_t> want = in_out ? std::vector<std::int64_t>{a.shape[1], b.shape[0]}
+                                            : std::vector<std::int64_t>{b.shape[0], a.shape[1]};
+    if (conv) want = {b.shape[0], a.shape[1], a.shape[2], a.shape[3]};
     if (w.shape != want) {
       problems.push_back("'" + weight + "' is " + format_shape(w.shape) + " in the base but the factors make " +
-                         format_shape(want) + (config.fan_in_fan_out ? "" : " (hint: fan_in_fan_out?)"));
+                         format_shape(want) + (in_out ? "" : " (hint: fan_in_fan_out?)"));
       continue;
     }
     if (a.shape[0] != rank_for(config, path)) {
@@ -123,17 +143,9 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
     }
     if (config.use_dora) {
       const TensorInfo& m = adapter->info(detail::file_key({detail::PeftTensor::kMagnitude, path}));
-      if (m.shape != std::vector<std::int64_t>{b.shape[0]}) {
+      if (m.shape != (conv ? std::vector<std::int64_t>{1, b.shape[0], 1, 1} : std::vector<std::int64_t>{b.shape[0]})) {
         problems.push_back("'" + path + "' has a DoRA magnitude " + format_shape(m.shape) + " for " +
                            std::to_string(b.shape[0]) + " outputs");
-        continue;
-      }
-      if (config.fan_in_fan_out) {
-        // Its norms run down the columns of the stored [in, out] weight,
-        // which a merge of row blocks does not see whole.
-        problems.push_back("'" + path +
-                           "' is DoRA on a fan_in_fan_out weight, which merge-lora does not implement (hint: "
-                           "merge it in the live model with merge_lora)");
         continue;
       }
     }
@@ -209,24 +221,44 @@ MergeReport merge_lora_files(const std::string& base, const std::string& adapter
       const c10::ScalarType compute = stored == c10::kDouble ? c10::kDouble : c10::kFloat;
       if (layer != layer_of.end()) {
         const std::string& path = layer->second;
-        const at::Tensor A =
-            adapter->tensor(detail::file_key({detail::PeftTensor::kLoraA, path})).to(compute);  // [r, in]
-        const at::Tensor B =
-            adapter->tensor(detail::file_key({detail::PeftTensor::kLoraB, path})).to(compute);  // [out, r]
+        const at::Tensor a = adapter->tensor(detail::file_key(layout.factor_a(path))).to(compute);
+        const at::Tensor b = adapter->tensor(detail::file_key(layout.factor_b(path))).to(compute);
+        const at::Tensor A = a.reshape({a.size(0), -1}), B = b.reshape({b.size(0), -1});  // [r, in], [out, r]
+        const bool in_out = config.fan_in_fan_out || layout.embedding(path);
         fold.r = A.size(0);
         const double scaling = scaling_for(path, fold.r);
-        fold.C = (config.fan_in_fan_out ? A.t() * scaling : B * scaling).contiguous();
-        fold.V = (config.fan_in_fan_out ? B.t() : A).contiguous();
+        fold.C = (in_out ? A.t() * scaling : B * scaling).contiguous();
+        fold.V = (in_out ? B.t() : A).contiguous();
         if (config.use_dora) {
-          fold.magnitude = adapter->tensor(detail::file_key({detail::PeftTensor::kMagnitude, path})).to(compute);
+          fold.magnitude =
+              adapter->tensor(detail::file_key({detail::PeftTensor::kMagnitude, path})).to(compute).reshape({-1});
+          fold.columns = in_out;
         }
       }
       at::Tensor bias_delta;  // s * lora_B.bias, for the base bias of a lora_bias layer
       if (auto biased = bias_of.find(name); biased != bias_of.end()) {
         const std::string& path = biased->second;
-        const std::int64_t r = adapter->info(detail::file_key({detail::PeftTensor::kLoraA, path})).shape[0];
+        const std::int64_t r = adapter->info(detail::file_key(layout.factor_a(path))).shape[0];
         bias_delta = adapter->tensor(detail::file_key({detail::PeftTensor::kLoraBias, path})).to(compute) *
                      scaling_for(path, r);
+      }
+      if (fold.columns) {
+        // DoRA on a weight stored [in, out]: its outputs' norms run down
+        // the columns, which no row block holds whole. A first pass over
+        // the adapted weight sums their squares, a block at a time.
+        detail::HostStaging read;
+        detail::Scratch scratch;
+        at::Tensor squares = at::zeros({cols}, at::TensorOptions().dtype(compute));
+        const std::vector<std::int64_t> down_columns = {0};
+        for (std::int64_t e = 0; e < n;) {
+          const std::int64_t k = std::min(n - e, rows_per * cols);
+          const at::Tensor w = scratch.as(detail::piece_view(*source, name, stored, e, k, &read), compute, 0);
+          fold.update(w, e / cols, k / cols, cols);
+          squares.add_(
+              at::linalg_vector_norm(w.view({k / cols, cols}), 2, down_columns, false, c10::nullopt).square_());
+          e += k;
+        }
+        fold.column_scale = fold.magnitude / squares.sqrt_();
       }
       source->prefetch(name);
       for (std::int64_t e = 0; e < n;) {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 
 #include "lorakeep/error.h"
 #include "base/file_names.h"
@@ -20,6 +21,8 @@ constexpr FactorSuffix kFactorSuffixes[] = {
     {PeftTensor::kLoraB, ".lora_B.weight"},
     {PeftTensor::kMagnitude, ".lora_magnitude_vector"},
     {PeftTensor::kLoraBias, ".lora_B.bias"},
+    {PeftTensor::kEmbeddingA, ".lora_embedding_A"},
+    {PeftTensor::kEmbeddingB, ".lora_embedding_B"},
 };
 
 const char* suffix_of(PeftTensor kind) {
@@ -52,33 +55,51 @@ PeftKey parse_file_key(const std::string& key, const std::string& file) {
   return PeftKey{PeftTensor::kWhole, rest};
 }
 
+bool AdapterLayout::embedding(const std::string& path) const {
+  return std::find(embeddings.begin(), embeddings.end(), path) != embeddings.end();
+}
+
+PeftKey AdapterLayout::factor_a(const std::string& path) const {
+  return {embedding(path) ? PeftTensor::kEmbeddingA : PeftTensor::kLoraA, path};
+}
+
+PeftKey AdapterLayout::factor_b(const std::string& path) const {
+  return {embedding(path) ? PeftTensor::kEmbeddingB : PeftTensor::kLoraB, path};
+}
+
 AdapterLayout classify_adapter_keys(const TensorSource& source) {
   AdapterLayout layout;
-  // Layer path -> bit 1: A, bit 2: B, bit 4: magnitude, bit 8: lora_B.bias.
-  std::map<std::string, int> parts;
+  std::map<std::string, std::set<PeftTensor>> parts;  // layer path -> the kinds of tensor it has
   for (const std::string& key : source.names()) {
     const PeftKey k = parse_file_key(key, source.path());
     if (k.kind == PeftTensor::kWhole) layout.whole.push_back(k.path);
-    else parts[k.path] |= 1 << static_cast<int>(k.kind);
+    else parts[k.path].insert(k.kind);
   }
-  for (auto [path, bits] : parts) {
+  for (auto& [path, kinds] : parts) {
+    auto has = [&kinds = kinds](PeftTensor kind) { return kinds.count(kind) > 0; };
+    const bool linear = has(PeftTensor::kLoraA) || has(PeftTensor::kLoraB);
+    const bool embedding = has(PeftTensor::kEmbeddingA) || has(PeftTensor::kEmbeddingB);
+    if (linear && embedding) {
+      throw Error(ErrorCode::kCorruption, "'" + source.path() + "' has both lora_A/lora_B and lora_embedding_A/B " +
+                                              "factors for '" + path + "'");
+    }
     for (const PeftTensor extra : {PeftTensor::kMagnitude, PeftTensor::kLoraBias}) {
-      const int bit = 1 << static_cast<int>(extra);
-      if (!(bits & bit)) continue;
-      if ((bits & 3) == 0) {
+      if (!has(extra)) continue;
+      if (!linear && !embedding) {
         throw Error(ErrorCode::kCorruption, "'" + source.path() + "' has '" + file_key({extra, path}) +
                                                 "' but no LoRA factors for '" + path + "'");
       }
       (extra == PeftTensor::kMagnitude ? layout.dora : layout.biased).push_back(path);
-      bits &= ~bit;
     }
-    if (bits != 3) {
-      const PeftTensor has = bits == 1 ? PeftTensor::kLoraA : PeftTensor::kLoraB;
-      const PeftTensor lacks = bits == 1 ? PeftTensor::kLoraB : PeftTensor::kLoraA;
-      throw Error(ErrorCode::kCorruption, "'" + source.path() + "' has '" + file_key({has, path}) + "' but not '" +
-                                              file_key({lacks, path}) + "'");
+    const PeftTensor a = embedding ? PeftTensor::kEmbeddingA : PeftTensor::kLoraA;
+    const PeftTensor b = embedding ? PeftTensor::kEmbeddingB : PeftTensor::kLoraB;
+    if (has(a) != has(b)) {
+      const PeftTensor present = has(a) ? a : b, lacking = has(a) ? b : a;
+      throw Error(ErrorCode::kCorruption, "'" + source.path() + "' has '" + file_key({present, path}) + "' but not '" +
+                                              file_key({lacking, path}) + "'");
     }
     layout.layers.push_back(path);
+    if (embedding) layout.embeddings.push_back(path);
   }
   return layout;
 }

@@ -7,13 +7,14 @@
 //   "base_model.model." + "q_proj" + the lora_B factor's suffix  <=>  {kLoraB, "q_proj"}
 //   "base_model.model." + "q_proj" + DoRA's magnitude suffix      <=>  {kMagnitude, "q_proj"}
 //   "base_model.model." + "q_proj" + lora_B's bias suffix          <=>  {kLoraBias, "q_proj"}
+//   "base_model.model." + "embed" + lora_embedding_A's suffix      <=>  {kEmbeddingA, "embed"}
 //   "base_model.model.classifier.weight"                         <=>  {kWhole, "classifier.weight"}
 //
 // The live model names a tensor as the key less PEFT's prefix (for a factor:
-// the name of a LoraLinear's lora_A or lora_B parameter). PEFT strips its adapter
-// name ("default") from the keys it saves (and ".weight" from DoRA's
-// magnitude). Kinds that lorakeep does not implement yet (lora_embedding_A /
-// B) are recognised by name and refused.
+// the name of the layer's parameter, which LoraLayer::lora_tensors gives).
+// PEFT strips its adapter name ("default") from the keys it saves (and
+// ".weight" from DoRA's magnitude). Other LoRA tensors (lora_ in the name)
+// are refused by name.
 #pragma once
 
 #include <string>
@@ -24,11 +25,13 @@
 namespace lorakeep::detail {
 
 enum class PeftTensor {
-  kLoraA,      // a LoRA layer's A factor [r, in]
-  kLoraB,      // its B factor [out, r]
-  kMagnitude,  // DoRA's magnitude [out]
-  kLoraBias,   // lora_B's bias [out] (lora_bias)
-  kWhole,      // a tensor saved whole (modules_to_save, task heads)
+  kLoraA,       // a LoRA layer's A factor [r, in]
+  kLoraB,       // its B factor [out, r]
+  kMagnitude,   // DoRA's magnitude [out]
+  kLoraBias,    // lora_B's bias [out] (lora_bias)
+  kWhole,       // a tensor saved whole (modules_to_save, task heads)
+  kEmbeddingA,  // an embedding's A factor [r, num_embeddings]
+  kEmbeddingB,  // its B factor [embedding_dim, r]
 };
 
 struct PeftKey {
@@ -51,15 +54,22 @@ PeftKey parse_file_key(const std::string& key, const std::string& file);
 
 // What an adapter file holds.
 struct AdapterLayout {
-  std::vector<std::string> layers;  // module paths with both factors
-  std::vector<std::string> dora;    // those of them with a DoRA magnitude
-  std::vector<std::string> biased;  // those of them with lora_B.bias
-  std::vector<std::string> whole;   // names of whole tensors
+  std::vector<std::string> layers;      // module paths with both factors
+  std::vector<std::string> dora;        // those of them with a DoRA magnitude
+  std::vector<std::string> biased;      // those of them with lora_B.bias
+  std::vector<std::string> embeddings;  // those of them whose factors are an embedding's
+  std::vector<std::string> whole;       // names of whole tensors
+
+  // The key of the A (or B) factor of the layer at `path`, of its kind.
+  PeftKey factor_a(const std::string& path) const;
+  PeftKey factor_b(const std::string& path) const;
+  bool embedding(const std::string& path) const;
 };
 
 // Parses every key of `source`. Throws as parse_file_key, and
-// Error(kCorruption) for a layer with one factor only, or a magnitude or a
-// lora_B.bias without factors.
+// Error(kCorruption) for a layer with one factor only, factors of two kinds
+// (lora_A with lora_embedding_B), or a magnitude or a lora_B.bias without
+// factors.
 AdapterLayout classify_adapter_keys(const TensorSource& source);
 
 // Throws Error(kCorruption) naming `file` unless every layer of `layout` has

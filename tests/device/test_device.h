@@ -4,7 +4,8 @@
 // out at addresses the host cannot dereference: a host read of device memory
 // crashes instead of passing. Every copy to, from and within the device goes
 // through one kernel that honours strides and storage offsets; every other
-// operator runs on the CPU through PyTorch's boxed CPU fallback.
+// operator runs on the CPU through PyTorch's boxed CPU fallback, and
+// convolutions (which have none) through two kernels that do the same.
 //
 // Linked as an object library (its registrations are static initializers).
 // In LibTorch 2.x naming a PrivateUse1 backend makes at::accelerator prefer

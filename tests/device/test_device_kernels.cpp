@@ -1,13 +1,17 @@
 // The test device's operators: memory management, views and one copy kernel
-// written for it; every other operator runs on the CPU through PyTorch's
-// boxed CPU fallback (copies of its device arguments in, results out: all
-// through the copy kernel).
+// written for it; convolutions computed on the CPU (PyTorch gives them no
+// fallback); every other operator runs on the CPU through PyTorch's boxed
+// CPU fallback (copies of its device arguments in, results out: all through
+// the copy kernel).
 //
 // The copy kernel honours sizes, strides and storage offsets on both sides
 // (PyTorch's example extension copies whole storages from offset 0, which is
 // wrong for the narrowed views lorakeep writes through), converts dtypes and
 // allocates nothing: a host view of each side's memory, then one CPU copy_.
+#include <array>
 #include <cstring>
+#include <tuple>
+#include <vector>
 
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
@@ -131,6 +135,33 @@ bool compatible_shallow_copy_type(const at::Tensor& self, const at::Tensor& from
   return self.layout() == at::kStrided && from.layout() == at::kStrided;
 }
 
+// Convolutions: PyTorch sends a backend without kernels of its own to
+// convolution_overrideable / convolution_backward_overrideable, which the
+// boxed fallback cannot serve (on the CPU they throw too). Computed on the
+// CPU here, as the fallback computes every other operator.
+at::Tensor convolution(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, bool transposed,
+                       at::IntArrayRef output_padding, std::int64_t groups) {
+  c10::optional<at::Tensor> host_bias;
+  if (bias && bias->defined()) host_bias = bias->cpu();
+  return at::convolution(input.cpu(), weight.cpu(), host_bias, stride, padding, dilation, transposed, output_padding,
+                         groups)
+      .to(input.device());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> convolution_backward(const at::Tensor& grad_output,
+                                                                    const at::Tensor& input, const at::Tensor& weight,
+                                                                    at::IntArrayRef stride, at::IntArrayRef padding,
+                                                                    at::IntArrayRef dilation, bool transposed,
+                                                                    at::IntArrayRef output_padding, std::int64_t groups,
+                                                                    std::array<bool, 3> output_mask) {
+  const std::vector<std::int64_t> bias_sizes = {transposed ? weight.size(1) * groups : weight.size(0)};
+  auto grads = at::convolution_backward(grad_output.cpu(), input.cpu(), weight.cpu(), at::IntArrayRef(bias_sizes),
+                                        stride, padding, dilation, transposed, output_padding, groups, output_mask);
+  auto to_device = [&](const at::Tensor& t) { return t.defined() ? t.to(input.device()) : t; };
+  return {to_device(std::get<0>(grads)), to_device(std::get<1>(grads)), to_device(std::get<2>(grads))};
+}
+
 void fallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) { at::native::cpu_fallback(op, stack); }
 
 TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
@@ -147,6 +178,8 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
   m.impl("set_.source_Storage_storage_offset", TORCH_FN(set_storage_offset));
   m.impl("set_.source_Tensor", TORCH_FN(set_tensor));
   m.impl("_has_compatible_shallow_copy_type", TORCH_FN(compatible_shallow_copy_type));
+  m.impl("convolution_overrideable", TORCH_FN(convolution));
+  m.impl("convolution_backward_overrideable", TORCH_FN(convolution_backward));
 }
 
 TORCH_LIBRARY_IMPL(aten, AutogradPrivateUse1, m) {

@@ -1,11 +1,13 @@
 """The feature table against the peers' PEFT, in one process, for
 tests/peft_features_test.cpp: a small model defined here as in the test
-(FeatureNet: lin0 Linear(10, 20), relu, lin1 Linear(20, 16), relu, head
-Linear(16, 3)), its base weights and input written by the test.
+(FeatureNet: emb Embedding(12, 10) added to the input x, lin0 Linear(10, 20)
+plus conv Conv2d(1, 2, 3, padding=1) of x seen as 1x2x5 images, relu, lin1
+Linear(20, 16), relu, head Linear(16, 3)), its base weights and inputs
+written by the test.
 
   peft_features.py WORK
 
-WORK holds base.safetensors, input.safetensors ("x") and, for each feature, a
+WORK holds base.safetensors, input.safetensors ("x", "ids") and, for each feature, a
 folder with what lorakeep made: lorakeep_adapter/ (trained in LibTorch),
 lorakeep_output.safetensors ("y": that model's output on x) and
 lorakeep_merged/ (merge-lora of the adapter into base.safetensors). For each
@@ -23,8 +25,13 @@ feature this script
 It prints one JSON line per feature:
   {"feature": NAME, "peft": VERSION, "load_max_diff": F, "merge_max_diff": F,
    "merge_names": [...], "peft_factors_trained": BOOL}
-or, for a feature this PEFT does not have (a config field its LoraConfig
-lacks, such as lora_bias before 0.14):
+(for the feature "all_linear" also "all_linear": the modules PEFT's own
+target_modules="all-linear" selects in FeatureNet, or "all_linear_refused":
+PEFT's message where it refuses the shorthand on a model that is not
+transformers'), or, for a feature this
+PEFT does not have (a config field its LoraConfig lacks, such as lora_bias
+before 0.14, or a layer kind it refuses the feature on, such as DoRA on
+embeddings in 0.10):
   {"feature": NAME, "peft": VERSION, "skipped": REASON}
 """
 import dataclasses
@@ -46,12 +53,15 @@ from torch import nn  # noqa: E402
 class FeatureNet(nn.Module):
     def __init__(self):
         super().__init__()
+        self.emb = nn.Embedding(12, 10)
+        self.conv = nn.Conv2d(1, 2, 3, padding=1)
         self.lin0 = nn.Linear(10, 20)
         self.lin1 = nn.Linear(20, 16)
         self.head = nn.Linear(16, 3)
 
-    def forward(self, x):
-        return self.head(torch.relu(self.lin1(torch.relu(self.lin0(x)))))
+    def forward(self, x, ids):
+        h = self.lin0(x + self.emb(ids)) + self.conv(x.view(-1, 1, 2, 5)).flatten(1)
+        return self.head(torch.relu(self.lin1(torch.relu(h))))
 
 
 def max_diff(a, b):
@@ -62,7 +72,7 @@ def sgd_steps(model, x, steps):
     sgd = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     for _ in range(steps):
         sgd.zero_grad()
-        model(x).pow(2).mean().backward()
+        model(*x).pow(2).mean().backward()
         sgd.step()
 
 
@@ -79,7 +89,8 @@ def main():
     work = sys.argv[1]
     base = FeatureNet()
     base.load_state_dict(load_file(os.path.join(work, "base.safetensors")))
-    x = load_file(os.path.join(work, "input.safetensors"))["x"]
+    inputs = load_file(os.path.join(work, "input.safetensors"))
+    x = (inputs["x"], inputs["ids"])
     for feature in sorted(os.listdir(work)):
         d = os.path.join(work, feature)
         if not os.path.isdir(d):
@@ -93,9 +104,16 @@ def main():
             print(json.dumps(row), flush=True)
             continue
 
-        model = PeftModel.from_pretrained(copy.deepcopy(base), adapter).eval()
+        try:
+            model = PeftModel.from_pretrained(copy.deepcopy(base), adapter).eval()
+        except ValueError as e:
+            if "does not support DoRA" not in str(e):
+                raise
+            row["skipped"] = f"PEFT {peft.__version__}: {e}"
+            print(json.dumps(row), flush=True)
+            continue
         with torch.no_grad():
-            row["load_max_diff"] = max_diff(model(x), load_file(os.path.join(d, "lorakeep_output.safetensors"))["y"])
+            row["load_max_diff"] = max_diff(model(*x), load_file(os.path.join(d, "lorakeep_output.safetensors"))["y"])
             merged = model.merge_and_unload().state_dict()
         ours = {}
         for f in glob.glob(os.path.join(d, "lorakeep_merged", "*.safetensors")):
@@ -111,9 +129,17 @@ def main():
         trained.eval()
         save(trained, os.path.join(d, "peft_adapter"))
         with torch.no_grad():
-            save_file({"y": trained(x).contiguous()}, os.path.join(d, "peft_output.safetensors"))
+            save_file({"y": trained(*x).contiguous()}, os.path.join(d, "peft_output.safetensors"))
         factors = load_file(os.path.join(d, "peft_adapter", "adapter_model.safetensors"))
-        row["peft_factors_trained"] = all(float(t.abs().max()) > 0 for n, t in factors.items() if "lora_B" in n)
+        row["peft_factors_trained"] = all(
+            float(t.abs().max()) > 0 for n, t in factors.items() if "lora_B" in n or "lora_embedding_A" in n
+        )
+        if feature == "all_linear":
+            try:
+                shorthand = get_peft_model(copy.deepcopy(base), LoraConfig(target_modules="all-linear"))
+                row["all_linear"] = sorted(shorthand.peft_config["default"].target_modules)
+            except ValueError as e:  # before 0.12: for transformers' PreTrainedModel only
+                row["all_linear_refused"] = str(e)
 
         config = LoraConfig.from_pretrained(adapter)
         config.inference_mode = False

@@ -1,0 +1,120 @@
+// lorakeep/lora_layer.h: LoraLayer, what every layer that can carry a LoRA
+// adapter offers (LoraLinear, LoraEmbedding, LoraConv2d), and
+// LoraAdapterOptions, the adapter part of one layer. inject_lora, the loads,
+// the saves and the merges see layers through it only.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+namespace lorakeep {
+
+// The adapter part of one layer.
+struct LoraAdapterOptions {
+  int r = 8;
+  double alpha = 8;
+  double dropout = 0.0;
+  bool use_rslora = false;
+  std::string init = "true";  // PEFT's init_lora_weights: "true", "false" or "gaussian"
+  // DoRA (PEFT's use_dora): a magnitude per output (lora_magnitude_vector)
+  // rescales each output of the adapted weight W + scaling * delta to it.
+  bool use_dora = false;
+  // PEFT's lora_bias: lora_B has a bias [out] (zero at "true"), scaled with
+  // the rest of the LoRA path and merged into the base's bias. Linear layers
+  // only; not with DoRA or "gaussian".
+  bool lora_bias = false;
+};
+
+// A layer that can carry one LoRA adapter. Implemented by torch::nn::Module
+// subclasses; inject_lora finds them in a module tree by this interface.
+// Thread-safety: as any torch::nn::Module (no concurrent mutation).
+class LoraLayer {
+ public:
+  virtual ~LoraLayer() = default;
+
+  // Why this layer cannot carry an adapter of `options` ("" when it can):
+  // what add_adapter throws, checked by inject_lora before anything is armed.
+  virtual std::string refusal(const LoraAdapterOptions& options) const;
+
+  // Arms the layer (initialised as PEFT does; the base moves under
+  // "base_layer" and stops requiring grad). Throws Error(kInvalidArgument)
+  // with refusal(options), or if the layer already has an adapter.
+  virtual void add_adapter(const LoraAdapterOptions& options) = 0;
+  virtual bool has_adapter() const = 0;
+
+  // The adapter's options as armed, with the scaling and dropout of the last
+  // set_scaling. REQUIRES: has_adapter().
+  const LoraAdapterOptions& adapter_options() const { return adapter_; }
+  double scaling() const { return scaling_; }
+  int rank() const { return has_adapter() ? adapter_.r : 0; }
+  virtual bool use_dora() const = 0;
+
+  // Sets the adapter's alpha, use_rslora and dropout; its rank and factors
+  // stay. What a load of an adapter whose config says otherwise does, so that
+  // the layer computes what the file's adapter computes. Throws
+  // Error(kInvalidArgument) without an adapter, or when merged (the merged
+  // weight holds the old scaling: unmerge first).
+  void set_scaling(double alpha, bool use_rslora, double dropout);
+
+  // Folds the adapter into the base weight, as PEFT's merge: W += delta
+  // (the layer kind's scaling * B A, computed in F32 for F16 / BF16 weights,
+  // rounded once), and with lora_bias the base's bias gains scaling *
+  // lora_B.bias (a base without bias: refused, as PEFT). With DoRA, as
+  // PEFT: W = k * (W + delta) per output, k = magnitude / the outputs' L2
+  // norms of W + delta, which the layer keeps for unmerge. With safe = true
+  // the result is checked for NaN / Inf first. Throws Error(kInvalidArgument)
+  // without an adapter, and where the kind cannot merge; nothing changed
+  // then. Forward then skips the LoRA path; unmerge() takes it out again.
+  void merge(bool safe = false);
+  void unmerge();
+  bool merged() const { return merged_; }
+
+  // The adapter's tensors, named as named_parameters() names them under the
+  // layer ("lora_A.weight", "lora_embedding_A", ...), in file order.
+  // REQUIRES: has_adapter().
+  virtual std::vector<std::pair<std::string, at::Tensor>> lora_tensors() const = 0;
+  // The same names with the shapes add_adapter(options) would create.
+  virtual std::vector<std::pair<std::string, std::vector<std::int64_t>>> lora_shapes(
+      const LoraAdapterOptions& options) const = 0;
+  // The base weight: the adapter is created in F64 for an F64 one, else in
+  // F32, on its device.
+  virtual const at::Tensor& base_weight() const = 0;
+  // Whether the base weight is stored [in, out] (GPT-2's Conv1D): what
+  // PEFT's fan_in_fan_out says of linear layers; false for other kinds.
+  virtual bool fan_in_fan_out() const { return false; }
+  // "linear layer", "embedding": for messages.
+  virtual const char* kind() const = 0;
+
+ protected:
+  // Records `options` and sets the scaling: add_adapter's common part.
+  void set_adapter_options(const LoraAdapterOptions& options);
+  // Called by set_scaling with the new dropout probability.
+  virtual void on_dropout(double /*p*/) {}
+
+  // What merge and unmerge ask of a kind of layer.
+  // scaling * delta in the base weight's layout and the compute dtype
+  // (F32, or F64 for an F64 base), without gradient. Throws
+  // Error(kInvalidArgument) without an adapter, or where the kind cannot
+  // merge.
+  virtual at::Tensor delta_f32_or_wider() const = 0;
+  // DoRA: the L2 norm of each output of `adapted` (W + delta), without
+  // gradient, and the factors magnitude / norms shaped to scale the weight.
+  virtual at::Tensor dora_norms(const at::Tensor& adapted) const = 0;
+  virtual at::Tensor dora_factors(const at::Tensor& norms) const = 0;
+  // The base's bias and lora_B's (lora_bias); undefined where none.
+  virtual at::Tensor base_bias() const { return at::Tensor(); }
+  virtual at::Tensor lora_bias_tensor() const { return at::Tensor(); }
+  // W + delta in the compute dtype (a new tensor).
+  at::Tensor adapted_weight() const;
+
+  LoraAdapterOptions adapter_;
+  double scaling_ = 0;
+  bool merged_ = false;
+  at::Tensor merged_norms_;  // DoRA: the norms the merge divided by, for unmerge
+};
+
+}  // namespace lorakeep

@@ -1,0 +1,125 @@
+#include "lorakeep/lora_layer.h"
+
+#include <cmath>
+#include <utility>
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include "lorakeep/error.h"
+#include "lora/layer_parts.h"
+
+namespace lorakeep {
+namespace {
+
+// target += delta, computed in delta's dtype and rounded once into target's.
+void add_rounded_once(const at::Tensor& target, const at::Tensor& delta) {
+  if (target.scalar_type() == delta.scalar_type()) {
+    target.add_(delta);
+  } else {
+    target.copy_(target.to(delta.scalar_type()).add_(delta));  // add in F32, round once
+  }
+}
+
+bool finite(const at::Tensor& t) { return !t.defined() || at::isfinite(t).all().item<bool>(); }
+
+// scaling * lora_bias in the base bias's compute dtype; undefined when
+// `lora_bias` is. Throws Error(kInvalidArgument) when the base has no bias
+// to merge it into.
+at::Tensor lora_bias_delta(const at::Tensor& lora_bias, const at::Tensor& base_bias, double scaling) {
+  if (!lora_bias.defined()) return at::Tensor();
+  if (!base_bias.defined()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "the layer has lora_bias but its base has no bias to merge lora_B.bias into (PEFT cannot merge it "
+                "either): not merged");
+  }
+  c10::NoGradGuard no_grad;
+  return lora_bias.to(detail::compute_dtype(base_bias)) * scaling;
+}
+
+// weight += delta and bias += bias_delta (when defined), each rounded once;
+// with `safe` both are checked for NaN / Inf first.
+void lora_merge(const at::Tensor& weight, const at::Tensor& delta, const at::Tensor& bias, const at::Tensor& bias_delta,
+                bool safe) {
+  c10::NoGradGuard no_grad;
+  if (safe && !(finite(delta) && finite(bias_delta))) {
+    throw Error(ErrorCode::kInvalidArgument, "the LoRA delta holds NaN or Inf: not merged");
+  }
+  add_rounded_once(weight, delta);
+  if (bias_delta.defined()) add_rounded_once(bias, bias_delta);
+}
+
+}  // namespace
+
+std::string LoraLayer::refusal(const LoraAdapterOptions& o) const {
+  if (o.r < 1) return "LoRA rank must be at least 1, not " + std::to_string(o.r);
+  if (o.init != "true" && o.init != "false" && o.init != "gaussian") {
+    return "init_lora_weights '" + o.init + "' is not true, false or gaussian";
+  }
+  if (o.lora_bias && (o.use_dora || o.init == "gaussian")) {
+    return std::string("lora_bias does not combine with ") +
+           (o.use_dora ? "use_dora" : "init_lora_weights 'gaussian'") + " (PEFT refuses it too)";
+  }
+  return "";
+}
+
+void LoraLayer::set_adapter_options(const LoraAdapterOptions& options) {
+  adapter_ = options;
+  merged_ = false;
+  set_scaling(options.alpha, options.use_rslora, options.dropout);
+}
+
+void LoraLayer::set_scaling(double alpha, bool use_rslora, double dropout) {
+  if (!has_adapter()) throw Error(ErrorCode::kInvalidArgument, "the layer has no LoRA adapter");
+  if (merged_) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "the layer's adapter is merged into its weight with the old scaling (hint: unmerge first)");
+  }
+  adapter_.alpha = alpha;
+  adapter_.use_rslora = use_rslora;
+  adapter_.dropout = dropout;
+  const double r = static_cast<double>(adapter_.r);
+  scaling_ = use_rslora ? alpha / std::sqrt(r) : alpha / r;
+  on_dropout(dropout);
+}
+
+at::Tensor LoraLayer::adapted_weight() const {
+  c10::NoGradGuard no_grad;
+  const at::Tensor delta = delta_f32_or_wider();
+  return base_weight().to(delta.scalar_type()) + delta;
+}
+
+void LoraLayer::merge(bool safe) {
+  if (merged_) return;
+  if (use_dora()) {
+    c10::NoGradGuard no_grad;
+    at::Tensor merged = adapted_weight();
+    at::Tensor norms = dora_norms(merged);
+    merged.mul_(dora_factors(norms));
+    if (safe && !finite(merged)) {
+      throw Error(ErrorCode::kInvalidArgument, "the DoRA-merged weight holds NaN or Inf: not merged");
+    }
+    base_weight().copy_(merged);
+    merged_norms_ = std::move(norms);
+  } else {
+    lora_merge(base_weight(), delta_f32_or_wider(), base_bias(),
+               lora_bias_delta(lora_bias_tensor(), base_bias(), scaling_), safe);
+  }
+  merged_ = true;
+}
+
+void LoraLayer::unmerge() {
+  if (!merged_) return;
+  const at::Tensor delta = delta_f32_or_wider();
+  if (use_dora()) {
+    c10::NoGradGuard no_grad;
+    base_weight().copy_(base_weight().to(delta.scalar_type()).div(dora_factors(merged_norms_)).sub_(delta));
+    merged_norms_ = at::Tensor();
+  } else {
+    const at::Tensor bias_delta = lora_bias_delta(lora_bias_tensor(), base_bias(), scaling_);
+    lora_merge(base_weight(), -delta, base_bias(), bias_delta.defined() ? -bias_delta : at::Tensor(), /*safe=*/false);
+  }
+  merged_ = false;
+}
+
+}  // namespace lorakeep
