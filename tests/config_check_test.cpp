@@ -3,8 +3,10 @@
 // does not describe the armed layers, naming the layer, the field and both
 // values, and writes nothing; a load into armed layers takes the file's
 // scaling, and refuses another rank or merged layers with nothing changed.
+#include <cmath>
 #include <functional>
 #include <set>
+#include <utility>
 
 #include <ATen/ATen.h>
 #include <boost/filesystem.hpp>
@@ -241,6 +243,49 @@ TEST_CASE("a load into armed layers of another rank or into merged layers change
     unmerge_lora(*live);
     CHECK_NOTHROW(load_adapter(dir / "rank8", *live));
   }
+}
+
+TEST_CASE("hot swap: a smaller rank pads into layers armed larger, computes its own adapter, saves at its rank",
+          "[lora][config_check]") {
+  test::TempDir dir;
+  LoraConfig small = test::test_lora(/*r=*/2, /*alpha=*/6);
+  small.use_rslora = true;
+  test::TestNet source = test::armed_net(1, small);
+  test::perturb(*source, 0.3);
+  save_adapter(dir / "rank2", *source, small);
+  // Armed at rank 8 (the largest of the adapters to swap), trained a little.
+  test::TestNet live = test::armed_net(2, test::test_lora(/*r=*/8));
+  test::perturb(*live, 0.1);
+  load_adapter(dir / "rank2", *live);
+  CHECK(live->q_proj->rank() == 2);
+  CHECK(live->q_proj->adapter_options().r == 8);
+  CHECK(live->q_proj->scaling() == Approx(6.0 / std::sqrt(2.0)));  // the file's rsLoRA scaling at its rank
+  CHECK(live->q_proj->lora_A->weight.narrow(0, 2, 6).abs().sum().item<double>() == 0);  // past rank 2: zeros
+  CHECK(live->q_proj->lora_B->weight.narrow(1, 2, 6).abs().sum().item<double>() == 0);
+  // It computes what the source computes (the two nets share no base: load
+  // the source's base first).
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& [to, from] : {std::pair(live->q_proj, source->q_proj), std::pair(live->v_proj, source->v_proj)}) {
+      to->weight.copy_(from->weight);
+      to->bias.copy_(from->bias);
+    }
+    live->head->weight.copy_(source->head->weight);
+    live->head->bias.copy_(source->head->bias);
+  }
+  const torch::Tensor x = torch::randn({5, 16});
+  CHECK(torch::allclose(live->forward(x), source->forward(x), 1e-6, 1e-6));
+  // A training step leaves the zeros be, and the save writes rank 2.
+  live->forward(x).pow(2).sum().backward();
+  CHECK(live->q_proj->lora_A->weight.grad().narrow(0, 2, 6).abs().sum().item<double>() == 0);
+  save_adapter(dir / "again", *live, small);
+  const auto again = open_tensor_source(dir / "again/adapter_model.safetensors");
+  CHECK(again->info("base_model.model.q_proj.lora_A.weight").shape == std::vector<std::int64_t>{2, 16});
+  // Swapped back to a full rank-8 adapter, the layer holds rank 8 again.
+  save_adapter(dir / "rank8", *test::armed_net(3, test::test_lora(8)), test::test_lora(8));
+  load_adapter(dir / "rank8", *live);
+  CHECK(live->q_proj->rank() == 8);
+  CHECK(live->q_proj->scaling() == 1.0);
 }
 
 }  // namespace lorakeep

@@ -378,6 +378,28 @@ TEST_CASE("a LoRA or DoRA training step on the device, then save and reload with
   }
 }
 
+TEST_CASE("a hot swap of a smaller rank into layers armed larger takes no device memory", "[device]") {
+  test::TempDir dir;
+  LoraConfig small = test::test_lora(/*r=*/3, /*alpha=*/9);
+  test::TestNet source = test::armed_net(1, small);
+  test::perturb(source, 0.2);
+  save_adapter(dir / "rank3", *source, small);
+  test::TestNet net = test::armed_net(0, test::test_lora(/*r=*/8));
+  test::perturb(net, 0.5);
+  net->to(td::device());
+  td::reset_peak();
+  const std::int64_t before = td::live_bytes();
+  load_adapter(dir / "rank3", *net);
+  CHECK(td::peak_bytes() - before == 0);  // written through narrowed views, the rest zeroed in place
+  CHECK(net->q_proj->rank() == 3);
+  CHECK(net->q_proj->scaling() == 3.0);
+  CHECK(test::bitwise_equal(adapter_on_host(net, small), adapter_on_host(source, small)));
+  const at::Tensor a = net->q_proj->lora_A->weight.cpu();
+  CHECK(a.narrow(0, 3, 5).abs().sum().item<double>() == 0);
+  const at::Tensor b = net->q_proj->lora_B->weight.cpu();
+  CHECK(b.narrow(1, 3, 5).abs().sum().item<double>() == 0);
+}
+
 // An embedding and a 2-D convolution, the other kinds of LoRA layer.
 struct KindsNetImpl : torch::nn::Module {
   LoraEmbedding emb{nullptr};

@@ -12,6 +12,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <boost/filesystem.hpp>
@@ -22,6 +23,7 @@
 #include "lorakeep/merge_lora.h"
 #include "lorakeep/safetensors.h"
 #include "lorakeep/tensor_source.h"
+#include "test_model.h"
 #include "test_util.h"
 
 namespace lorakeep {
@@ -142,15 +144,51 @@ TEST_CASE("the feature table against the peers' PEFT: trained here, loaded there
     merge_lora_files(dir / "base.safetensors", dir / (name + "/lorakeep_adapter"), dir / (name + "/lorakeep_merged"));
   }
 
+  // Two adapters for PEFT's hot swap: rank 8, then rank 4 with another alpha.
+  boost::filesystem::create_directories(dir / "hotswap");
+  for (const auto& [name, r, alpha] : {std::tuple("first", 8, 8.0), std::tuple("second", 4, 12.0)}) {
+    LoraConfig config;
+    config.r = r;
+    config.lora_alpha = alpha;
+    config.target_modules = {"lin0", "lin1"};
+    FeatureNet net = seeded_net();
+    torch::manual_seed(r);
+    inject_lora(*net, config);
+    test::perturb(*net, 0.05 * r);
+    save_adapter(dir / (std::string("hotswap/") + name), *net, config);
+  }
+
   const auto py = test::run_python("peft_features.py", {dir.path()});
   INFO(py.err);
   REQUIRE(py.exit_code == 0);
   std::istringstream lines(py.out);
   std::set<std::string> seen;
+  bool seen_hotswap = false;
   for (std::string line; std::getline(lines, line);) {
     const auto row = nlohmann::json::parse(line);
     const std::string name = row["feature"].get<std::string>();
     INFO("PEFT " << row["peft"].get<std::string>() << ", " << name << ": " << line);
+    if (name == "hotswap") {  // lorakeep's hot swap (a padded rank) against PEFT's hotswap_adapter
+      seen_hotswap = true;
+      if (row.contains("skipped")) {
+        std::printf("PEFT %s, hotswap: skipped: %s\n", row["peft"].get<std::string>().c_str(),
+                    row["skipped"].get<std::string>().c_str());
+        continue;
+      }
+      FeatureNet swapped = seeded_net();
+      load_adapter(dir / "hotswap/first", *swapped);
+      load_adapter(dir / "hotswap/second", *swapped);  // rank 4 into layers armed at 8
+      CHECK(swapped->lin0->rank() == 4);
+      swapped->eval();
+      torch::NoGradGuard no_grad;
+      const torch::Tensor want =
+          SafetensorsFile::open(dir / "hotswap/peft_output.safetensors").tensor("y").to(torch::kDouble);
+      const double diff = (swapped->forward(x, ids).to(torch::kDouble) - want).abs().max().item<double>();
+      CHECK(diff <= 1e-4);
+      std::printf("PEFT %s, hotswap: lorakeep's padded swap vs hotswap_adapter %.2g (max abs difference)\n",
+                  row["peft"].get<std::string>().c_str(), diff);
+      continue;
+    }
     REQUIRE(table.count(name) == 1);
     seen.insert(name);
     if (row.contains("skipped")) {  // a feature the peers' PEFT lacks: reported, nothing compared
@@ -223,6 +261,7 @@ TEST_CASE("the feature table against the peers' PEFT: trained here, loaded there
                 row["merge_max_diff"].get<double>(), back, step);
   }
   CHECK(seen.size() == table.size());
+  CHECK(seen_hotswap);
 }
 
 }  // namespace lorakeep

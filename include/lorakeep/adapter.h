@@ -96,11 +96,15 @@ struct AdapterLoadOptions {
 // order: the config is a LoRA config lorakeep supports; every key is a PEFT
 // adapter key; A / B come in pairs; every adapted layer exists and is (or
 // would be) armed, none of them merged (Error(kInvalidArgument): unmerge
-// first); an armed layer has the file's rank (else Error(kIncompatible)
-// naming both); then names, shapes and dtypes (load_into, strict). Loaded
-// into armed layers, the file's scaling (lora_alpha / alpha_pattern,
-// use_rslora) and lora_dropout replace the layers' own, set with the write,
-// so that the model computes what the file's adapter computes.
+// first); the file's rank of an armed layer is at most the layer's (else
+// Error(kIncompatible) naming both, with a hint); then names, shapes and
+// dtypes (load_into, strict). Loaded into armed layers, it is a hot swap, as
+// PEFT's hotswap_adapter: in place, no tensor made on the device; the file's
+// scaling (lora_alpha / alpha_pattern, use_rslora), rank and lora_dropout
+// replace the layers' own, so that the model computes what the file's
+// adapter computes; an adapter of a smaller rank fills the first rows /
+// columns of layers armed larger and the rest is zeroed (a grouped
+// convolution is not padded).
 // Throws as parse_adapter_config and load_into; Error(kNotFound) if a file is
 // missing; on any failure before the first write the model is unchanged (its
 // parameters, their names and requires_grad, its buffers). An I/O error after

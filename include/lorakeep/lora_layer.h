@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -46,19 +47,26 @@ class LoraLayer {
   virtual void add_adapter(const LoraAdapterOptions& options) = 0;
   virtual bool has_adapter() const = 0;
 
-  // The adapter's options as armed, with the scaling and dropout of the last
-  // set_scaling. REQUIRES: has_adapter().
+  // The adapter's options as armed (options.r: the rank its tensors have),
+  // with the scaling and dropout of the last set_scaling.
+  // REQUIRES: has_adapter().
   const LoraAdapterOptions& adapter_options() const { return adapter_; }
   double scaling() const { return scaling_; }
-  int rank() const { return has_adapter() ? adapter_.r : 0; }
+  // The rank of the adapter the layer holds: the armed rank, or, after an
+  // adapter of a smaller rank was swapped in (padded: its factors fill the
+  // first rows / columns, the rest is zero, as PEFT's hot swap pads), that
+  // rank. 0 without an adapter.
+  int rank() const { return has_adapter() ? (held_rank_ ? held_rank_ : adapter_.r) : 0; }
   virtual bool use_dora() const = 0;
 
-  // Sets the adapter's alpha, use_rslora and dropout; its rank and factors
-  // stay. What a load of an adapter whose config says otherwise does, so that
-  // the layer computes what the file's adapter computes. Throws
-  // Error(kInvalidArgument) without an adapter, or when merged (the merged
-  // weight holds the old scaling: unmerge first).
-  void set_scaling(double alpha, bool use_rslora, double dropout);
+  // Sets the adapter's alpha, use_rslora and dropout, and with rank > 0 the
+  // rank the layer holds (at most the armed rank; what rank() says and what
+  // the scaling divides by); its factors stay. What a load of an adapter
+  // whose config says otherwise does, so that the layer computes what the
+  // file's adapter computes. Throws Error(kInvalidArgument) without an
+  // adapter, when merged (the merged weight holds the old scaling: unmerge
+  // first), or for a rank above the armed one.
+  void set_scaling(double alpha, bool use_rslora, double dropout, int rank = 0);
 
   // Folds the adapter into the base weight, as PEFT's merge: W += delta
   // (the layer kind's scaling * B A, computed in F32 for F16 / BF16 weights,
@@ -74,9 +82,18 @@ class LoraLayer {
   bool merged() const { return merged_; }
 
   // The adapter's tensors, named as named_parameters() names them under the
-  // layer ("lora_A.weight", "lora_embedding_A", ...), in file order.
-  // REQUIRES: has_adapter().
+  // layer ("lora_A.weight", "lora_embedding_A", ...), in file order, whole
+  // (at the armed rank). REQUIRES: has_adapter().
   virtual std::vector<std::pair<std::string, at::Tensor>> lora_tensors() const = 0;
+  // The same, narrowed to their first `rank` rows / columns where the rank
+  // is a dimension: what an adapter of that rank saves and loads (views).
+  // REQUIRES: has_adapter(), 1 <= rank <= adapter_options().r.
+  std::vector<std::pair<std::string, at::Tensor>> lora_tensors_at(int rank) const;
+  // Zeros what lies past the first `rank` rows / columns of those tensors:
+  // an adapter of that rank, swapped into the first ones, is then the only
+  // one the layer computes (and training leaves the zeros be: they get no
+  // gradient). REQUIRES: as lora_tensors_at.
+  void zero_beyond(int rank);
   // The same names with the shapes add_adapter(options) would create.
   virtual std::vector<std::pair<std::string, std::vector<std::int64_t>>> lora_shapes(
       const LoraAdapterOptions& options) const = 0;
@@ -110,10 +127,15 @@ class LoraLayer {
   virtual at::Tensor lora_bias_tensor() const { return at::Tensor(); }
   // W + delta in the compute dtype (a new tensor).
   at::Tensor adapted_weight() const;
+  // Calls fn(tensor, dim, size at `rank`) for each dimension of `tensors`
+  // (lora_tensors()) whose size depends on the rank.
+  void for_each_rank_dim(int rank, const std::function<void(at::Tensor&, std::int64_t dim, std::int64_t keep)>& fn,
+                         std::vector<std::pair<std::string, at::Tensor>>& tensors) const;
 
   LoraAdapterOptions adapter_;
   double scaling_ = 0;
   bool merged_ = false;
+  int held_rank_ = 0;        // rank(), when below the armed rank (0: the armed rank)
   at::Tensor merged_norms_;  // DoRA: the norms the merge divided by, for unmerge
 };
 

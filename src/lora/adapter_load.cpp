@@ -6,12 +6,20 @@
 #include <boost/filesystem.hpp>
 
 #include "lorakeep/error.h"
+#include "lorakeep/lora_conv2d.h"
 #include "base/file_names.h"
 #include "lora/peft_keys.h"
 #include "tensors/rng.h"
 
 namespace lorakeep::detail {
 namespace {
+
+// A grouped convolution: PEFT pads its lora_A group by group; lorakeep does
+// not swap a smaller rank into one.
+bool grouped(const LoraLayer& layer) {
+  const auto* conv = dynamic_cast<const LoraConv2dImpl*>(&layer);
+  return conv != nullptr && conv->options().groups() > 1;
+}
 
 // An adapter's kind, for messages.
 std::string kind_of(bool use_dora, bool lora_bias) {
@@ -58,10 +66,8 @@ AdapterLoad::AdapterLoad(const std::string& dir, LoraConfig config, std::unique_
   if (armed.empty()) {
     to_arm_ = plan_injection(module, config_);
     for (const PlannedLayer& t : to_arm_) armed[t.path] = t.layer;
-    targets = planned_factors(to_arm_);
   } else {
     to_rescale_.assign(armed.begin(), armed.end());
-    targets = live_factors(to_rescale_);
   }
   std::vector<std::string> absent, merged, other_rank, other_kind;
   for (const std::string& path : layout.layers) {
@@ -70,9 +76,11 @@ AdapterLoad::AdapterLoad(const std::string& dir, LoraConfig config, std::unique_
       absent.push_back(path);
     } else if (to_arm_.empty() && it->second->merged()) {
       merged.push_back(path);
-    } else if (to_arm_.empty() && it->second->rank() != rank_for(config_, path)) {
-      other_rank.push_back("'" + path + "' (" + std::to_string(rank_for(config_, path)) + " in the file, " +
-                           std::to_string(it->second->rank()) + " armed)");
+    } else if (const int in_file = rank_for(config_, path), armed_rank = it->second->adapter_options().r;
+               to_arm_.empty() && (in_file > armed_rank || (in_file < armed_rank && grouped(*it->second)))) {
+      other_rank.push_back("'" + path + "' (" + std::to_string(in_file) + " in the file, " +
+                           std::to_string(armed_rank) + " armed" +
+                           (in_file < armed_rank ? ", a grouped convolution, which is not padded" : "") + ")");
     } else if (to_arm_.empty() && (it->second->use_dora() != config_.use_dora ||
                                    it->second->adapter_options().lora_bias != config_.lora_bias)) {
       other_kind.push_back("'" + path + "' (" +
@@ -95,10 +103,24 @@ AdapterLoad::AdapterLoad(const std::string& dir, LoraConfig config, std::unique_
                     "first) (nothing was changed)");
   }
   if (!other_rank.empty()) {
-    throw Error(ErrorCode::kIncompatible, "adapter '" + dir +
-                                              "' has another rank than the armed layers: " + list_paths(other_rank) +
-                                              " (hint: load it into a model that is not armed yet, which arms the "
-                                              "file's ranks) (nothing was changed)");
+    throw Error(ErrorCode::kIncompatible,
+                "adapter '" + dir + "' does not fit the rank of the armed layers: " + list_paths(other_rank) +
+                    " (hint: load it into a model that is not armed yet, which arms the file's ranks; or arm the "
+                    "layers with the largest rank of the adapters you swap, as PEFT's "
+                    "prepare_model_for_compiled_hotswap pads to: an adapter of a smaller rank fills their first rows "
+                    "and columns) (nothing was changed)");
+  }
+  if (!to_arm_.empty()) {
+    targets = planned_factors(to_arm_);
+  } else {
+    // Each armed layer at the file's rank (its first rows / columns when the
+    // layer was armed larger); a layer the file lacks as it is, for the
+    // plan to name it missing.
+    const std::set<std::string> in_file(layout.layers.begin(), layout.layers.end());
+    for (const auto& [path, layer] : to_rescale_) {
+      const int rank = in_file.count(path) ? rank_for(config_, path) : layer->rank();
+      for (const auto& [name, t] : layer->lora_tensors_at(rank)) targets.emplace_back(path + "." + name, t);
+    }
   }
   if (!other_kind.empty()) {
     throw Error(ErrorCode::kIncompatible,
@@ -161,10 +183,13 @@ TransferReport AdapterLoad::apply() {
     to_arm_.clear();
   }
   TransferReport report = plan_->apply();
-  // The file's scaling with its factors: the layer now computes the file's
-  // adapter (checked in the constructor: none merged, the same ranks).
+  // The file's scaling and rank with its factors: the layer now computes
+  // the file's adapter (checked in the constructor: none merged, ranks that
+  // fit). What lies past a smaller rank is zeroed, as PEFT's hot swap does.
   for (const auto& [path, layer] : to_rescale_) {
-    layer->set_scaling(alpha_for(config_, path), config_.use_rslora, config_.lora_dropout);
+    const int rank = rank_for(config_, path);
+    layer->zero_beyond(rank);
+    layer->set_scaling(alpha_for(config_, path), config_.use_rslora, config_.lora_dropout, rank);
   }
   return report;
 }

@@ -131,7 +131,8 @@ NamedTensors planned_factors(const std::vector<PlannedLayer>& layers) {
 NamedTensors live_factors(const PathLayers& layers) {
   NamedTensors out;
   for (const auto& [path, layer] : layers) {
-    for (const auto& [name, tensor] : layer->lora_tensors()) out.emplace_back(path + "." + name, tensor);
+    for (const auto& [name, tensor] : layer->lora_tensors_at(layer->rank()))
+      out.emplace_back(path + "." + name, tensor);
   }
   return out;
 }

@@ -42,7 +42,7 @@ std::vector<std::string> layout_mismatches(const std::vector<PlannedLayer>& plan
 NamedTensors planned_factors(const std::vector<PlannedLayer>& layers);
 
 // The live adapter tensors of `layers` (factors, DoRA's magnitudes,
-// lora_B's biases), under their model names.
+// lora_B's biases) at the rank each holds, under their model names.
 NamedTensors live_factors(const PathLayers& layers);
 
 // Arms `layers` (from plan_injection; a layer whose layout contradicts

@@ -1,6 +1,7 @@
 #include "lorakeep/lora_layer.h"
 
 #include <cmath>
+#include <functional>
 #include <utility>
 
 #include <ATen/ATen.h>
@@ -66,21 +67,58 @@ std::string LoraLayer::refusal(const LoraAdapterOptions& o) const {
 void LoraLayer::set_adapter_options(const LoraAdapterOptions& options) {
   adapter_ = options;
   merged_ = false;
+  held_rank_ = 0;
   set_scaling(options.alpha, options.use_rslora, options.dropout);
 }
 
-void LoraLayer::set_scaling(double alpha, bool use_rslora, double dropout) {
+void LoraLayer::set_scaling(double alpha, bool use_rslora, double dropout, int rank) {
   if (!has_adapter()) throw Error(ErrorCode::kInvalidArgument, "the layer has no LoRA adapter");
   if (merged_) {
     throw Error(ErrorCode::kInvalidArgument,
                 "the layer's adapter is merged into its weight with the old scaling (hint: unmerge first)");
   }
+  if (rank < 0 || rank > adapter_.r) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "rank " + std::to_string(rank) + " does not fit the layer's armed rank " + std::to_string(adapter_.r));
+  }
+  if (rank > 0) held_rank_ = rank == adapter_.r ? 0 : rank;
   adapter_.alpha = alpha;
   adapter_.use_rslora = use_rslora;
   adapter_.dropout = dropout;
-  const double r = static_cast<double>(adapter_.r);
+  const double r = static_cast<double>(this->rank());
   scaling_ = use_rslora ? alpha / std::sqrt(r) : alpha / r;
   on_dropout(dropout);
+}
+
+void LoraLayer::for_each_rank_dim(int rank,
+                                  const std::function<void(at::Tensor&, std::int64_t dim, std::int64_t keep)>& fn,
+                                  std::vector<std::pair<std::string, at::Tensor>>& tensors) const {
+  LoraAdapterOptions at_rank = adapter_;
+  at_rank.r = rank;
+  const auto shapes = lora_shapes(at_rank);
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    for (std::int64_t d = 0; d < tensors[i].second.dim(); ++d) {
+      const std::int64_t keep = shapes[i].second[static_cast<std::size_t>(d)];
+      if (tensors[i].second.size(d) != keep) fn(tensors[i].second, d, keep);
+    }
+  }
+}
+
+std::vector<std::pair<std::string, at::Tensor>> LoraLayer::lora_tensors_at(int rank) const {
+  std::vector<std::pair<std::string, at::Tensor>> tensors = lora_tensors();
+  if (rank == adapter_.r) return tensors;
+  for_each_rank_dim(
+      rank, [](at::Tensor& t, std::int64_t dim, std::int64_t keep) { t = t.narrow(dim, 0, keep); }, tensors);
+  return tensors;
+}
+
+void LoraLayer::zero_beyond(int rank) {
+  std::vector<std::pair<std::string, at::Tensor>> tensors = lora_tensors();
+  if (rank == adapter_.r) return;
+  c10::NoGradGuard no_grad;
+  for_each_rank_dim(
+      rank, [](at::Tensor& t, std::int64_t dim, std::int64_t keep) { t.narrow(dim, keep, t.size(dim) - keep).zero_(); },
+      tensors);
 }
 
 at::Tensor LoraLayer::adapted_weight() const {

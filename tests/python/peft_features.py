@@ -22,7 +22,10 @@ feature this script
      non-zero, so that every tensor gets a gradient), as peft_start/, and
      the same after one SGD step (lr 0.1, loss mean(y^2)) as peft_step/, for
      the test to take the same step in LibTorch.
-It prints one JSON line per feature:
+Then, where PEFT has hotswap_adapter, it hot-swaps lorakeep's hotswap/second
+(rank 4) into a model loaded with hotswap/first (rank 8) and saves the
+output as hotswap/peft_output.safetensors. It prints one JSON line per
+feature, and one for "hotswap" (done, or skipped with its reason):
   {"feature": NAME, "peft": VERSION, "load_max_diff": F, "merge_max_diff": F,
    "merge_names": [...], "peft_factors_trained": BOOL}
 (for the feature "all_linear" also "all_linear": the modules PEFT's own
@@ -93,7 +96,7 @@ def main():
     x = (inputs["x"], inputs["ids"])
     for feature in sorted(os.listdir(work)):
         d = os.path.join(work, feature)
-        if not os.path.isdir(d):
+        if not os.path.isdir(d) or feature == "hotswap":
             continue
         row = {"feature": feature, "peft": peft.__version__}
         adapter = os.path.join(d, "lorakeep_adapter")
@@ -150,6 +153,26 @@ def main():
         sgd_steps(stepped, x, 1)
         save(stepped, os.path.join(d, "peft_step"))
         print(json.dumps(row), flush=True)
+    hotswap(work, base, x)
+
+
+def hotswap(work, base, x):
+    """PEFT's hot swap of lorakeep's adapters: hotswap/first (loaded), then
+    hotswap/second (swapped in: another rank and alpha), its output saved as
+    hotswap/peft_output.safetensors."""
+    row = {"feature": "hotswap", "peft": peft.__version__}
+    try:
+        from peft.utils.hotswap import hotswap_adapter
+    except ImportError:
+        row["skipped"] = f"PEFT {peft.__version__} has no hotswap_adapter"
+        print(json.dumps(row), flush=True)
+        return
+    d = os.path.join(work, "hotswap")
+    model = PeftModel.from_pretrained(copy.deepcopy(base), os.path.join(d, "first")).eval()
+    hotswap_adapter(model, os.path.join(d, "second"), adapter_name="default", torch_device="cpu")
+    with torch.no_grad():
+        save_file({"y": model(*x).contiguous()}, os.path.join(d, "peft_output.safetensors"))
+    print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
