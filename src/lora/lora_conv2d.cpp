@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
+#include <torch/enum.h>
 #include <torch/nn/functional/conv.h>
 
 #include "lorakeep/error.h"
@@ -78,7 +79,7 @@ std::string LoraConv2dImpl::refusal(const LoraAdapterOptions& o) const {
   for (const std::int64_t d : *options_.dilation()) {
     if (d != 1) return "the convolution is dilated, which PEFT's lora_A ignores: not supported";
   }
-  if (!c10::get_if<torch::enumtype::kZeros>(&options_.padding_mode())) {
+  if (torch::enumtype::get_enum_name(options_.padding_mode()) != "kZeros") {  // c10:: or std::variant by version
     return "the convolution pads other than with zeros, which PEFT's lora_A ignores: not supported";
   }
   return LoraLayer::refusal(o);
