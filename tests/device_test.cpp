@@ -464,6 +464,63 @@ TEST_CASE("embeddings and convolutions, plain and DoRA, armed on the device from
   }
 }
 
+TEST_CASE("a named adapter beside the default one: armed on the device from PEFT's layout, trained, reloaded",
+          "[device]") {
+  test::TempDir dir;
+  LoraConfig first;
+  first.r = 2;
+  first.lora_alpha = 4;
+  first.target_modules = {"emb", "conv"};
+  first.init_lora_weights = "false";  // every factor non-zero
+  LoraConfig second = first;
+  second.r = 3;
+  second.lora_alpha = 6;
+  second.use_dora = true;
+  torch::manual_seed(0);
+  KindsNet on_host;
+  inject_lora(*on_host, first);
+  inject_lora(*on_host, second, "second");
+  save_adapter(dir / "start", *on_host, first);
+  save_adapter(dir / "start", *on_host, second, "second");  // start/second/
+  torch::manual_seed(0);
+  KindsNet net;
+  net->to(td::device());
+  AdapterLoadOptions named;
+  named.adapter_name = "second";
+  load_adapter(dir / "start", *net);
+  load_adapter(dir / "start", *net, named);  // both armed on the device
+  for (const auto& p : net->parameters()) CHECK(p.device() == td::device());
+  CHECK(adapter_names(*net) == std::vector<std::string>{"default", "second"});
+  const NamedTensors first_before = test::clone_all(adapter_tensors(*net, first));
+  set_adapter(*net, "second");
+  std::vector<torch::Tensor> params;
+  for (const auto& p : net->parameters()) {
+    if (p.requires_grad()) params.push_back(p);
+  }
+  CHECK(params.size() == 6u);  // the named adapter's factors and magnitudes, nothing else
+  torch::optim::AdamW adamw(params, torch::optim::AdamWOptions(1e-2));
+  const torch::Tensor ids = torch::tensor({1, 5, 9, 15}, torch::kLong).to(td::device());
+  const torch::Tensor images = torch::randn({4, 1, 3, 3}).to(td::device());
+  net->loss(ids, images).backward();
+  adamw.step();
+  CHECK(test::bitwise_equal(test::clone_all(adapter_tensors(*net, first)), first_before));
+  const NamedTensors trained = test::clone_all(adapter_tensors(*net, second, "second"));
+  CHECK(!test::bitwise_equal(trained, test::clone_all(adapter_tensors(*on_host, second, "second"))));
+  td::reset_peak();
+  std::int64_t before = td::live_bytes();
+  save_adapter(dir / "trained", *net, second, "second");
+  CHECK(td::peak_bytes() - before == 0);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : params) p.add_(1.0);
+  }
+  td::reset_peak();
+  before = td::live_bytes();
+  load_adapter(dir / "trained", *net, named);  // a hot swap of the named adapter, from trained/second/
+  CHECK(td::peak_bytes() - before == 0);
+  CHECK(test::bitwise_equal(test::clone_all(adapter_tensors(*net, second, "second")), trained));
+}
+
 TEST_CASE("saves and async snapshots read device parameters with no device memory", "[device]") {
   test::TempDir dir;
   const LoraConfig config = test::test_lora(/*r=*/64, /*alpha=*/128);

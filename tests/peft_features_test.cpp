@@ -110,6 +110,30 @@ std::map<std::string, LoraConfig> features() {
   return out;
 }
 
+// The adapter of a second name in the table: plain LoRA on the three layer
+// kinds (lin1 shared with the default adapter), another rank and alpha.
+LoraConfig named_second_config() {
+  LoraConfig c;
+  c.r = 2;
+  c.lora_alpha = 6;
+  c.target_modules = {"emb", "conv", "lin1"};
+  return c;
+}
+
+// `steps` SGD steps (lr 0.1, loss mean(y^2)) on the trainable parameters.
+void train_steps(FeatureNetImpl& net, const torch::Tensor& x, const torch::Tensor& ids, int steps) {
+  std::vector<torch::Tensor> trainable;
+  for (const torch::Tensor& p : net.parameters()) {
+    if (p.requires_grad()) trainable.push_back(p);
+  }
+  torch::optim::SGD sgd(trainable, torch::optim::SGDOptions(0.1));
+  for (int step = 0; step < steps; ++step) {
+    sgd.zero_grad();
+    net.forward(x, ids).pow(2).mean().backward();
+    sgd.step();
+  }
+}
+
 }  // namespace
 
 TEST_CASE("the feature table against the peers' PEFT: trained here, loaded there, merged alike, and back",
@@ -130,12 +154,7 @@ TEST_CASE("the feature table against the peers' PEFT: trained here, loaded there
     FeatureNet net = seeded_net();
     torch::manual_seed(1);
     inject_lora(*net, config);
-    torch::optim::SGD sgd(net->parameters(), torch::optim::SGDOptions(0.1));
-    for (int step = 0; step < 5; ++step) {
-      sgd.zero_grad();
-      net->forward(x, ids).pow(2).mean().backward();
-      sgd.step();
-    }
+    train_steps(*net, x, ids, 5);
     net->eval();
     save_adapter(dir / (name + "/lorakeep_adapter"), *net, config);
     torch::NoGradGuard no_grad;
@@ -158,12 +177,39 @@ TEST_CASE("the feature table against the peers' PEFT: trained here, loaded there
     save_adapter(dir / (std::string("hotswap/") + name), *net, config);
   }
 
+  // Two adapters in one model: the default on the linears, "second" on the
+  // embedding, the convolution and lin1, each trained while active.
+  LoraConfig first = table.at("lora");
+  first.modules_to_save.clear();  // the head stays the base's, for both adapters
+  const LoraConfig second = named_second_config();
+  std::map<std::string, torch::Tensor> named_ours;
+  {
+    boost::filesystem::create_directories(dir / "named");
+    FeatureNet net = seeded_net();
+    torch::manual_seed(1);
+    inject_lora(*net, first);
+    train_steps(*net, x, ids, 5);
+    inject_lora(*net, second, "second");
+    set_adapter(*net, "second");
+    train_steps(*net, x, ids, 5);
+    net->eval();
+    save_adapter(dir / "named/lorakeep_adapter", *net, first);
+    save_adapter(dir / "named/lorakeep_adapter", *net, second, "second");  // into its folder second/
+    torch::NoGradGuard no_grad;
+    named_ours["second"] = net->forward(x, ids);
+    set_adapter(*net, "default");
+    named_ours["default"] = net->forward(x, ids);
+    save_safetensors(dir / "named/lorakeep_output.safetensors",
+                     {{"default", named_ours["default"]}, {"second", named_ours["second"]}});
+    merge_lora_files(dir / "base.safetensors", dir / "named/lorakeep_adapter/second", dir / "named/lorakeep_merged");
+  }
+
   const auto py = test::run_python("peft_features.py", {dir.path()});
   INFO(py.err);
   REQUIRE(py.exit_code == 0);
   std::istringstream lines(py.out);
   std::set<std::string> seen;
-  bool seen_hotswap = false;
+  bool seen_hotswap = false, seen_named = false;
   for (std::string line; std::getline(lines, line);) {
     const auto row = nlohmann::json::parse(line);
     const std::string name = row["feature"].get<std::string>();
@@ -187,6 +233,35 @@ TEST_CASE("the feature table against the peers' PEFT: trained here, loaded there
       CHECK(diff <= 1e-4);
       std::printf("PEFT %s, hotswap: lorakeep's padded swap vs hotswap_adapter %.2g (max abs difference)\n",
                   row["peft"].get<std::string>().c_str(), diff);
+      continue;
+    }
+    if (name == "named") {  // two adapters in one model, both ways
+      seen_named = true;
+      CHECK(row["load_max_diff"].get<double>() <= 1e-4);
+      CHECK(row["merge_max_diff"].get<double>() <= 1e-5);
+      // PEFT's layout: the named adapter in its folder, its keys without its name.
+      const std::vector<std::string> keys = row["second_keys"].get<std::vector<std::string>>();
+      CHECK(keys.size() == 6);  // A and B of emb, conv and lin1
+      for (const std::string& key : keys) CHECK(key.find("second") == std::string::npos);
+      FeatureNet both = seeded_net();
+      load_adapter(dir / "named/peft_adapter", *both);
+      AdapterLoadOptions by_name;
+      by_name.adapter_name = "second";
+      load_adapter(dir / "named/peft_adapter", *both, by_name);  // from its folder second/
+      both->eval();
+      const auto want = open_tensor_source(dir / "named/peft_output.safetensors");
+      double back = 0;
+      torch::NoGradGuard no_grad;
+      for (const std::string adapter : {"default", "second"}) {
+        set_adapter(*both, adapter);
+        const torch::Tensor y = both->forward(x, ids).to(torch::kDouble);
+        back = std::max(back, (y - want->tensor(adapter).to(torch::kDouble)).abs().max().item<double>());
+      }
+      CHECK(back <= 1e-4);
+      std::printf("PEFT %s, named: lorakeep's two adapters in PEFT %.2g, merge-lora of the second vs "
+                  "merge_and_unload %.2g, PEFT's two adapters here %.2g (max abs differences)\n",
+                  row["peft"].get<std::string>().c_str(), row["load_max_diff"].get<double>(),
+                  row["merge_max_diff"].get<double>(), back);
       continue;
     }
     REQUIRE(table.count(name) == 1);
@@ -262,6 +337,7 @@ TEST_CASE("the feature table against the peers' PEFT: trained here, loaded there
   }
   CHECK(seen.size() == table.size());
   CHECK(seen_hotswap);
+  CHECK(seen_named);
 }
 
 }  // namespace lorakeep

@@ -9,6 +9,15 @@
 //   lorakeep::inject_lora(*model, config);                     // train...
 //   lorakeep::save_adapter("out/adapter", *model, config);     // PEFT loads this directory
 //   lorakeep::load_adapter("out/adapter", *other_model);       // and so does lorakeep
+//
+// Several adapters in one model, as PEFT's adapter_name: each call takes an
+// adapter name ("default" when not given). The layers compute the active
+// adapter (set_adapter); a named adapter is saved in PEFT's layout,
+// "<dir>/<name>/", and loaded from it.
+//
+//   lorakeep::inject_lora(*model, other_config, "task_b");     // armed, inactive
+//   lorakeep::set_adapter(*model, "task_b");                   // computed and trained now
+//   lorakeep::save_adapter("out/adapter", *model, other_config, "task_b");  // out/adapter/task_b/
 #pragma once
 
 #include <cstdint>
@@ -39,7 +48,29 @@ namespace lorakeep {
 // selected layer's weight layout contradicts config.fan_in_fan_out (PEFT
 // would correct the flag; an adapter saved with the wrong one would be merged
 // untransposed). Nothing is armed then.
-std::vector<std::string> inject_lora(torch::nn::Module& module, const LoraConfig& config);
+// With `adapter_name` (PEFT's), the layers get an adapter of that name
+// beside those they carry (LoraLayer::add_named_adapter). The model's first
+// adapter becomes its active one; a later one is armed frozen and inactive,
+// as PEFT's add_adapter, until set_adapter (the names returned are then
+// those it will train), and the other parameters keep their requires_grad.
+// Also throws Error(kInvalidArgument) for an invalid name, when a selected
+// layer has that adapter already or holds a merged one, and for
+// modules_to_save with a named adapter (PEFT keeps a copy of those modules
+// per adapter; lorakeep does not).
+std::vector<std::string> inject_lora(torch::nn::Module& module, const LoraConfig& config,
+                                     const std::string& adapter_name = kDefaultAdapter);
+
+// Makes `adapter_name` the adapter every LoRA layer computes (a layer
+// without it computes its base), and, as PEFT's set_adapter, the only one
+// that trains: its tensors require grad, the other adapters' do not.
+// Throws Error(kInvalidArgument) when no layer carries it (the message lists
+// those that do) or a layer holds a merged adapter (unmerge first); nothing
+// changes then.
+void set_adapter(torch::nn::Module& module, const std::string& adapter_name);
+
+// The adapters the model carries: "default" first when armed, then the
+// others in the order their layers come.
+std::vector<std::string> adapter_names(torch::nn::Module& module);
 
 // `config` with PEFT's target_modules shorthand "all-linear" (any case)
 // resolved against `module` as PEFT resolves it, and as the saves write it:
@@ -60,8 +91,10 @@ LoraConfig resolve_target_modules(torch::nn::Module& module, const LoraConfig& c
 // alpha (lora_alpha, alpha_pattern), use_rslora, lora_dropout and
 // fan_in_fan_out are the config's; every modules_to_save entry names a
 // module. Throws Error(kInvalidArgument) listing every disagreement (layer,
-// field, both values), or when nothing is armed.
-NamedTensors adapter_tensors(torch::nn::Module& module, const LoraConfig& config);
+// field, both values), or when nothing is armed. A named adapter's tensors
+// have the same keys (PEFT writes them without the name).
+NamedTensors adapter_tensors(torch::nn::Module& module, const LoraConfig& config,
+                             const std::string& adapter_name = kDefaultAdapter);
 
 // The identity of an adapter's values: an XXH3-64 over the name, dtype, shape
 // and bytes of every tensor adapter_tensors gives, in that order. Equal on
@@ -77,11 +110,19 @@ struct AdapterSaveReport {
 // Writes PEFT's adapter directory: adapter_model.safetensors (metadata
 // {"format": "pt"}) and adapter_config.json (inference_mode true). A new
 // directory is assembled under a temporary name and renamed into place; in an
-// existing one each file is replaced atomically, weights first.
+// existing one each file is replaced atomically, weights first. A named
+// adapter goes to "<dir>/<name>/", as PEFT's save_pretrained writes every
+// adapter but "default".
 // Throws as adapter_tensors (nothing written), Error(kIOError).
-AdapterSaveReport save_adapter(const std::string& dir, torch::nn::Module& module, const LoraConfig& config);
+AdapterSaveReport save_adapter(const std::string& dir, torch::nn::Module& module, const LoraConfig& config,
+                               const std::string& adapter_name = kDefaultAdapter);
 
 struct AdapterLoadOptions {
+  // The adapter the file fills (PEFT's adapter_name). A named one is read
+  // from "<dir>/<name>/" when that holds an adapter_config.json (where
+  // save_adapter writes it, as PEFT's save_pretrained), else from the
+  // directory given.
+  std::string adapter_name = kDefaultAdapter;
   // performance
   std::uint64_t chunk_bytes = 64ull << 20;  // host staging per piece; bounds the extra memory (see transfer.h)
 };
@@ -89,8 +130,10 @@ struct AdapterLoadOptions {
 // Loads a PEFT adapter directory (adapter_config.json plus
 // adapter_model.safetensors or adapter_model.bin) into `module` through the
 // transfer engine: CPU-first, and validated in full before anything changes.
-// If no layer of `module` is armed yet, the config's targets are armed, as
-// PEFT's from_pretrained does (every other parameter frozen); what arming
+// If no layer of `module` carries the adapter (options.adapter_name) yet,
+// the config's targets are armed with it, as PEFT's from_pretrained and
+// load_adapter do (inject_lora's rules: the model's first adapter active,
+// every other parameter frozen; a later one inactive); what arming
 // would create is worked out first and the adapter checked against it, and
 // arming leaves the global random generators where they were. Validation, in
 // order: the config is a LoRA config lorakeep supports; every key is a PEFT
@@ -114,7 +157,8 @@ TransferReport load_adapter(const std::string& dir, torch::nn::Module& module, c
 // The config saved beside an adapter. Throws as parse_adapter_config.
 LoraConfig read_adapter_config(const std::string& dir);
 
-// Merges (or unmerges) every armed layer of `module`; returns how many.
+// Merges the active adapter of every layer that carries it (unmerges every
+// merged one); returns how many layers.
 int merge_lora(torch::nn::Module& module, bool safe = false);
 int unmerge_lora(torch::nn::Module& module);
 

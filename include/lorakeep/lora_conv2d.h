@@ -63,6 +63,7 @@ class LoraConv2dImpl : public torch::nn::Module, public LoraLayer {
   std::vector<std::pair<std::string, std::vector<std::int64_t>>> lora_shapes(
       const LoraAdapterOptions& options) const override;
   const torch::Tensor& base_weight() const override { return weight; }
+  bool pads_rank() const override { return options_.groups() == 1; }
   const char* kind() const override { return "convolution"; }
 
   torch::Tensor weight;  // the base [out, in / groups, kh, kw]
@@ -72,6 +73,7 @@ class LoraConv2dImpl : public torch::nn::Module, public LoraLayer {
   torch::Tensor lora_magnitude_vector;  // DoRA's magnitude [1, out, 1, 1]; undefined without DoRA
 
  private:
+  std::shared_ptr<torch::nn::Module> new_layer_over_base() const override;
   void on_dropout(double p) override;
   torch::Tensor delta_f32_or_wider() const override;
   torch::Tensor dora_norms(const torch::Tensor& adapted) const override;

@@ -69,6 +69,9 @@ class LoraEmbeddingImpl : public torch::nn::Module, public LoraLayer {
   torch::Tensor lora_magnitude_vector;  // DoRA's magnitude [embedding_dim]; undefined without DoRA
 
  private:
+  // Over `weight`, shared: a named adapter's layer.
+  LoraEmbeddingImpl(const torch::nn::EmbeddingOptions& options, const torch::Tensor& weight);
+  std::shared_ptr<torch::nn::Module> new_layer_over_base() const override;
   torch::Tensor embed(const torch::Tensor& input, const torch::Tensor& table) const;
   torch::Tensor delta_f32_or_wider() const override;
   torch::Tensor dora_norms(const torch::Tensor& adapted) const override;

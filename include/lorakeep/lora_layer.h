@@ -6,13 +6,22 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
 
+namespace torch::nn {
+class Module;
+}
+
 namespace lorakeep {
+
+// The name of a layer's own adapter, as PEFT names an adapter given no name.
+inline constexpr const char* kDefaultAdapter = "default";
 
 // The adapter part of one layer.
 struct LoraAdapterOptions {
@@ -30,12 +39,44 @@ struct LoraAdapterOptions {
   bool lora_bias = false;
 };
 
-// A layer that can carry one LoRA adapter. Implemented by torch::nn::Module
+// A layer that can carry LoRA adapters. Implemented by torch::nn::Module
 // subclasses; inject_lora finds them in a module tree by this interface.
+//
+// Its own adapter is the one named "default" (kDefaultAdapter): what
+// add_adapter arms and every member below but the named-adapter ones is
+// about. Adapters of other names (PEFT's adapter_name) are each held by a
+// layer of the same kind over the same base tensors, registered under this
+// one as "lora_adapters.<name>" (its tensors "lora_adapters.<name>.lora_A.weight",
+// ...); adapter(name) gives that layer, whose own adapter it is. The layer's
+// forward computes the active adapter only (PEFT's active adapter); a layer
+// that lacks the active adapter computes its base.
 // Thread-safety: as any torch::nn::Module (no concurrent mutation).
 class LoraLayer {
  public:
   virtual ~LoraLayer() = default;
+
+  // Arms adapter `name` with `options`: add_adapter for "default", else a new
+  // layer of this kind over this layer's base (not registered twice), armed
+  // with `options`, registered as "lora_adapters.<name>". The active adapter
+  // stays. Throws Error(kInvalidArgument) for a name that is not a non-empty
+  // run of [A-Za-z0-9_-] (it becomes a directory name), when the layer has an
+  // adapter of that name or one of its adapters is merged, or as add_adapter.
+  void add_named_adapter(const std::string& name, const LoraAdapterOptions& options);
+  // The layer that holds adapter `name`: this for "default" (armed or not),
+  // else the named adapter's layer, or nullptr when the layer has none.
+  LoraLayer* adapter(const std::string& name);
+  // The adapters the layer carries: "default" first when armed, then the
+  // others in arming order.
+  std::vector<std::string> adapter_names() const;
+  // The adapter forward computes ("default" at first).
+  const std::string& active_adapter() const { return active_; }
+  // Makes `name` the active adapter (one the layer lacks too: it then
+  // computes its base). Throws Error(kInvalidArgument) when one of its
+  // adapters is merged (the weight holds it: unmerge first) or for an
+  // invalid name.
+  void set_active_adapter(const std::string& name);
+  // Whether any of the layer's adapters is merged into its weight.
+  bool any_merged() const;
 
   // Why this layer cannot carry an adapter of `options` ("" when it can):
   // what add_adapter throws, checked by inject_lora before anything is armed.
@@ -101,14 +142,29 @@ class LoraLayer {
   // F32, on its device.
   virtual const at::Tensor& base_weight() const = 0;
   // Whether the base weight is stored [in, out] (GPT-2's Conv1D): what
-  // PEFT's fan_in_fan_out says of linear layers; false for other kinds.
-  virtual bool fan_in_fan_out() const { return false; }
+  // PEFT's fan_in_fan_out says of linear layers; empty for the kinds PEFT
+  // does not read it for.
+  virtual std::optional<bool> fan_in_fan_out() const { return std::nullopt; }
+  // Whether an adapter of a smaller rank can be swapped into the first rows
+  // / columns of this one's tensors (PEFT pads a grouped convolution's
+  // lora_A group by group; lorakeep does not).
+  virtual bool pads_rank() const { return true; }
   // "linear layer", "embedding": for messages.
   virtual const char* kind() const = 0;
 
  protected:
   // Records `options` and sets the scaling: add_adapter's common part.
   void set_adapter_options(const LoraAdapterOptions& options);
+  // forward's dispatch. The layer of the active adapter when it is a named
+  // one the layer carries (its forward computes this layer's), else nullptr.
+  LoraLayer* active_named() const;
+  // Whether this layer's forward adds its own adapter: it is active, armed
+  // and not merged.
+  bool computes_own_adapter() const { return active_ == kDefaultAdapter && has_adapter() && !merged_; }
+  // A layer of the same kind over the same base tensors (registered in it
+  // as its own, as its wrapping constructor does), unarmed: what holds a
+  // named adapter.
+  virtual std::shared_ptr<torch::nn::Module> new_layer_over_base() const = 0;
   // Called by set_scaling with the new dropout probability.
   virtual void on_dropout(double /*p*/) {}
 
@@ -137,6 +193,11 @@ class LoraLayer {
   bool merged_ = false;
   int held_rank_ = 0;        // rank(), when below the armed rank (0: the armed rank)
   at::Tensor merged_norms_;  // DoRA: the norms the merge divided by, for unmerge
+
+ private:
+  std::vector<std::pair<std::string, std::shared_ptr<LoraLayer>>> named_;  // in arming order
+  std::shared_ptr<torch::nn::Module> named_holder_;                        // "lora_adapters"
+  std::string active_ = kDefaultAdapter;
 };
 
 }  // namespace lorakeep

@@ -88,7 +88,7 @@ class LoraLinearImpl : public torch::nn::Module, public LoraLayer {
   std::vector<std::pair<std::string, std::vector<std::int64_t>>> lora_shapes(
       const LoraAdapterOptions& options) const override;
   const torch::Tensor& base_weight() const override { return weight; }
-  bool fan_in_fan_out() const override { return options_.fan_in_fan_out(); }
+  std::optional<bool> fan_in_fan_out() const override { return options_.fan_in_fan_out(); }
   const char* kind() const override { return "linear layer"; }
 
   torch::Tensor weight;  // the base: [out, in], or [in, out] with fan_in_fan_out
@@ -98,6 +98,9 @@ class LoraLinearImpl : public torch::nn::Module, public LoraLayer {
   torch::Tensor lora_magnitude_vector;  // DoRA's magnitude [out]; undefined without DoRA
 
  private:
+  // Over `weight` and `bias`, shared: a named adapter's layer.
+  LoraLinearImpl(const LoraLinearOptions& options, const torch::Tensor& weight, const torch::Tensor& bias);
+  std::shared_ptr<torch::nn::Module> new_layer_over_base() const override;
   torch::Tensor base_forward(const torch::Tensor& x) const;
   void on_dropout(double p) override;
   torch::Tensor delta_f32_or_wider() const override;

@@ -8,6 +8,7 @@
 #include <boost/filesystem.hpp>
 
 #include "lorakeep/adapter.h"
+#include "lorakeep/error.h"
 #include "lorakeep/version.h"
 #include "base/file_names.h"
 #include "base/logging.h"
@@ -16,6 +17,7 @@
 #include "checkpoint/trainer_state.h"
 #include "io/atomic_file.h"
 #include "lora/adapter_writer.h"
+#include "lora/injection.h"
 #include "tensors/safetensors_writer.h"
 #include "tensors/torch_error.h"
 
@@ -66,6 +68,14 @@ void write_files(const std::string& dir, Manifest& manifest, const CheckpointCon
 CheckpointContents CheckpointContents::live(torch::nn::Module& module, const LoraConfig& lora,
                                             torch::optim::Optimizer* optimizer, const CheckpointOptions& options,
                                             std::vector<NamedTensors> rng) {
+  const std::vector<std::string> adapters = adapter_names(module);
+  if (adapters.size() > 1 || (adapters.size() == 1 && adapters[0] != kDefaultAdapter)) {
+    // Not yet: a checkpoint of the default adapter alone would resume without the others.
+    throw Error(ErrorCode::kInvalidArgument,
+                "the model carries named adapters (" + list_paths(adapters) +
+                    "), and checkpoints hold the default adapter only (hint: save each adapter with "
+                    "save_adapter(dir, model, config, name); nothing was written)");
+  }
   CheckpointContents c;
   c.config = resolve_target_modules(module, lora);
   c.adapter = adapter_tensors(module, c.config);

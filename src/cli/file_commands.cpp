@@ -1,17 +1,22 @@
 // inspect, verify, convert: commands about one file, set or directory.
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include <boost/filesystem.hpp>
 #include <nlohmann/json.hpp>
 
 #include "lorakeep/error.h"
+#include "lorakeep/lora_config.h"
 #include "lorakeep/safetensors.h"
 #include "lorakeep/tensor_source.h"
 #include "base/file_names.h"
 #include "base/text.h"
 #include "checkpoint/run_dir.h"
 #include "cli/commands.h"
+#include "io/read_file.h"
 
 namespace lorakeep::cli {
 namespace {
@@ -22,8 +27,48 @@ nlohmann::json shape_json(const std::vector<std::int64_t>& shape) {
   return j;
 }
 
+// A named adapter in PEFT's layout: a folder of an adapter directory.
+struct NamedAdapter {
+  std::string name, path;
+  LoraConfig config;
+  std::size_t tensors = 0;
+  std::uint64_t bytes = 0;
+};
+
+// The named adapters in the folders of `dir` (none when it is not a
+// directory), by name. Throws as parse_adapter_config and open_tensor_source
+// for a folder whose adapter is broken.
+std::vector<NamedAdapter> named_adapters(const std::string& dir) {
+  namespace fs = boost::filesystem;
+  std::vector<NamedAdapter> out;
+  boost::system::error_code ec;
+  if (!fs::is_directory(dir, ec)) return out;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const fs::path config_path = it->path() / detail::kAdapterConfigFile;
+    if (!fs::is_directory(it->path(), ec) || !fs::exists(config_path, ec)) continue;
+    NamedAdapter a;
+    a.name = it->path().filename().string();
+    a.path = it->path().string();
+    a.config = parse_adapter_config(detail::read_small_file(config_path.string(), 16ull << 20), config_path.string());
+    const auto source = open_tensor_source(a.path);
+    a.tensors = source->names().size();
+    a.bytes = source->total_bytes();
+    out.push_back(std::move(a));
+  }
+  std::sort(out.begin(), out.end(), [](const NamedAdapter& x, const NamedAdapter& y) { return x.name < y.name; });
+  return out;
+}
+
+std::string targets_of(const LoraConfig& c) {
+  if (!c.target_modules_regex.empty()) return "'" + c.target_modules_regex + "'";
+  std::string out;
+  for (const std::string& t : c.target_modules) out += (out.empty() ? "" : ", ") + t;
+  return out;
+}
+
 int run_inspect(const std::string& path, bool json) {
   const auto source = open_tensor_source(path);
+  const std::vector<NamedAdapter> named = named_adapters(path);
   if (json) {
     nlohmann::json j;
     j["path"] = source->path();
@@ -40,6 +85,18 @@ int run_inspect(const std::string& path, bool json) {
       j["tensors"].push_back(std::move(row));
     }
     j["total_bytes"] = source->total_bytes();
+    if (!named.empty()) {
+      j["named_adapters"] = nlohmann::json::array();
+      for (const NamedAdapter& a : named) {
+        j["named_adapters"].push_back({{"name", a.name},
+                                       {"path", a.path},
+                                       {"r", a.config.r},
+                                       {"lora_alpha", a.config.lora_alpha},
+                                       {"target_modules", targets_of(a.config)},
+                                       {"tensors", a.tensors},
+                                       {"total_bytes", a.bytes}});
+      }
+    }
     std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     return kExitOk;
   }
@@ -57,6 +114,13 @@ int run_inspect(const std::string& path, bool json) {
     std::printf("%-*s  %-7s  %-20s  %llu\n", static_cast<int>(width), name.c_str(),
                 std::string(dtype_name(t.dtype)).c_str(), format_shape(t.shape).c_str(),
                 static_cast<unsigned long long>(t.byte_size()));
+  }
+  if (!named.empty()) {
+    std::printf("named adapters (PEFT's layout: each in its folder; this directory's is \"default\"):\n");
+    for (const NamedAdapter& a : named) {
+      std::printf("  %s: r=%d, lora_alpha=%g, %zu tensors, %s, targets %s\n", a.name.c_str(), a.config.r,
+                  a.config.lora_alpha, a.tensors, detail::format_bytes(a.bytes).c_str(), targets_of(a.config).c_str());
+    }
   }
   return kExitOk;
 }

@@ -6,20 +6,12 @@
 #include <boost/filesystem.hpp>
 
 #include "lorakeep/error.h"
-#include "lorakeep/lora_conv2d.h"
 #include "base/file_names.h"
 #include "lora/peft_keys.h"
 #include "tensors/rng.h"
 
 namespace lorakeep::detail {
 namespace {
-
-// A grouped convolution: PEFT pads its lora_A group by group; lorakeep does
-// not swap a smaller rank into one.
-bool grouped(const LoraLayer& layer) {
-  const auto* conv = dynamic_cast<const LoraConv2dImpl*>(&layer);
-  return conv != nullptr && conv->options().groups() > 1;
-}
 
 // An adapter's kind, for messages.
 std::string kind_of(bool use_dora, bool lora_bias) {
@@ -40,10 +32,17 @@ std::string adapter_weights_path(const std::string& dir) {
 }
 
 AdapterLoad::AdapterLoad(const std::string& dir, LoraConfig config, std::unique_ptr<TensorSource> weights,
-                         torch::nn::Module& module, const LoadOptions& transfer)
-    : module_(&module), config_(std::move(config)), source_(std::move(weights)) {
+                         torch::nn::Module& module, const LoadOptions& transfer, std::string name)
+    : module_(&module), config_(std::move(config)), name_(std::move(name)), source_(std::move(weights)) {
   const AdapterLayout layout = classify_adapter_keys(*source_);
   check_optional_tensors(layout, config_.use_dora, config_.lora_bias, source_->path());
+  if (name_ != kDefaultAdapter && !layout.whole.empty()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "adapter '" + dir + "' holds whole tensors (modules_to_save: " + list_paths(layout.whole) +
+                    "), which lorakeep loads into the default adapter only: as the named adapter '" + name_ +
+                    "' they would change the model of every adapter (PEFT keeps a copy per adapter) (nothing was "
+                    "changed)");
+  }
   // The config's rank of each layer is the rank its factors have: the
   // scaling, which depends on it, is computed from the config.
   for (const std::string& path : layout.layers) {
@@ -61,10 +60,10 @@ AdapterLoad::AdapterLoad(const std::string& dir, LoraConfig config, std::unique_
   // none armed, those injection would arm (planned only: nothing changes
   // until everything is checked).
   std::map<std::string, std::shared_ptr<LoraLayer>> armed;
-  for (auto& [path, layer] : armed_layers(module)) armed[path] = layer;
+  for (auto& [path, layer] : armed_layers(module, name_)) armed[path] = layer;
   NamedTensors targets;
   if (armed.empty()) {
-    to_arm_ = plan_injection(module, config_);
+    to_arm_ = plan_injection(module, config_, name_);
     for (const PlannedLayer& t : to_arm_) armed[t.path] = t.layer;
   } else {
     to_rescale_.assign(armed.begin(), armed.end());
@@ -77,7 +76,7 @@ AdapterLoad::AdapterLoad(const std::string& dir, LoraConfig config, std::unique_
     } else if (to_arm_.empty() && it->second->merged()) {
       merged.push_back(path);
     } else if (const int in_file = rank_for(config_, path), armed_rank = it->second->adapter_options().r;
-               to_arm_.empty() && (in_file > armed_rank || (in_file < armed_rank && grouped(*it->second)))) {
+               to_arm_.empty() && (in_file > armed_rank || (in_file < armed_rank && !it->second->pads_rank()))) {
       other_rank.push_back("'" + path + "' (" + std::to_string(in_file) + " in the file, " +
                            std::to_string(armed_rank) + " armed" +
                            (in_file < armed_rank ? ", a grouped convolution, which is not padded" : "") + ")");
@@ -148,10 +147,10 @@ AdapterLoad::AdapterLoad(const std::string& dir, LoraConfig config, std::unique_
   // file is incomplete, and loading the rest would mix two trainings.
   const std::set<std::string> in_file(layout.whole.begin(), layout.whole.end());
   std::vector<std::string> lacking;
-  for (const auto& item : module.named_modules("", /*include_self=*/false)) {
-    if (!is_module_to_save(config_, item.key())) continue;
-    for (const auto& p : item.value()->named_parameters(/*recurse=*/true)) {
-      const std::string name = item.key() + "." + p.key();
+  for (const auto& [path, m] : model_modules(module)) {
+    if (!is_module_to_save(config_, path)) continue;
+    for (const auto& p : m->named_parameters(/*recurse=*/true)) {
+      const std::string name = path + "." + p.key();
       if (!in_file.count(name)) lacking.push_back(name);
     }
   }
@@ -176,10 +175,8 @@ TransferReport AdapterLoad::apply() {
     // Arming initialises the factors the load then overwrites: the training
     // run's random stream must not move for that.
     RngGuard keep_random_stream;
-    arm(*module_, config_, to_arm_);
-    PathLayers armed;
-    for (const PlannedLayer& t : to_arm_) armed.emplace_back(t.path, t.layer);
-    plan_->retarget(live_factors(armed));
+    arm(*module_, config_, to_arm_, name_);
+    plan_->retarget(live_factors(armed_layers(*module_, name_)));
     to_arm_.clear();
   }
   TransferReport report = plan_->apply();

@@ -29,12 +29,13 @@ std::string adapter_weights_path(const std::string& dir);
 // the planned layers (the global random generators left where they were) or
 // gives the armed ones the file's scaling, and writes. `transfer`'s op,
 // scale, prefixes and strictness are the adapter's own and are set here.
-// `dir` names the adapter in messages. Borrows `module` until apply()
-// returns. Move-only; not thread-safe.
+// `dir` names the adapter in messages; `name` is the adapter it fills
+// (armed as it, when no layer carries it yet). Borrows `module` until
+// apply() returns. Move-only; not thread-safe.
 class AdapterLoad {
  public:
   AdapterLoad(const std::string& dir, LoraConfig config, std::unique_ptr<TensorSource> weights,
-              torch::nn::Module& module, const LoadOptions& transfer);
+              torch::nn::Module& module, const LoadOptions& transfer, std::string name = kDefaultAdapter);
   ~AdapterLoad();
   AdapterLoad(AdapterLoad&&) noexcept;
   AdapterLoad& operator=(AdapterLoad&&) = delete;
@@ -45,6 +46,7 @@ class AdapterLoad {
  private:
   torch::nn::Module* module_;
   LoraConfig config_;
+  std::string name_;
   std::unique_ptr<TensorSource> source_;
   std::vector<PlannedLayer> to_arm_;  // empty when the model was armed already
   PathLayers to_rescale_;             // the armed layers it fills

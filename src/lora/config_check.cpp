@@ -5,7 +5,6 @@
 
 #include "lorakeep/adapter.h"
 #include "lorakeep/error.h"
-#include "lorakeep/lora_linear.h"
 #include "lora/injection.h"
 
 namespace lorakeep::detail {
@@ -21,11 +20,14 @@ std::string flag(bool v) { return v ? "true" : "false"; }
 
 }  // namespace
 
-void check_config_matches_layers(torch::nn::Module& module, const LoraConfig& given) {
-  const LoraConfig config = resolve_target_modules(module, given);
-  const auto armed = armed_layers(module);
+void check_config_matches_layers(torch::nn::Module& module, const LoraConfig& config, const std::string& name) {
+  const auto armed = armed_layers(module, name);
   if (armed.empty()) {
-    throw Error(ErrorCode::kInvalidArgument, "the model has no LoRA adapter to save (hint: call inject_lora first)");
+    throw Error(ErrorCode::kInvalidArgument,
+                name == kDefaultAdapter
+                    ? std::string("the model has no LoRA adapter to save (hint: call inject_lora first)")
+                    : "no layer of the model carries an adapter named '" + name +
+                          "' (its adapters: " + list_paths(adapter_names(module)) + ")");
   }
   std::vector<std::string> problems;
   auto differs = [&](const std::string& path, const std::string& field, const std::string& in_config,
@@ -50,18 +52,17 @@ void check_config_matches_layers(torch::nn::Module& module, const LoraConfig& gi
     if (config.use_dora != layer->use_dora()) differs(path, "use_dora", flag(config.use_dora), flag(layer->use_dora()));
     if (config.lora_bias != o.lora_bias) differs(path, "lora_bias", flag(config.lora_bias), flag(o.lora_bias));
     if (config.lora_dropout != o.dropout) differs(path, "lora_dropout", number(config.lora_dropout), number(o.dropout));
-    const bool linear = dynamic_cast<const LoraLinearImpl*>(layer.get()) != nullptr;  // PEFT reads it for these
-    if (linear && config.fan_in_fan_out != layer->fan_in_fan_out()) {
+    if (const std::optional<bool> stored = layer->fan_in_fan_out(); stored && config.fan_in_fan_out != *stored) {
       differs(path, "fan_in_fan_out", flag(config.fan_in_fan_out),
-              flag(layer->fan_in_fan_out()) + " (its weight is stored [" +
-                  (layer->fan_in_fan_out() ? "in, out]" : "out, in]") + ")");
+              flag(*stored) + " (its weight is stored [" + (*stored ? "in, out]" : "out, in]") + ")");
     }
   }
   std::vector<std::string> module_paths;
-  for (const auto& item : module.named_modules("", /*include_self=*/false)) {
-    module_paths.push_back(item.key());
-    if (is_lora_target(config, item.key()) && !armed_paths.count(item.key())) {
-      problems.push_back("'" + item.key() + "' is selected by the config's targets but carries no adapter");
+  for (const auto& [path, m] : model_modules(module)) {
+    module_paths.push_back(path);
+    if (is_lora_target(config, path) && !armed_paths.count(path)) {
+      problems.push_back("'" + path + "' is selected by the config's targets but carries no " +
+                         (name == kDefaultAdapter ? std::string("adapter") : "adapter '" + name + "'"));
     }
   }
   for (const std::string& entry : config.modules_to_save) {

@@ -13,6 +13,7 @@
 #include "lorakeep/error.h"
 #include "lorakeep/lora_linear.h"
 #include "base/logging.h"
+#include "lora/layer_parts.h"
 
 namespace lorakeep::detail {
 
@@ -23,29 +24,59 @@ std::string list_paths(const std::vector<std::string>& paths, std::size_t limit)
   return out;
 }
 
-PathLayers armed_layers(torch::nn::Module& module) {
-  PathLayers out;
+std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> model_modules(torch::nn::Module& module) {
+  std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> out;
+  std::string inside;  // the LoRA layer whose children are skipped (named_modules lists them right after it)
   for (const auto& item : module.named_modules("", /*include_self=*/false)) {
-    auto lora = std::dynamic_pointer_cast<LoraLayer>(item.value());
-    if (lora && lora->has_adapter()) out.emplace_back(item.key(), lora);
+    const std::string& path = item.key();
+    if (!inside.empty() && path.compare(0, inside.size() + 1, inside + ".") == 0) continue;
+    inside = std::dynamic_pointer_cast<LoraLayer>(item.value()) ? path : "";
+    out.emplace_back(path, item.value());
   }
   return out;
 }
 
-std::vector<PlannedLayer> plan_injection(torch::nn::Module& module, const LoraConfig& given) {
+PathLayers lora_layers(torch::nn::Module& module) {
+  PathLayers out;
+  for (const auto& [path, m] : model_modules(module)) {
+    if (auto lora = std::dynamic_pointer_cast<LoraLayer>(m)) out.emplace_back(path, lora);
+  }
+  return out;
+}
+
+PathLayers armed_layers(torch::nn::Module& module, const std::string& name) {
+  PathLayers out;
+  for (auto& [path, lora] : lora_layers(module)) {
+    LoraLayer* holder = lora->adapter(name);
+    // Shares the layer's ownership: the named adapter's layer lives in it.
+    if (holder && holder->has_adapter()) out.emplace_back(path, std::shared_ptr<LoraLayer>(lora, holder));
+  }
+  return out;
+}
+
+std::vector<PlannedLayer> plan_injection(torch::nn::Module& module, const LoraConfig& given, const std::string& name) {
+  check_adapter_name(name);
   const LoraConfig config = resolve_target_modules(module, given);
   if (config.target_modules.empty() && config.target_modules_regex.empty()) {
     throw Error(ErrorCode::kInvalidArgument, "LoraConfig has no target_modules");
   }
+  if (name != kDefaultAdapter && !config.modules_to_save.empty()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "adapter '" + name +
+                    "': modules_to_save with a named adapter is not supported (PEFT keeps a copy of those modules "
+                    "per adapter; lorakeep trains them in place, which would change every adapter's model)");
+  }
   std::vector<std::string> paths, problems;
   std::vector<PlannedLayer> targets;
-  for (const auto& item : module.named_modules("", /*include_self=*/false)) {
-    const std::string& path = item.key();
+  for (const auto& [path, m] : model_modules(module)) {
     paths.push_back(path);
     if (!is_lora_target(config, path)) continue;
-    if (auto lora = std::dynamic_pointer_cast<LoraLayer>(item.value())) {
-      if (lora->has_adapter()) {
-        problems.push_back("'" + path + "' already has an adapter");
+    if (auto lora = std::dynamic_pointer_cast<LoraLayer>(m)) {
+      if (const LoraLayer* held = lora->adapter(name); held && held->has_adapter()) {
+        problems.push_back("'" + path + "' already has " +
+                           (name == kDefaultAdapter ? std::string("an adapter") : "an adapter named '" + name + "'"));
+      } else if (lora->any_merged()) {
+        problems.push_back("'" + path + "' holds a merged adapter (hint: unmerge first)");
       } else {
         LoraAdapterOptions o;
         o.r = rank_for(config, path);
@@ -61,26 +92,26 @@ std::vector<PlannedLayer> plan_injection(torch::nn::Module& module, const LoraCo
           targets.push_back(PlannedLayer{path, lora, o});
         }
       }
-    } else if (std::dynamic_pointer_cast<torch::nn::LinearImpl>(item.value())) {
+    } else if (std::dynamic_pointer_cast<torch::nn::LinearImpl>(m)) {
       problems.push_back("'" + path +
                          "' is a torch::nn::Linear (hint: declare it as lorakeep::LoraLinear, a drop-in "
                          "with the same arguments, names and forward: LibTorch models call their layers through "
                          "member variables, so a layer cannot be swapped from outside)");
-    } else if (std::dynamic_pointer_cast<torch::nn::EmbeddingImpl>(item.value())) {
+    } else if (std::dynamic_pointer_cast<torch::nn::EmbeddingImpl>(m)) {
       problems.push_back("'" + path +
                          "' is a torch::nn::Embedding (hint: declare it as lorakeep::LoraEmbedding, a "
                          "drop-in with the same arguments, names and forward)");
-    } else if (std::dynamic_pointer_cast<torch::nn::Conv2dImpl>(item.value())) {
+    } else if (std::dynamic_pointer_cast<torch::nn::Conv2dImpl>(m)) {
       problems.push_back("'" + path +
                          "' is a torch::nn::Conv2d (hint: declare it as lorakeep::LoraConv2d, a "
                          "drop-in with the same arguments, names and forward)");
-    } else if (std::dynamic_pointer_cast<torch::nn::Conv1dImpl>(item.value()) ||
-               std::dynamic_pointer_cast<torch::nn::Conv3dImpl>(item.value())) {
-      problems.push_back("'" + path + "' is a " + item.value()->name() +
+    } else if (std::dynamic_pointer_cast<torch::nn::Conv1dImpl>(m) ||
+               std::dynamic_pointer_cast<torch::nn::Conv3dImpl>(m)) {
+      problems.push_back("'" + path + "' is a " + m->name() +
                          ": lorakeep implements LoRA on 2-D convolutions only (PEFT's Conv1d / Conv3d adapters "
                          "are not supported)");
     } else {
-      problems.push_back("'" + path + "' is a " + item.value()->name() +
+      problems.push_back("'" + path + "' is a " + m->name() +
                          ", which cannot carry a LoRA adapter (lorakeep's LoRA layers: LoraLinear, LoraEmbedding, "
                          "LoraConv2d)");
     }
@@ -104,13 +135,11 @@ std::vector<PlannedLayer> plan_injection(torch::nn::Module& module, const LoraCo
 std::vector<std::string> layout_mismatches(const std::vector<PlannedLayer>& planned, const LoraConfig& config) {
   std::vector<std::string> out;
   for (const PlannedLayer& t : planned) {
-    // PEFT reads fan_in_fan_out for linear layers only.
-    if (!dynamic_cast<const LoraLinearImpl*>(t.layer.get()) || t.layer->fan_in_fan_out() == config.fan_in_fan_out) {
-      continue;
-    }
+    const std::optional<bool> stored = t.layer->fan_in_fan_out();  // PEFT reads it for linear layers only
+    if (!stored || *stored == config.fan_in_fan_out) continue;
     out.push_back("'" + t.path + "' stores its weight as [" +
-                  (t.layer->fan_in_fan_out() ? "in, out] (GPT-2's Conv1D)" : "out, in] (nn.Linear)") +
-                  " but fan_in_fan_out is " + (config.fan_in_fan_out ? "true" : "false"));
+                  (*stored ? "in, out] (GPT-2's Conv1D)" : "out, in] (nn.Linear)") + " but fan_in_fan_out is " +
+                  (config.fan_in_fan_out ? "true" : "false"));
   }
   return out;
 }
@@ -118,9 +147,8 @@ std::vector<std::string> layout_mismatches(const std::vector<PlannedLayer>& plan
 NamedTensors planned_factors(const std::vector<PlannedLayer>& layers) {
   NamedTensors out;
   for (const PlannedLayer& t : layers) {
-    const at::Tensor& w = t.layer->base_weight();
-    const auto dtype = w.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;  // as add_adapter makes them
-    const auto meta = at::TensorOptions().dtype(dtype).device(at::kMeta);
+    // In the dtype add_adapter makes them.
+    const auto meta = at::TensorOptions().dtype(compute_dtype(t.layer->base_weight())).device(at::kMeta);
     for (const auto& [name, shape] : t.layer->lora_shapes(t.options)) {
       out.emplace_back(t.path + "." + name, at::empty(shape, meta));
     }
@@ -138,31 +166,43 @@ NamedTensors live_factors(const PathLayers& layers) {
 }
 
 std::vector<std::string> arm(torch::nn::Module& module, const LoraConfig& config,
-                             const std::vector<PlannedLayer>& layers) {
+                             const std::vector<PlannedLayer>& layers, const std::string& name) {
   for (const std::string& m : layout_mismatches(layers, config)) {
     // PEFT corrects the flag to the layer's layout with a warning; so does a load.
     log_warn("{}: following the layer", m);
   }
-  PathLayers armed;
-  for (const PlannedLayer& t : layers) {
-    t.layer->add_adapter(t.options);
-    armed.emplace_back(t.path, t.layer);
-  }
-  // Freeze everything, then open the adapters and the modules trained whole.
-  for (auto& p : module.parameters(/*recurse=*/true)) p.set_requires_grad(false);
+  const bool first = lorakeep::adapter_names(module).empty();
+  for (const PlannedLayer& t : layers) t.layer->add_named_adapter(name, t.options);
+  // The tensors' names as named_parameters() spells them.
+  const std::string infix = name == kDefaultAdapter ? "." : ".lora_adapters." + name + ".";
   std::vector<std::string> trainable;
-  for (auto& [name, factor] : live_factors(armed)) {
-    factor.set_requires_grad(true);
-    trainable.push_back(name);
+  for (const PlannedLayer& t : layers) {
+    for (const auto& [tensor, value] : t.layer->adapter(name)->lora_tensors())
+      trainable.push_back(t.path + infix + tensor);
+  }
+  if (!first) {
+    for (const PlannedLayer& t : layers) {
+      for (auto& [tensor, value] : t.layer->adapter(name)->lora_tensors()) value.set_requires_grad(false);
+    }
+    log_info("LoRA adapter '{}' r={} alpha={} on {} layers, inactive (set_adapter activates it)", name, config.r,
+             config.lora_alpha, layers.size());
+    return trainable;
+  }
+  // The first adapter: freeze everything, then open the adapter, the
+  // modules trained whole, and make it active.
+  for (auto& p : module.parameters(/*recurse=*/true)) p.set_requires_grad(false);
+  for (const PlannedLayer& t : layers) {
+    for (auto& [tensor, value] : t.layer->adapter(name)->lora_tensors()) value.set_requires_grad(true);
   }
   std::set<std::string> opened;
-  for (const auto& item : module.named_modules("", /*include_self=*/false)) {
-    if (!is_module_to_save(config, item.key())) continue;
-    for (const auto& p : item.value()->named_parameters(/*recurse=*/true)) {
+  for (const auto& [path, m] : model_modules(module)) {
+    if (!is_module_to_save(config, path)) continue;
+    for (const auto& p : m->named_parameters(/*recurse=*/true)) {
       p.value().set_requires_grad(true);
-      if (opened.insert(item.key() + "." + p.key()).second) trainable.push_back(item.key() + "." + p.key());
+      if (opened.insert(path + "." + p.key()).second) trainable.push_back(path + "." + p.key());
     }
   }
+  for (auto& [path, lora] : lora_layers(module)) lora->set_active_adapter(name);
   log_info("LoRA r={} alpha={} on {} layers; {} trainable tensors", config.r, config.lora_alpha, layers.size(),
            trainable.size());
   return trainable;
@@ -171,6 +211,18 @@ std::vector<std::string> arm(torch::nn::Module& module, const LoraConfig& config
 }  // namespace lorakeep::detail
 
 namespace lorakeep {
+
+std::vector<std::string> adapter_names(torch::nn::Module& module) {
+  std::vector<std::string> out;
+  for (auto& [path, lora] : detail::lora_layers(module)) {
+    for (std::string& name : lora->adapter_names()) {
+      if (std::find(out.begin(), out.end(), name) == out.end()) out.push_back(std::move(name));
+    }
+  }
+  const auto d = std::find(out.begin(), out.end(), kDefaultAdapter);
+  if (d != out.end()) std::rotate(out.begin(), d, d + 1);
+  return out;
+}
 
 LoraConfig resolve_target_modules(torch::nn::Module& module, const LoraConfig& config) {
   std::string shorthand = config.target_modules_regex;
@@ -183,18 +235,12 @@ LoraConfig resolve_target_modules(torch::nn::Module& module, const LoraConfig& c
   LoraConfig resolved = config;
   resolved.target_modules_regex.clear();
   resolved.target_modules.clear();
-  std::vector<std::string> inside;  // paths of LoRA layers, whose children are their own
-  for (const auto& item : module.named_modules("", /*include_self=*/false)) {
-    const std::string& path = item.key();
-    bool nested = false;
-    for (const std::string& p : inside) nested = nested || path.compare(0, p.size() + 1, p + ".") == 0;
-    if (nested) continue;
-    if (std::dynamic_pointer_cast<LoraLayer>(item.value())) inside.push_back(path);
-    const bool linear = std::dynamic_pointer_cast<LoraLinearImpl>(item.value()) ||
-                        std::dynamic_pointer_cast<torch::nn::LinearImpl>(item.value());
+  LoraConfig one = resolved;  // asks is_lora_target whether a path is excluded or trained whole
+  for (const auto& [path, m] : detail::model_modules(module)) {
+    const bool linear = std::dynamic_pointer_cast<LoraLinearImpl>(m) ||
+                        std::dynamic_pointer_cast<torch::nn::LinearImpl>(m);
     if (!linear || std::find(left_out.begin(), left_out.end(), path) != left_out.end()) continue;
-    LoraConfig one = resolved;
-    one.target_modules = {path};
+    one.target_modules.assign(1, path);
     if (is_lora_target(one, path)) resolved.target_modules.push_back(path);  // not excluded, not modules_to_save
   }
   if (resolved.target_modules.empty()) {

@@ -1,10 +1,13 @@
 #include "lora/layer_parts.h"
 
+#include <cctype>
 #include <cmath>
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 #include <torch/nn/init.h>
+
+#include "lorakeep/error.h"
 
 namespace lorakeep::detail {
 
@@ -35,6 +38,16 @@ std::vector<std::pair<std::string, at::Tensor>> factor_tensors(const at::Tensor&
   if (magnitude.defined()) out.emplace_back("lora_magnitude_vector", magnitude);
   if (b_bias.defined()) out.emplace_back("lora_B.bias", b_bias);
   return out;
+}
+
+void check_adapter_name(const std::string& name) {
+  bool ok = !name.empty();
+  for (const char ch : name) ok = ok && (std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '-');
+  if (!ok) {
+    throw Error(ErrorCode::kInvalidArgument, "adapter name '" + name +
+                                                 "' is not a run of letters, digits, '_' and '-' (it names a module "
+                                                 "and a directory)");
+  }
 }
 
 void set_dropout(torch::nn::Module& owner, torch::nn::Dropout& dropout, double p) {

@@ -37,6 +37,10 @@ void init_factors(const at::Tensor& a, const at::Tensor& b, const at::Tensor& b_
 std::vector<std::pair<std::string, at::Tensor>> factor_tensors(const at::Tensor& a, const at::Tensor& b,
                                                                const at::Tensor& magnitude, const at::Tensor& b_bias);
 
+// Throws Error(kInvalidArgument) unless `name` is a non-empty run of
+// [A-Za-z0-9_-]: an adapter name, which names a module and a directory.
+void check_adapter_name(const std::string& name);
+
 // Sets `owner`'s "lora_dropout" to p, registering it on the first p > 0.
 void set_dropout(torch::nn::Module& owner, torch::nn::Dropout& dropout, double p);
 

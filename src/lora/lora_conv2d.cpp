@@ -44,9 +44,14 @@ LoraConv2dImpl::LoraConv2dImpl(const torch::nn::Conv2d& base) : options_(options
   if (options_.bias()) bias = register_parameter("bias", base->bias);
 }
 
+std::shared_ptr<torch::nn::Module> LoraConv2dImpl::new_layer_over_base() const {
+  return std::make_shared<LoraConv2dImpl>(base_);  // base_ holds the same tensors
+}
+
 torch::Tensor LoraConv2dImpl::forward(const torch::Tensor& x) {
+  if (LoraLayer* named = active_named()) return static_cast<LoraConv2dImpl*>(named)->forward(x);
   torch::Tensor result = base_->forward(x);
-  if (!has_adapter() || merged_) return result;
+  if (!computes_own_adapter()) return result;
   torch::Tensor h = x.to(lora_A->weight.scalar_type());
   const bool dropped = dropout_ && adapter_.dropout > 0 && is_training();
   if (dropped) h = dropout_(h);

@@ -33,6 +33,15 @@ LoraEmbeddingImpl::LoraEmbeddingImpl(const torch::nn::Embedding& base) : options
   weight = register_parameter("weight", base->weight);
 }
 
+LoraEmbeddingImpl::LoraEmbeddingImpl(const torch::nn::EmbeddingOptions& options, const torch::Tensor& weight)
+    : options_(options) {
+  this->weight = register_parameter("weight", weight, weight.requires_grad());
+}
+
+std::shared_ptr<torch::nn::Module> LoraEmbeddingImpl::new_layer_over_base() const {
+  return std::shared_ptr<LoraEmbeddingImpl>(new LoraEmbeddingImpl(options_, weight));
+}
+
 torch::Tensor LoraEmbeddingImpl::embed(const torch::Tensor& input, const torch::Tensor& table) const {
   namespace F = torch::nn::functional;
   auto o = F::EmbeddingFuncOptions()
@@ -45,8 +54,9 @@ torch::Tensor LoraEmbeddingImpl::embed(const torch::Tensor& input, const torch::
 }
 
 torch::Tensor LoraEmbeddingImpl::forward(const torch::Tensor& input) {
+  if (LoraLayer* named = active_named()) return static_cast<LoraEmbeddingImpl*>(named)->forward(input);
   torch::Tensor result = embed(input, weight);
-  if (!has_adapter() || merged_) return result;
+  if (!computes_own_adapter()) return result;
   const torch::Tensor lora = embed(input, lora_embedding_A.t()).matmul(lora_embedding_B.t()) * scaling_;
   if (!use_dora()) return result + lora.to(result.scalar_type());
   // DoRA, as PEFT's DoraEmbeddingLayer: the norms are constants to the gradient.

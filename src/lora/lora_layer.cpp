@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
+#include <torch/nn/module.h>
 
 #include "lorakeep/error.h"
 #include "lora/layer_parts.h"
@@ -64,6 +65,67 @@ std::string LoraLayer::refusal(const LoraAdapterOptions& o) const {
   return "";
 }
 
+using detail::check_adapter_name;
+
+void LoraLayer::add_named_adapter(const std::string& name, const LoraAdapterOptions& options) {
+  check_adapter_name(name);
+  if (any_merged()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "the layer has a merged adapter (hint: unmerge first): adapter '" + name + "' not added");
+  }
+  if (name == kDefaultAdapter) return add_adapter(options);
+  if (adapter(name)) throw Error(ErrorCode::kInvalidArgument, "the layer already has an adapter named '" + name + "'");
+  if (const std::string why = refusal(options); !why.empty()) throw Error(ErrorCode::kInvalidArgument, why);
+  const std::shared_ptr<torch::nn::Module> module = new_layer_over_base();
+  auto layer = std::dynamic_pointer_cast<LoraLayer>(module);
+  layer->add_adapter(options);
+  module->unregister_module("base_layer");  // the base is this layer's
+  if (!named_holder_) {
+    named_holder_ = dynamic_cast<torch::nn::Module&>(*this).register_module("lora_adapters",
+                                                                            std::make_shared<torch::nn::Module>());
+  }
+  named_holder_->register_module(name, module);
+  named_.emplace_back(name, std::move(layer));
+}
+
+LoraLayer* LoraLayer::adapter(const std::string& name) {
+  if (name == kDefaultAdapter) return this;
+  for (auto& [n, layer] : named_) {
+    if (n == name) return layer.get();
+  }
+  return nullptr;
+}
+
+std::vector<std::string> LoraLayer::adapter_names() const {
+  std::vector<std::string> out;
+  if (has_adapter()) out.emplace_back(kDefaultAdapter);
+  for (const auto& named : named_) out.push_back(named.first);
+  return out;
+}
+
+void LoraLayer::set_active_adapter(const std::string& name) {
+  check_adapter_name(name);
+  if (name != active_ && any_merged()) {
+    throw Error(ErrorCode::kInvalidArgument, "the layer's weight holds its merged adapter '" + active_ +
+                                                 "' (hint: unmerge first): '" + name + "' not made active");
+  }
+  active_ = name;
+}
+
+bool LoraLayer::any_merged() const {
+  bool any = merged_;
+  for (const auto& named : named_) any = any || named.second->merged();
+  return any;
+}
+
+LoraLayer* LoraLayer::active_named() const {
+  if (active_ == kDefaultAdapter) return nullptr;
+  for (const auto& [n, layer] : named_) {
+    if (n == active_) return layer.get();
+  }
+  return nullptr;
+}
+
 void LoraLayer::set_adapter_options(const LoraAdapterOptions& options) {
   adapter_ = options;
   merged_ = false;
@@ -113,8 +175,8 @@ std::vector<std::pair<std::string, at::Tensor>> LoraLayer::lora_tensors_at(int r
 }
 
 void LoraLayer::zero_beyond(int rank) {
-  std::vector<std::pair<std::string, at::Tensor>> tensors = lora_tensors();
   if (rank == adapter_.r) return;
+  std::vector<std::pair<std::string, at::Tensor>> tensors = lora_tensors();
   c10::NoGradGuard no_grad;
   for_each_rank_dim(
       rank, [](at::Tensor& t, std::int64_t dim, std::int64_t keep) { t.narrow(dim, keep, t.size(dim) - keep).zero_(); },

@@ -37,6 +37,16 @@ LoraLinearImpl::LoraLinearImpl(const torch::nn::Linear& base)
   if (base->options.bias()) bias = register_parameter("bias", base->bias);
 }
 
+LoraLinearImpl::LoraLinearImpl(const LoraLinearOptions& options, const torch::Tensor& weight, const torch::Tensor& bias)
+    : options_(options) {
+  this->weight = register_parameter("weight", weight, weight.requires_grad());
+  if (bias.defined()) this->bias = register_parameter("bias", bias, bias.requires_grad());
+}
+
+std::shared_ptr<torch::nn::Module> LoraLinearImpl::new_layer_over_base() const {
+  return std::shared_ptr<LoraLinearImpl>(new LoraLinearImpl(options_, weight, bias));
+}
+
 torch::Tensor LoraLinearImpl::base_forward(const torch::Tensor& x) const {
   if (!options_.fan_in_fan_out()) return torch::nn::functional::linear(x, weight, bias);
   torch::Tensor out = x.matmul(weight);
@@ -44,8 +54,9 @@ torch::Tensor LoraLinearImpl::base_forward(const torch::Tensor& x) const {
 }
 
 torch::Tensor LoraLinearImpl::forward(const torch::Tensor& x) {
+  if (LoraLayer* named = active_named()) return static_cast<LoraLinearImpl*>(named)->forward(x);
   torch::Tensor result = base_forward(x);
-  if (!has_adapter() || merged_) return result;
+  if (!computes_own_adapter()) return result;
   torch::Tensor h = x.to(lora_A->weight.scalar_type());
   const bool dropped = dropout_ && adapter_.dropout > 0 && is_training();
   if (dropped) h = dropout_(h);

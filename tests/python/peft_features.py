@@ -24,8 +24,17 @@ feature this script
      the test to take the same step in LibTorch.
 Then, where PEFT has hotswap_adapter, it hot-swaps lorakeep's hotswap/second
 (rank 4) into a model loaded with hotswap/first (rank 8) and saves the
-output as hotswap/peft_output.safetensors. It prints one JSON line per
-feature, and one for "hotswap" (done, or skipped with its reason):
+output as hotswap/peft_output.safetensors. Last, two adapters in one model
+(named/): lorakeep's lorakeep_adapter/ holds the default adapter and, in
+PEFT's layout, lorakeep_adapter/second/ another; both load in PEFT
+(from_pretrained, then load_adapter by name), each active in turn gives
+lorakeep's output (lorakeep_output.safetensors: "default", "second"), and
+merge_and_unload() with "second" active equals lorakeep_merged/ (merge-lora
+of second/); then PEFT trains the same two (get_peft_model, add_adapter,
+set_adapter) and saves them as peft_adapter/ with both outputs as
+peft_output.safetensors. It prints one JSON line per feature, one for
+"hotswap" (done, or skipped with its reason) and one for "named" (as a
+feature's, with "second_keys": the keys of PEFT's second/ file):
   {"feature": NAME, "peft": VERSION, "load_max_diff": F, "merge_max_diff": F,
    "merge_names": [...], "peft_factors_trained": BOOL}
 (for the feature "all_linear" also "all_linear": the modules PEFT's own
@@ -96,7 +105,7 @@ def main():
     x = (inputs["x"], inputs["ids"])
     for feature in sorted(os.listdir(work)):
         d = os.path.join(work, feature)
-        if not os.path.isdir(d) or feature == "hotswap":
+        if not os.path.isdir(d) or feature in ("hotswap", "named"):
             continue
         row = {"feature": feature, "peft": peft.__version__}
         adapter = os.path.join(d, "lorakeep_adapter")
@@ -154,6 +163,7 @@ def main():
         save(stepped, os.path.join(d, "peft_step"))
         print(json.dumps(row), flush=True)
     hotswap(work, base, x)
+    named(work, base, x)
 
 
 def hotswap(work, base, x):
@@ -172,6 +182,53 @@ def hotswap(work, base, x):
     hotswap_adapter(model, os.path.join(d, "second"), adapter_name="default", torch_device="cpu")
     with torch.no_grad():
         save_file({"y": model(*x).contiguous()}, os.path.join(d, "peft_output.safetensors"))
+    print(json.dumps(row), flush=True)
+
+
+def named(work, base, x):
+    """Two adapters in one model, lorakeep's in PEFT and PEFT's saved for
+    lorakeep (see the module's docstring)."""
+    d = os.path.join(work, "named")
+    row = {"feature": "named", "peft": peft.__version__}
+    adapter = os.path.join(d, "lorakeep_adapter")
+    ours = load_file(os.path.join(d, "lorakeep_output.safetensors"))
+    model = PeftModel.from_pretrained(copy.deepcopy(base), adapter).eval()
+    model.load_adapter(os.path.join(adapter, "second"), adapter_name="second")
+    # Before PEFT 0.12 a second adapter was left active in the layers only it
+    # adapts (emb, conv here); set_adapter activates one everywhere.
+    model.set_adapter("default")
+    with torch.no_grad():
+        diffs = [max_diff(model(*x), ours["default"])]
+        model.set_adapter("second")
+        diffs.append(max_diff(model(*x), ours["second"]))
+        row["load_max_diff"] = max(diffs)
+        row["load_diffs"] = diffs  # default, second
+        merged = model.merge_and_unload().state_dict()
+    mine = {}
+    for f in glob.glob(os.path.join(d, "lorakeep_merged", "*.safetensors")):
+        mine.update(load_file(f))
+    row["merge_names"] = sorted(merged)
+    row["merge_max_diff"] = max(max_diff(merged[n], mine[n]) for n in merged if n in mine)
+
+    configs = {}
+    for name, path in (("default", adapter), ("second", os.path.join(adapter, "second"))):
+        configs[name] = LoraConfig.from_pretrained(path)
+        configs[name].inference_mode = False
+    torch.manual_seed(1)
+    trained = get_peft_model(copy.deepcopy(base), configs["default"])
+    sgd_steps(trained, x, 5)
+    trained.add_adapter("second", configs["second"])
+    trained.set_adapter("second")
+    sgd_steps(trained, x, 5)
+    trained.eval()
+    out = os.path.join(d, "peft_adapter")
+    save(trained, out)
+    with torch.no_grad():
+        ys = {"second": trained(*x).contiguous()}
+        trained.set_adapter("default")
+        ys["default"] = trained(*x).contiguous()
+    save_file(ys, os.path.join(d, "peft_output.safetensors"))
+    row["second_keys"] = sorted(load_file(os.path.join(out, "second", "adapter_model.safetensors")))
     print(json.dumps(row), flush=True)
 
 
