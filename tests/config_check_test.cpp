@@ -288,4 +288,33 @@ TEST_CASE("hot swap: a smaller rank pads into layers armed larger, computes its 
   CHECK(live->q_proj->scaling() == 1.0);
 }
 
+TEST_CASE("hot swap of an adapter of fewer layers zeroes the others, as PEFT's, and refuses it over DoRA ones",
+          "[lora][config_check]") {
+  test::TempDir dir;
+  LoraConfig only_q = test::test_lora(4);
+  only_q.target_modules = {"q_proj"};
+  test::TestNet source = test::armed_net(1, only_q);
+  test::perturb(*source, 0.3);
+  save_adapter(dir / "q", *source, only_q);
+  test::TestNet live = test::armed_net(2, test::test_lora(4));
+  test::perturb(*live, 0.1);
+  load_adapter(dir / "q", *live);
+  // q_proj holds the file's factors; v_proj, which the file leaves out, zeros.
+  for (const auto& [name, t] : live->v_proj->lora_tensors()) CHECK(t.abs().sum().item<double>() == 0);
+  CHECK(torch::equal(live->q_proj->lora_A->weight, source->q_proj->lora_A->weight));
+  CHECK(torch::equal(live->q_proj->lora_B->weight, source->q_proj->lora_B->weight));
+
+  LoraConfig dora = test::test_lora(4);
+  dora.use_dora = true;
+  LoraConfig dora_q = dora;
+  dora_q.target_modules = {"q_proj"};
+  save_adapter(dir / "dora_q", *test::armed_net(3, dora_q), dora_q);
+  test::TestNet dora_live = test::armed_net(4, dora);
+  test::perturb(*dora_live, 0.1);
+  const NamedTensors before = test::clone_all(adapter_tensors(*dora_live, dora));
+  CHECK_THROWS_WITH(load_adapter(dir / "dora_q", *dora_live),
+                    Contains("leaves out DoRA layers the model has armed: v_proj") && Contains("nothing was changed"));
+  CHECK(test::bitwise_equal(test::clone_all(adapter_tensors(*dora_live, dora)), before));
+}
+
 }  // namespace lorakeep

@@ -163,13 +163,16 @@ TEST_CASE("the feature table against the peers' PEFT: trained here, loaded there
     merge_lora_files(dir / "base.safetensors", dir / (name + "/lorakeep_adapter"), dir / (name + "/lorakeep_merged"));
   }
 
-  // Two adapters for PEFT's hot swap: rank 8, then rank 4 with another alpha.
+  // Adapters for PEFT's hot swap: rank 8, then rank 4 with another alpha,
+  // then rank 4 on lin0 only.
   boost::filesystem::create_directories(dir / "hotswap");
-  for (const auto& [name, r, alpha] : {std::tuple("first", 8, 8.0), std::tuple("second", 4, 12.0)}) {
+  for (const auto& [name, r, alpha] :
+       {std::tuple("first", 8, 8.0), std::tuple("second", 4, 12.0), std::tuple("third", 4, 4.0)}) {
     LoraConfig config;
     config.r = r;
     config.lora_alpha = alpha;
     config.target_modules = {"lin0", "lin1"};
+    if (std::string(name) == "third") config.target_modules = {"lin0"};
     FeatureNet net = seeded_net();
     torch::manual_seed(r);
     inject_lora(*net, config);
@@ -231,8 +234,14 @@ TEST_CASE("the feature table against the peers' PEFT: trained here, loaded there
           SafetensorsFile::open(dir / "hotswap/peft_output.safetensors").tensor("y").to(torch::kDouble);
       const double diff = (swapped->forward(x, ids).to(torch::kDouble) - want).abs().max().item<double>();
       CHECK(diff <= 1e-4);
-      std::printf("PEFT %s, hotswap: lorakeep's padded swap vs hotswap_adapter %.2g (max abs difference)\n",
-                  row["peft"].get<std::string>().c_str(), diff);
+      load_adapter(dir / "hotswap/third", *swapped);  // lin0 only: lin1's tensors zeroed, as PEFT's
+      const torch::Tensor want_third =
+          SafetensorsFile::open(dir / "hotswap/peft_output_third.safetensors").tensor("y").to(torch::kDouble);
+      const double third = (swapped->forward(x, ids).to(torch::kDouble) - want_third).abs().max().item<double>();
+      CHECK(third <= 1e-4);
+      std::printf("PEFT %s, hotswap: lorakeep's padded swap vs hotswap_adapter %.2g, of fewer layers %.2g (max abs "
+                  "differences)\n",
+                  row["peft"].get<std::string>().c_str(), diff, third);
       continue;
     }
     if (name == "named") {  // two adapters in one model, both ways

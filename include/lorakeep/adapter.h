@@ -147,7 +147,10 @@ struct AdapterLoadOptions {
 // replace the layers' own, so that the model computes what the file's
 // adapter computes; an adapter of a smaller rank fills the first rows /
 // columns of layers armed larger and the rest is zeroed (a grouped
-// convolution is not padded).
+// convolution is not padded); an armed layer the file leaves out has its
+// LoRA tensors zeroed, so that it computes its base, as PEFT's hot swap
+// does (refused for a DoRA layer, whose zeroed magnitude would leave it only
+// its bias).
 // Throws as parse_adapter_config and load_into; Error(kNotFound) if a file is
 // missing; on any failure before the first write the model is unchanged (its
 // parameters, their names and requires_grad, its buffers). An I/O error after

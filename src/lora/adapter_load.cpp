@@ -4,9 +4,11 @@
 #include <set>
 
 #include <boost/filesystem.hpp>
+#include <c10/core/GradMode.h>
 
 #include "lorakeep/error.h"
 #include "base/file_names.h"
+#include "base/logging.h"
 #include "lora/peft_keys.h"
 #include "tensors/rng.h"
 
@@ -66,9 +68,14 @@ AdapterLoad::AdapterLoad(const std::string& dir, LoraConfig config, std::unique_
     to_arm_ = plan_injection(module, config_, name_);
     for (const PlannedLayer& t : to_arm_) armed[t.path] = t.layer;
   } else {
-    to_rescale_.assign(armed.begin(), armed.end());
+    const std::set<std::string> in_file(layout.layers.begin(), layout.layers.end());
+    for (const auto& [path, layer] : armed) (in_file.count(path) ? to_rescale_ : to_zero_).emplace_back(path, layer);
   }
-  std::vector<std::string> absent, merged, other_rank, other_kind;
+  std::vector<std::string> absent, merged, other_rank, other_kind, dora_left;
+  for (const auto& [path, layer] : to_zero_) {
+    if (layer->merged()) merged.push_back(path);
+    if (layer->use_dora()) dora_left.push_back(path);
+  }
   for (const std::string& path : layout.layers) {
     auto it = armed.find(path);
     if (it == armed.end()) {
@@ -101,6 +108,13 @@ AdapterLoad::AdapterLoad(const std::string& dir, LoraConfig config, std::unique_
                     " (their weights hold the merged adapter, which a load would not take out; hint: unmerge_lora "
                     "first) (nothing was changed)");
   }
+  if (!dora_left.empty()) {
+    throw Error(ErrorCode::kIncompatible,
+                "adapter '" + dir + "' leaves out DoRA layers the model has armed: " + list_paths(dora_left) +
+                    " (PEFT's hot swap zeroes such a layer's tensors, its magnitude too, which leaves the layer only "
+                    "its bias; hint: swap in an adapter of the same layers, or load it into a model not armed yet) "
+                    "(nothing was changed)");
+  }
   if (!other_rank.empty()) {
     throw Error(ErrorCode::kIncompatible,
                 "adapter '" + dir + "' does not fit the rank of the armed layers: " + list_paths(other_rank) +
@@ -112,13 +126,12 @@ AdapterLoad::AdapterLoad(const std::string& dir, LoraConfig config, std::unique_
   if (!to_arm_.empty()) {
     targets = planned_factors(to_arm_);
   } else {
-    // Each armed layer at the file's rank (its first rows / columns when the
-    // layer was armed larger); a layer the file lacks as it is, for the
-    // plan to name it missing.
-    const std::set<std::string> in_file(layout.layers.begin(), layout.layers.end());
+    // Each armed layer the file adapts at the file's rank (its first rows /
+    // columns when the layer was armed larger).
     for (const auto& [path, layer] : to_rescale_) {
-      const int rank = in_file.count(path) ? rank_for(config_, path) : layer->rank();
-      for (const auto& [name, t] : layer->lora_tensors_at(rank)) targets.emplace_back(path + "." + name, t);
+      for (const auto& [name, t] : layer->lora_tensors_at(rank_for(config_, path))) {
+        targets.emplace_back(path + "." + name, t);
+      }
     }
   }
   if (!other_kind.empty()) {
@@ -188,6 +201,15 @@ TransferReport AdapterLoad::apply() {
     layer->zero_beyond(rank);
     layer->set_scaling(alpha_for(config_, path), config_.use_rslora, config_.lora_dropout, rank);
   }
+  // The armed layers the file leaves out compute their base, as after
+  // PEFT's hot swap: every LoRA tensor zeroed (checked: none merged or DoRA).
+  c10::NoGradGuard no_grad;
+  std::vector<std::string> zeroed;
+  for (const auto& [path, layer] : to_zero_) {
+    for (auto& [name, t] : layer->lora_tensors()) t.zero_();
+    zeroed.push_back(path);
+  }
+  if (!zeroed.empty()) log_info("the adapter leaves out armed layers, zeroed: {}", list_paths(zeroed));
   return report;
 }
 

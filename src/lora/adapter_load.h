@@ -50,6 +50,7 @@ class AdapterLoad {
   std::unique_ptr<TensorSource> source_;
   std::vector<PlannedLayer> to_arm_;  // empty when the model was armed already
   PathLayers to_rescale_;             // the armed layers it fills
+  PathLayers to_zero_;                // the armed layers it leaves out: zeroed, as PEFT's hot swap
   std::optional<LoadPlan> plan_;
 };
 

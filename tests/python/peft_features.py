@@ -24,7 +24,8 @@ feature this script
      the test to take the same step in LibTorch.
 Then, where PEFT has hotswap_adapter, it hot-swaps lorakeep's hotswap/second
 (rank 4) into a model loaded with hotswap/first (rank 8) and saves the
-output as hotswap/peft_output.safetensors. Last, two adapters in one model
+output as hotswap/peft_output.safetensors, then hotswap/third (lin0 only)
+and saves hotswap/peft_output_third.safetensors. Last, two adapters in one model
 (named/): lorakeep's lorakeep_adapter/ holds the default adapter and, in
 PEFT's layout, lorakeep_adapter/second/ another; both load in PEFT
 (from_pretrained, then load_adapter by name), each active in turn gives
@@ -182,6 +183,10 @@ def hotswap(work, base, x):
     hotswap_adapter(model, os.path.join(d, "second"), adapter_name="default", torch_device="cpu")
     with torch.no_grad():
         save_file({"y": model(*x).contiguous()}, os.path.join(d, "peft_output.safetensors"))
+    # An adapter of lin0 only: PEFT zeroes lin1's LoRA tensors.
+    hotswap_adapter(model, os.path.join(d, "third"), adapter_name="default", torch_device="cpu")
+    with torch.no_grad():
+        save_file({"y": model(*x).contiguous()}, os.path.join(d, "peft_output_third.safetensors"))
     print(json.dumps(row), flush=True)
 
 
