@@ -195,6 +195,8 @@ class LoraLayer {
   at::Tensor merged_norms_;  // DoRA: the norms the merge divided by, for unmerge
 
  private:
+  LoraLayer* find_named(const std::string& name) const;  // nullptr when the layer has none of that name
+
   std::vector<std::pair<std::string, std::shared_ptr<LoraLayer>>> named_;  // in arming order
   std::shared_ptr<torch::nn::Module> named_holder_;                        // "lora_adapters"
   std::string active_ = kDefaultAdapter;

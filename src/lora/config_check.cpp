@@ -65,6 +65,10 @@ void check_config_matches_layers(torch::nn::Module& module, const LoraConfig& co
                          (name == kDefaultAdapter ? std::string("adapter") : "adapter '" + name + "'"));
     }
   }
+  if (name != kDefaultAdapter && !config.modules_to_save.empty()) {
+    problems.push_back("modules_to_save: a named adapter has none (lorakeep trains those modules for the default "
+                       "adapter only)");
+  }
   for (const std::string& entry : config.modules_to_save) {
     bool found = false;
     for (const std::string& path : module_paths) {

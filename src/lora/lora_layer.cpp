@@ -88,9 +88,10 @@ void LoraLayer::add_named_adapter(const std::string& name, const LoraAdapterOpti
   named_.emplace_back(name, std::move(layer));
 }
 
-LoraLayer* LoraLayer::adapter(const std::string& name) {
-  if (name == kDefaultAdapter) return this;
-  for (auto& [n, layer] : named_) {
+LoraLayer* LoraLayer::adapter(const std::string& name) { return name == kDefaultAdapter ? this : find_named(name); }
+
+LoraLayer* LoraLayer::find_named(const std::string& name) const {
+  for (const auto& [n, layer] : named_) {
     if (n == name) return layer.get();
   }
   return nullptr;
@@ -118,13 +119,7 @@ bool LoraLayer::any_merged() const {
   return any;
 }
 
-LoraLayer* LoraLayer::active_named() const {
-  if (active_ == kDefaultAdapter) return nullptr;
-  for (const auto& [n, layer] : named_) {
-    if (n == active_) return layer.get();
-  }
-  return nullptr;
-}
+LoraLayer* LoraLayer::active_named() const { return active_ == kDefaultAdapter ? nullptr : find_named(active_); }
 
 void LoraLayer::set_adapter_options(const LoraAdapterOptions& options) {
   adapter_ = options;
