@@ -184,6 +184,30 @@ TEST_CASE("a manifest checks itself: an edited metric is caught and a resealed o
              Contains("no self-checksum"));
 }
 
+TEST_CASE("a manifest lists a named adapter's folder, and no path that leaves the checkpoint", "[checkpoint]") {
+  detail::Manifest m;
+  m.step = 3;
+  m.files["adapter_config.json"] = {10, 1};
+  m.files["task_b/adapter_config.json"] = {11, 2};
+  m.files["task_b/adapter_model.safetensors"] = {12, 3};
+  m.tensors["task_b/base_model.model.lin.lora_A.weight"] = 4;
+  m.active_adapter = "task_b";
+  m.created = "2026-12-07T12:00:00Z";
+  const detail::Manifest back = detail::parse_manifest(detail::format_manifest(m), "m.json");
+  CHECK(back.files.size() == 3);
+  CHECK(back.named_adapters() == std::vector<std::string>{"task_b"});
+  CHECK(back.active_adapter == "task_b");
+  CHECK(back.tensors.at("task_b/base_model.model.lin.lora_A.weight") == 4);
+  for (const char* bad : {"../x", "a/../b", "a/b/c", "/x", "x/", "..", "a/..", "lorakeep_manifest.json"}) {
+    INFO(bad);
+    detail::Manifest wrong = m;
+    wrong.files[bad] = {1, 1};
+    const Error e = test::capture_error([&] { detail::parse_manifest(detail::format_manifest(wrong), "m.json"); });
+    CHECK(e.code() == ErrorCode::kCorruption);
+    CHECK_THAT(e.what(), Contains("not a file of the checkpoint"));
+  }
+}
+
 TEST_CASE("a failed save leaves no partial checkpoint and the earlier ones intact", "[checkpoint]") {
   test::TempDir dir;
   Net net = lora_net();

@@ -519,6 +519,29 @@ TEST_CASE("a named adapter beside the default one: armed on the device from PEFT
   load_adapter(dir / "trained", *net, named);  // a hot swap of the named adapter, from trained/second/
   CHECK(td::peak_bytes() - before == 0);
   CHECK(test::bitwise_equal(test::clone_all(adapter_tensors(*net, second, "second")), trained));
+
+  // A checkpoint holds both adapters; a resume restores both in place with
+  // no device memory, and the active one with them.
+  CheckpointOptions options;
+  options.output_dir = dir / "run";
+  CheckpointManager manager(options);
+  TrainingState state;
+  state.global_step = 1;
+  manager.save(*net, first, state, &adamw);
+  set_adapter(*net, kDefaultAdapter);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& [name, t] : adapter_tensors(*net, first)) t.add_(1.0);
+    for (auto& [name, t] : adapter_tensors(*net, second, "second")) t.add_(1.0);
+  }
+  td::reset_peak();
+  before = td::live_bytes();
+  TrainingState resumed;
+  REQUIRE(manager.resume(*net, resumed));
+  CHECK(td::peak_bytes() - before == 0);
+  CHECK(net->emb->active_adapter() == "second");
+  CHECK(test::bitwise_equal(test::clone_all(adapter_tensors(*net, second, "second")), trained));
+  CHECK(test::bitwise_equal(test::clone_all(adapter_tensors(*net, first)), first_before));
 }
 
 TEST_CASE("saves and async snapshots read device parameters with no device memory", "[device]") {

@@ -2,6 +2,7 @@
 // a named adapter beside its own, the active one is computed and trained,
 // merges take the active one, and saves and loads use PEFT's per-name
 // layout ("<dir>/<name>/", keys without the name).
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -289,16 +290,143 @@ TEST_CASE("named adapters: what is refused, with the name and a hint, changing n
   CHECK_THROWS_WITH(load_adapter(dir / "head", *net, as_b), Contains("modules_to_save") && Contains("'b'"));
   std::vector<std::string> after = names_now();
   CHECK(after.size() == armed.size() + 6);  // only "b" was added
+}
 
-  // Checkpoints hold the default adapter only, so far: refused, not half-saved.
+namespace {
+
+// Every parameter of `m`, cloned, with its requires_grad.
+std::map<std::string, std::pair<torch::Tensor, bool>> parameters_of(torch::nn::Module& m) {
+  std::map<std::string, std::pair<torch::Tensor, bool>> out;
+  for (const auto& p : m.named_parameters()) out[p.key()] = {p.value().detach().clone(), p.value().requires_grad()};
+  return out;
+}
+
+void check_same_parameters(torch::nn::Module& m, const std::map<std::string, std::pair<torch::Tensor, bool>>& want) {
+  const auto have = parameters_of(m);
+  CHECK(have.size() == want.size());
+  for (const auto& [key, value] : want) {
+    INFO(key);
+    const auto it = have.find(key);
+    REQUIRE(it != have.end());
+    CHECK(torch::equal(it->second.first, value.first));
+    CHECK(it->second.second == value.second);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("a checkpoint holds every named adapter in its folder; resume and the best's reload restore them all",
+          "[lora][named][checkpoint]") {
+  const torch::Tensor ids = torch::tensor({0, 5, 2, 3, 1}, torch::kLong);
+  Kinds net = seeded();
+  inject_lora(*net, first_config());
+  perturb_adapter(*net, "", 0.3);
+  inject_lora(*net, second_config(), "second");
+  perturb_adapter(*net, ".lora_adapters.second.", 0.3);
+  set_adapter(*net, "second");  // the one trained, as a run that set_adapter'd to it
+  std::vector<torch::Tensor> trainable;
+  for (const auto& p : net->parameters()) {
+    if (p.requires_grad()) trainable.push_back(p);
+  }
+  torch::optim::SGD sgd(trainable, torch::optim::SGDOptions(0.1).momentum(0.9));
+  net->forward(ids).pow(2).mean().backward();
+  sgd.step();
+  const auto saved = parameters_of(*net);
+  torch::Tensor y_saved;
+  {
+    torch::NoGradGuard no_grad;
+    y_saved = net->forward(ids);
+  }
+
+  test::TempDir dir;
   CheckpointOptions options;
   options.output_dir = dir / "run";
-  CheckpointManager manager(options);
   TrainingState state;
   state.global_step = 1;
-  CHECK_THROWS_WITH(manager.save(*net, first_config(), state),
-                    Contains("named adapters (default, b)") && Contains("save_adapter"));
-  CHECK(!boost::filesystem::exists(dir / "run/checkpoint-1"));
+  state.last_metrics = {{"eval_loss", 0.5}};
+  state.last_metrics_step = 1;
+  {
+    CheckpointManager manager(options);
+    manager.save(*net, first_config(), state, &sgd);
+  }
+  // PEFT's and Trainer's layout: the default adapter in the checkpoint, the
+  // named one in its folder; the manifest lists and checks both.
+  const std::string checkpoint = dir / "run/checkpoint-1";
+  CHECK(read_adapter_config(checkpoint).r == 2);
+  CHECK(read_adapter_config(checkpoint + "/second").use_dora);
+  CHECK(open_tensor_source(checkpoint + "/second/adapter_model.safetensors")
+            ->contains("base_model.model.lin.lora_magnitude_vector"));
+  const std::string manifest = test::read_file(checkpoint + "/lorakeep_manifest.json");
+  CHECK_THAT(manifest, Contains("\"second/adapter_model.safetensors\"") &&
+                           Contains("\"second/base_model.model.lin.lora_A.weight\"") &&
+                           Contains("\"active_adapter\": \"second\""));
+  const auto verified = test::run_process({test::cli_path(), "verify", dir / "run"});
+  CHECK(verified.exit_code == 0);
+
+  // Resumed into a model not armed yet: both adapters armed and filled, the
+  // checkpoint's active adapter active and alone trainable.
+  {
+    Kinds back = seeded();
+    CheckpointManager manager(options);
+    TrainingState resumed;
+    REQUIRE(manager.resume(*back, resumed));
+    CHECK(resumed.global_step == 1);
+    CHECK(adapter_names(*back) == std::vector<std::string>{"default", "second"});
+    CHECK(back->lin->active_adapter() == "second");
+    check_same_parameters(*back, saved);
+    torch::NoGradGuard no_grad;
+    CHECK(torch::equal(back->forward(ids), y_saved));
+  }
+  // Into a model armed with both, the default active: a hot swap of each,
+  // then the checkpoint's active adapter, the optimizer too.
+  {
+    Kinds back = seeded();
+    inject_lora(*back, first_config());
+    inject_lora(*back, second_config(), "second");
+    std::vector<torch::Tensor> params;
+    for (const auto& p : back->parameters()) {
+      if (p.requires_grad()) params.push_back(p);
+    }
+    torch::optim::SGD back_sgd(params, torch::optim::SGDOptions(0.1).momentum(0.9));
+    CheckpointManager manager(options);
+    TrainingState resumed;
+    REQUIRE(manager.resume(*back, resumed, &back_sgd));
+    CHECK(back->lin->active_adapter() == "second");
+    check_same_parameters(*back, saved);
+    // The best's reload at the end of training takes both too.
+    perturb_adapter(*back, "", 0.1);
+    perturb_adapter(*back, ".lora_adapters.second.", 0.1);
+    set_adapter(*back, "default");
+    manager.load_best_into(*back);
+    check_same_parameters(*back, saved);
+    // A save off the training thread copies the named adapter too.
+    resumed.global_step = 2;
+    manager.save_async(*back, first_config(), resumed, &back_sgd);
+    manager.wait();
+    CHECK(test::read_file(dir / "run/checkpoint-2/second/adapter_model.safetensors") ==
+          test::read_file(dir / "run/checkpoint-1/second/adapter_model.safetensors"));
+  }
+  // The export of the best (lorakeep finalize) is PEFT's layout too.
+  const auto finalized = test::run_process({test::cli_path(), "finalize", dir / "run"});
+  CHECK(finalized.exit_code == 0);
+  CHECK(boost::filesystem::exists(dir / "run/best_adapter/second/adapter_model.safetensors"));
+  CHECK(read_adapter_config(dir / "run/best_adapter/second").use_dora);
+
+  // A damaged named adapter fails the resume, naming its file, and changes
+  // nothing: not even the default adapter is armed.
+  const std::string second_file = checkpoint + "/second/adapter_model.safetensors";
+  test::flip_byte(second_file, boost::filesystem::file_size(second_file) - 3);
+  {
+    Kinds back = seeded();
+    const auto before = parameters_of(*back);
+    CheckpointOptions named = options;
+    named.resume_from_checkpoint = checkpoint;
+    CheckpointManager manager(named);
+    TrainingState resumed;
+    CHECK_THROWS_WITH(manager.resume(*back, resumed), Contains("second/adapter_model.safetensors"));
+    CHECK(adapter_names(*back).empty());
+    check_same_parameters(*back, before);
+  }
 }
 
 }  // namespace lorakeep

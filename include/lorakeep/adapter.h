@@ -100,7 +100,8 @@ NamedTensors adapter_tensors(torch::nn::Module& module, const LoraConfig& config
 // and bytes of every tensor adapter_tensors gives, in that order. Equal on
 // replicas that hold the same adapter; what a coordinated save compares
 // across ranks. Tensors on a device are copied to the host one at a time.
-std::uint64_t adapter_digest(torch::nn::Module& module, const LoraConfig& config);
+std::uint64_t adapter_digest(torch::nn::Module& module, const LoraConfig& config,
+                             const std::string& adapter_name = kDefaultAdapter);
 
 struct AdapterSaveReport {
   SaveReport weights;       // adapter_model.safetensors

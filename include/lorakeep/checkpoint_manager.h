@@ -94,7 +94,10 @@ class CheckpointManager {
   // Commits checkpoint-<state.global_step>: the adapter of `module` as `lora`
   // describes it (PEFT's files, tensors streamed from any device through host
   // memory; a config that disagrees with the armed layers fails first, as
-  // adapter_tensors says, with nothing written), optimizer
+  // adapter_tensors says, with nothing written), every named adapter
+  // (inject_lora's adapter_name) in its folder "<name>/" with the config it
+  // was armed or loaded with, as Trainer's checkpoints of a PEFT model hold
+  // them, and which adapter is active; optimizer
   // and RNG state if the options say so, trainer_state.json from `state`, and
   // the manifest last; each file fsynced, the directory renamed into place and
   // output_dir fsynced. The evaluation recorded at this step (state.last_metrics)
@@ -137,7 +140,9 @@ class CheckpointManager {
 
   // Loads the best checkpoint's adapter into the live LoRA parameters through
   // the transfer engine, CPU-first (load_adapter; an unarmed model is armed),
-  // in pieces of options().chunk_bytes. With options().verify_checksums every
+  // in pieces of options().chunk_bytes; with named adapters, each of them
+  // (all validated before the first write), and the checkpoint's active
+  // adapter is made active (set_adapter). With options().verify_checksums every
   // byte the load reads is checked once against the manifest before anything
   // is written: each tensor against its own checksum, the config against its
   // file's. The report is logged. A corrupt or missing best fails with
@@ -150,7 +155,7 @@ class CheckpointManager {
 
   // Restores the newest intact checkpoint (or the one
   // options().resume_from_checkpoint names, or none if it says "none") into
-  // `module` (CPU-first), `state`
+  // `module` (CPU-first; every adapter, as load_best_into), `state`
   // (progress, log history, early-stopping state, best recomputed from the
   // manifests; this run's max_steps, num_train_epochs, batch size and
   // logging / eval / save steps stay the caller's, as Trainer keeps its new

@@ -20,6 +20,8 @@ class Module;
 
 namespace lorakeep {
 
+struct LoraConfig;  // lorakeep/lora_config.h
+
 // The name of a layer's own adapter, as PEFT names an adapter given no name.
 inline constexpr const char* kDefaultAdapter = "default";
 
@@ -77,6 +79,12 @@ class LoraLayer {
   void set_active_adapter(const std::string& name);
   // Whether any of the layer's adapters is merged into its weight.
   bool any_merged() const;
+  // The config of the layer's own adapter as inject_lora armed it or a load
+  // last filled it (target_modules resolved), shared by the adapter's
+  // layers: what a checkpoint writes for a named adapter. nullptr for an
+  // adapter armed by add_adapter directly.
+  const std::shared_ptr<const LoraConfig>& adapter_config() const { return config_; }
+  void set_adapter_config(std::shared_ptr<const LoraConfig> config) { config_ = std::move(config); }
 
   // Why this layer cannot carry an adapter of `options` ("" when it can):
   // what add_adapter throws, checked by inject_lora before anything is armed.
@@ -200,6 +208,7 @@ class LoraLayer {
   std::vector<std::pair<std::string, std::shared_ptr<LoraLayer>>> named_;  // in arming order
   std::shared_ptr<torch::nn::Module> named_holder_;                        // "lora_adapters"
   std::string active_ = kDefaultAdapter;
+  std::shared_ptr<const LoraConfig> config_;
 };
 
 }  // namespace lorakeep

@@ -124,8 +124,9 @@ TrainingState CheckpointReader::trainer_state(bool verify) const {
   return state;
 }
 
-LoraConfig CheckpointReader::adapter_config(bool verify) const {
-  return parse_adapter_config(read_verified(kAdapterConfigFile, verify), path(kAdapterConfigFile));
+LoraConfig CheckpointReader::adapter_config(bool verify, const std::string& folder) const {
+  const std::string name = folder.empty() ? std::string(kAdapterConfigFile) : folder + "/" + kAdapterConfigFile;
+  return parse_adapter_config(read_verified(name, verify), path(name));
 }
 
 std::vector<std::string> verify_checkpoints(const std::string& path) {

@@ -48,9 +48,9 @@ class CheckpointReader {
   // parse_trainer_state.
   TrainingState trainer_state(bool verify) const;
 
-  // adapter_config.json, parsed from its verified bytes. Throws as check and
-  // parse_adapter_config.
-  LoraConfig adapter_config(bool verify) const;
+  // adapter_config.json (of the named adapter in `folder`, if given), parsed
+  // from its verified bytes. Throws as check and parse_adapter_config.
+  LoraConfig adapter_config(bool verify, const std::string& folder = {}) const;
 
  private:
   const FileDigest& entry(const std::string& name) const;

@@ -37,16 +37,36 @@ std::string utc_now() {
   return buf;
 }
 
+// One adapter's files in `dir`/`folder` ("" for the default adapter's, in
+// `dir` itself), listed in the manifest under "<folder>/<file>" with their
+// tensors under "<folder>/<key>".
+void write_adapter_files(const std::string& dir, const std::string& folder, const NamedTensors& tensors,
+                         const LoraConfig& config, Manifest& manifest) {
+  const std::string prefix = folder.empty() ? std::string() : folder + "/";
+  const std::string into = folder.empty() ? dir : join(dir, folder);
+  if (!folder.empty()) {
+    boost::system::error_code ec;
+    boost::filesystem::create_directory(into, ec);
+    if (ec) throw Error(ErrorCode::kIOError, "cannot create directory '" + into + "': " + ec.message());
+  }
+  const WrittenAdapter adapter = write_adapter(into, tensors, config, /*direct=*/true);
+  if (!folder.empty()) sync_directory(into);
+  manifest.files[prefix + kAdapterWeightsFile] = {adapter.weights.file_size, adapter.weights.file_checksum};
+  for (std::size_t i = 0; i < adapter.weights.tensors.size(); ++i) {
+    manifest.tensors[prefix + adapter.weights.tensors[i].name] = adapter.weights.tensor_checksums[i];
+  }
+  manifest.files[prefix + kAdapterConfigFile] = adapter.config;
+}
+
 // Writes every file of a checkpoint into `dir`, each synced, the manifest
 // last (with the sizes and checksums of the others).
 void write_files(const std::string& dir, Manifest& manifest, const CheckpointContents& contents,
                  const TrainingState& state) {
-  const WrittenAdapter adapter = write_adapter(dir, contents.adapter, contents.config, /*direct=*/true);
-  manifest.files[kAdapterWeightsFile] = {adapter.weights.file_size, adapter.weights.file_checksum};
-  for (std::size_t i = 0; i < adapter.weights.tensors.size(); ++i) {
-    manifest.tensors[adapter.weights.tensors[i].name] = adapter.weights.tensor_checksums[i];
+  write_adapter_files(dir, "", contents.adapter, contents.config, manifest);
+  for (const CheckpointContents::Named& named : contents.named) {
+    write_adapter_files(dir, named.name, named.tensors, named.config, manifest);
   }
-  manifest.files[kAdapterConfigFile] = adapter.config;
+  if (!contents.named.empty()) manifest.active_adapter = contents.active_adapter;
   if (contents.optimizer != nullptr) {
     manifest.files[kOptimizerFile] = write_optimizer_state(join(dir, kOptimizerFile), *contents.optimizer);
   } else if (contents.optimizer_bytes) {
@@ -63,22 +83,31 @@ void write_files(const std::string& dir, Manifest& manifest, const CheckpointCon
   write_synced_file(join(dir, kManifestFile), format_manifest(manifest));
 }
 
+NamedTensors host_copies(const NamedTensors& tensors) {
+  NamedTensors out;
+  for (const auto& [name, t] : tensors) {
+    at::Tensor host = at::empty(t.sizes(), t.options().device(at::kCPU));
+    host.copy_(t.detach());
+    out.emplace_back(name, std::move(host));
+  }
+  return out;
+}
+
 }  // namespace
 
 CheckpointContents CheckpointContents::live(torch::nn::Module& module, const LoraConfig& lora,
                                             torch::optim::Optimizer* optimizer, const CheckpointOptions& options,
                                             std::vector<NamedTensors> rng) {
-  const std::vector<std::string> adapters = adapter_names(module);
-  if (adapters.size() > 1 || (adapters.size() == 1 && adapters[0] != kDefaultAdapter)) {
-    // Not yet: a checkpoint of the default adapter alone would resume without the others.
-    throw Error(ErrorCode::kInvalidArgument,
-                "the model carries named adapters (" + list_paths(adapters) +
-                    "), and checkpoints hold the default adapter only (hint: save each adapter with "
-                    "save_adapter(dir, model, config, name); nothing was written)");
-  }
   CheckpointContents c;
   c.config = resolve_target_modules(module, lora);
   c.adapter = adapter_tensors(module, c.config);
+  for (const std::string& name : adapter_names(module)) {
+    if (name == kDefaultAdapter) continue;
+    LoraConfig config = resolve_target_modules(module, armed_config(module, name));
+    NamedTensors tensors = adapter_tensors(module, config, name);
+    c.named.push_back({name, std::move(config), std::move(tensors)});
+  }
+  if (!c.named.empty()) c.active_adapter = lora_layers(module).front().second->active_adapter();
   if (options.save_optimizer) c.optimizer = optimizer;
   if (options.save_rng) c.rng = std::move(rng);
   return c;
@@ -87,11 +116,9 @@ CheckpointContents CheckpointContents::live(torch::nn::Module& module, const Lor
 CheckpointContents CheckpointContents::snapshot(std::size_t optimizer_reserve) const {
   CheckpointContents c;
   c.config = config;
-  for (const auto& [name, t] : adapter) {
-    at::Tensor host = at::empty(t.sizes(), t.options().device(at::kCPU));
-    host.copy_(t.detach());
-    c.adapter.emplace_back(name, std::move(host));
-  }
+  c.adapter = host_copies(adapter);
+  for (const Named& n : named) c.named.push_back({n.name, n.config, host_copies(n.tensors)});
+  c.active_adapter = active_adapter;
   if (optimizer != nullptr) c.optimizer_bytes = serialize_optimizer_state(*optimizer, optimizer_reserve);
   c.rng = rng;
   return c;
@@ -100,6 +127,9 @@ CheckpointContents CheckpointContents::snapshot(std::size_t optimizer_reserve) c
 std::uint64_t CheckpointContents::host_bytes() const {
   std::uint64_t n = optimizer_bytes ? optimizer_bytes->size() : 0;
   for (const auto& [name, t] : adapter) n += t.nbytes();
+  for (const Named& adapter_named : named) {
+    for (const auto& [name, t] : adapter_named.tensors) n += t.nbytes();
+  }
   for (const NamedTensors& states : rng) {
     for (const auto& [name, t] : states) n += t.nbytes();
   }

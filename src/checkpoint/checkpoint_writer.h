@@ -25,15 +25,26 @@ namespace lorakeep::detail {
 // written, or host copies taken earlier), the optimizer (streamed from the
 // live one, or its serialized bytes), the RNG states by rank.
 struct CheckpointContents {
+  // An adapter of another name than "default", written in "<name>/" as
+  // PEFT's save_pretrained and Trainer's checkpoints do.
+  struct Named {
+    std::string name;
+    LoraConfig config;  // the one it was armed or loaded with (armed_config)
+    NamedTensors tensors;
+  };
+
   LoraConfig config;  // adapter_config.json's (its target_modules resolved against the model)
   NamedTensors adapter;
+  std::vector<Named> named;    // in adapter_names order
+  std::string active_adapter;  // with named adapters: the one the layers compute
   torch::optim::Optimizer* optimizer = nullptr;
   std::optional<std::string> optimizer_bytes;
   std::vector<NamedTensors> rng;  // empty: not saved
 
   // From the live objects, nothing copied yet; what the options save; `lora`
-  // resolved (resolve_target_modules). Throws as adapter_tensors (a config
-  // that disagrees with the armed layers).
+  // (the default adapter's) resolved (resolve_target_modules); every named
+  // adapter with its own config. Throws as adapter_tensors (a config that
+  // disagrees with the armed layers) and armed_config.
   static CheckpointContents live(torch::nn::Module& module, const LoraConfig& lora, torch::optim::Optimizer* optimizer,
                                  const CheckpointOptions& options, std::vector<NamedTensors> rng);
 

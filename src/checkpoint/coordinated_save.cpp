@@ -19,6 +19,7 @@
 #include "io/atomic_file.h"
 #include "io/checksum.h"
 #include "io/read_file.h"
+#include "lora/injection.h"
 #include "tensors/rng.h"
 
 namespace lorakeep::detail {
@@ -153,6 +154,11 @@ std::vector<NamedTensors> agree_on_save(Coordinator& coordinator, const Checkpoi
     SaveProposal mine;
     mine.step = state.global_step;
     mine.digest = adapter_digest(module, lora);
+    for (const std::string& name : adapter_names(module)) {  // the named adapters too, as the checkpoint holds them
+      if (name == kDefaultAdapter) continue;
+      const std::uint64_t parts[] = {mine.digest, adapter_digest(module, armed_config(module, name), name)};
+      mine.digest = xxh3_64(parts, sizeof parts);
+    }
     mine.evaluated = state.last_metrics_step == state.global_step;
     if (mine.evaluated) mine.metrics = state.last_metrics;
     if (options.save_rng) mine.rng = capture_rng_states();

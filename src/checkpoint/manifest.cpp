@@ -66,6 +66,17 @@ std::uint64_t read_checksum(const OrderedJson& v, const std::string& path, const
   return out;
 }
 
+// A name a checkpoint's file may have: a file of its directory, or of one
+// folder in it (a named adapter's), never the manifest or a way out.
+bool is_checkpoint_file(const std::string& name) {
+  const auto plain = [](std::string_view part) {
+    return !part.empty() && part != "." && part != ".." && part.find('/') == std::string_view::npos;
+  };
+  const std::size_t slash = name.find('/');
+  if (slash == std::string::npos) return plain(name) && name != kManifestFile;
+  return plain(std::string_view(name).substr(0, slash)) && plain(std::string_view(name).substr(slash + 1));
+}
+
 }  // namespace
 
 std::optional<double> Manifest::metric() const {
@@ -73,6 +84,17 @@ std::optional<double> Manifest::metric() const {
   auto it = metrics.find(metric_for_best_model);
   if (it == metrics.end()) return std::nullopt;
   return it->second;
+}
+
+std::vector<std::string> Manifest::named_adapters() const {
+  std::vector<std::string> out;
+  const std::string config = std::string("/") + kAdapterConfigFile;
+  for (const auto& [name, digest] : files) {
+    if (name.size() > config.size() && name.compare(name.size() - config.size(), config.size(), config) == 0) {
+      out.push_back(name.substr(0, name.size() - config.size()));
+    }
+  }
+  return out;
 }
 
 std::string format_manifest(const Manifest& m) {
@@ -90,6 +112,7 @@ std::string format_manifest(const Manifest& m) {
   for (const auto& [name, f] : m.files) j["files"][name] = {{"size", f.size}, {"xxh3", format_checksum(f.xxh3)}};
   j["tensors"] = nlohmann::json::object();
   for (const auto& [name, c] : m.tensors) j["tensors"][name] = format_checksum(c);
+  if (!m.active_adapter.empty()) j["active_adapter"] = m.active_adapter;
   if (m.early_stopping) {
     j["early_stopping"] = {{"patience", m.early_stopping->patience},
                            {"threshold", number(m.early_stopping->threshold)},
@@ -145,9 +168,7 @@ Manifest parse_manifest(std::string_view text, const std::string& path) {
   if (!files.is_object()) bad(path, "'files' must be an object");
   for (auto it = files.begin(); it != files.end(); ++it) {
     const std::string& name = it.key();
-    if (name.empty() || name.find('/') != std::string::npos || name == "." || name == ".." || name == kManifestFile) {
-      bad(path, "'files' names '" + name + "', which is not a file of the checkpoint");
-    }
+    if (!is_checkpoint_file(name)) bad(path, "'files' names '" + name + "', which is not a file of the checkpoint");
     const OrderedJson& f = it.value();
     if (!f.is_object()) bad(path, "'files." + name + "' must be an object");
     const OrderedJson& size = field(f, "size", path);
@@ -158,6 +179,12 @@ Manifest parse_manifest(std::string_view text, const std::string& path) {
   if (!tensors.is_object()) bad(path, "'tensors' must be an object");
   for (auto it = tensors.begin(); it != tensors.end(); ++it) {
     m.tensors[it.key()] = read_checksum(it.value(), path, "tensors." + it.key());
+  }
+  if (auto active = j.find("active_adapter"); active != j.end()) {
+    if (!active->is_string() || active->get<std::string>().empty()) {
+      bad(path, "'active_adapter' must be an adapter's name");
+    }
+    m.active_adapter = active->get<std::string>();
   }
   if (auto es = j.find("early_stopping"); es != j.end()) {
     if (!es->is_object()) bad(path, "'early_stopping' must be an object");

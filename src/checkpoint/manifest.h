@@ -8,8 +8,13 @@
 //    "metric_for_best_model": "eval_loss", "greater_is_better": false,
 //    "files": {"adapter_model.safetensors": {"size": 1234, "xxh3": "00ab..."}, ...},
 //    "tensors": {"<an adapter key>": "91c2...", ...},
+//    "active_adapter": "task_b",        (only with named adapters)
 //    "early_stopping": {"patience": 3, "threshold": 0.0, "counter": 1},   (only with early stopping)
 //    "created": "2026-11-22T08:00:00Z", "manifest_xxh3": "5d1e..."}
+//
+// A named adapter's files are in its folder, as PEFT's save_pretrained
+// writes them: "task_b/adapter_model.safetensors" in "files", its tensors
+// as "task_b/<key>" in "tensors".
 //
 // The training state that Trainer's trainer_state.json has no key for in
 // every transformers version lorakeep's file must load in (early stopping's
@@ -26,6 +31,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "lorakeep/training_state.h"
 #include "io/checksum.h"
@@ -40,13 +46,16 @@ struct Manifest {
   Metrics metrics;                    // the evaluation at this step, if any
   std::string metric_for_best_model;  // e.g. "eval_loss"; empty: no metric tracked
   bool greater_is_better = false;
-  std::map<std::string, FileDigest> files;       // every other file of the checkpoint
+  std::map<std::string, FileDigest> files;       // every other file of the checkpoint ("<folder>/<file>" in one)
   std::map<std::string, std::uint64_t> tensors;  // adapter tensor -> XXH3-64 of its bytes
+  std::string active_adapter;                    // with named adapters: the one computed; else empty
   std::string created;                           // ISO 8601, UTC
   std::optional<TrainingState::EarlyStoppingState> early_stopping;
 
   // The tracked metric at this step, if it was evaluated.
   std::optional<double> metric() const;
+  // The named adapters, by their folders (those holding an adapter config).
+  std::vector<std::string> named_adapters() const;
 };
 
 std::string format_manifest(const Manifest& manifest);

@@ -1,10 +1,12 @@
 #include "checkpoint/restore.h"
 
+#include <algorithm>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "lorakeep/adapter.h"
+#include "lorakeep/error.h"
 #include "base/file_names.h"
 #include "base/logging.h"
 #include "checkpoint/checkpoint_reader.h"
@@ -16,29 +18,94 @@
 namespace lorakeep::detail {
 namespace {
 
-// The adapter load of `checkpoint`, planned against `module`, after every
-// file was checked, nothing changed. Each byte is checked once, before
-// anything is written: the adapter's tensors against their own checksums in
-// the transfer plan, as they are read for it (the whole file, for an older
-// manifest without them); the adapter config as it is read to be parsed;
-// the files in `read_later` for their size only (the caller reads them
-// verified); every other file against its checksum, streamed.
-AdapterLoad prepare_adapter(const CheckpointReader& checkpoint, const CheckpointOptions& options,
-                            torch::nn::Module& module, const std::set<std::string>& read_later = {}) {
-  const bool verify = options.verify_checksums;
-  const bool by_tensor = verify && !checkpoint.manifest().tensors.empty();
-  for (const auto& [name, entry] : checkpoint.manifest().files) {
-    const bool read_here = name == kAdapterConfigFile || read_later.count(name) != 0 ||
-                           (by_tensor && name == kAdapterWeightsFile);
-    checkpoint.check(name, verify && !read_here);
+// `r` added into `total`: the counts summed, the peaks the larger.
+void add(TransferReport& total, const TransferReport& r) {
+  if (total.source.empty()) {
+    total = r;
+    return;
   }
-  LoadOptions transfer;
-  transfer.chunk_bytes = options.chunk_bytes;
-  transfer.verify_checksums = by_tensor;
-  if (by_tensor) transfer.checksums = checkpoint.manifest().tensors;
-  return AdapterLoad(checkpoint.dir(), checkpoint.adapter_config(verify),
-                     open_tensor_source(adapter_weights_path(checkpoint.dir())), module, transfer);
+  total.tensors += r.tensors;
+  total.bytes += r.bytes;
+  total.seconds += r.seconds;
+  total.verify_seconds += r.verify_seconds;
+  total.gb_per_s = total.seconds > 0 ? static_cast<double>(total.bytes) / total.seconds / 1e9 : 0;
+  if (total.device != r.device) total.device = "mixed";
+  total.peak_device_bytes = std::max(total.peak_device_bytes, r.peak_device_bytes);
+  if (total.device_bytes_unmeasured.empty()) total.device_bytes_unmeasured = r.device_bytes_unmeasured;
+  total.peak_rss_bytes = std::max(total.peak_rss_bytes, r.peak_rss_bytes);
+  total.naive_device_bytes += r.naive_device_bytes;
 }
+
+// The adapters of a checkpoint, planned against a module, nothing changed
+// yet: the default adapter's load, then each named adapter's (from its
+// folder), and the adapter the checkpoint's model computed.
+class CheckpointAdapters {
+ public:
+  // Each byte is checked once, before anything is written: the adapters'
+  // tensors against their own checksums in the transfer plans, as they are
+  // read for them (whole files, for an older manifest without them); the
+  // adapter configs as they are read to be parsed; the files in
+  // `read_later` for their size only (the caller reads them verified); every
+  // other file against its checksum, streamed.
+  CheckpointAdapters(const CheckpointReader& checkpoint, const CheckpointOptions& options, torch::nn::Module& module,
+                     const std::set<std::string>& read_later = {})
+      : module_(&module), dir_(checkpoint.dir()), active_(checkpoint.manifest().active_adapter) {
+    const Manifest& manifest = checkpoint.manifest();
+    const bool verify = options.verify_checksums;
+    const bool by_tensor = verify && !manifest.tensors.empty();
+    const std::vector<std::string> named = manifest.named_adapters();
+    if (!active_.empty() && active_ != kDefaultAdapter &&
+        std::find(named.begin(), named.end(), active_) == named.end()) {
+      throw Error(ErrorCode::kCorruption, "checkpoint '" + checkpoint.dir() + "': its manifest makes '" + active_ +
+                                              "' the active adapter, which it does not hold (hint: damaged, or "
+                                              "edited by hand)");
+    }
+    std::set<std::string> read_by_loads = {kAdapterConfigFile};
+    if (by_tensor) read_by_loads.insert(kAdapterWeightsFile);
+    for (const std::string& folder : named) {
+      read_by_loads.insert(folder + "/" + kAdapterConfigFile);
+      if (by_tensor) read_by_loads.insert(folder + "/" + kAdapterWeightsFile);
+    }
+    for (const auto& [name, entry] : manifest.files) {
+      checkpoint.check(name, verify && read_by_loads.count(name) == 0 && read_later.count(name) == 0);
+    }
+    loads_.push_back(load(checkpoint, options, "", by_tensor));
+    for (const std::string& folder : named) loads_.push_back(load(checkpoint, options, folder, by_tensor));
+  }
+
+  // Writes every adapter in turn, then makes the checkpoint's active adapter
+  // the model's (set_adapter). Throws as AdapterLoad::apply.
+  TransferReport apply() {
+    TransferReport total;
+    for (AdapterLoad& load : loads_) add(total, load.apply());
+    if (loads_.size() > 1) total.source = dir_;
+    if (!active_.empty()) set_adapter(*module_, active_);
+    return total;
+  }
+
+ private:
+  AdapterLoad load(const CheckpointReader& checkpoint, const CheckpointOptions& options, const std::string& folder,
+                   bool by_tensor) const {
+    const std::string dir = folder.empty() ? checkpoint.dir() : checkpoint.path(folder);
+    const std::string prefix = folder.empty() ? std::string() : folder + "/";
+    LoadOptions transfer;
+    transfer.chunk_bytes = options.chunk_bytes;
+    transfer.verify_checksums = by_tensor;
+    for (const auto& [key, checksum] : checkpoint.manifest().tensors) {
+      const bool in_folder = key.compare(0, prefix.size(), prefix) == 0 &&
+                             key.find('/', prefix.size()) == std::string::npos;
+      if (by_tensor && in_folder) transfer.checksums.emplace(key.substr(prefix.size()), checksum);
+    }
+    return AdapterLoad(dir, checkpoint.adapter_config(options.verify_checksums, folder),
+                       open_tensor_source(adapter_weights_path(dir)), *module_, transfer,
+                       folder.empty() ? std::string(kDefaultAdapter) : folder);
+  }
+
+  torch::nn::Module* module_;
+  std::string dir_;
+  std::string active_;
+  std::vector<AdapterLoad> loads_;
+};
 
 std::string rank_prefix(const RankOutcome& failure, int world) {
   return world == 1 ? std::string() : "rank " + std::to_string(failure.rank) + ": ";
@@ -58,9 +125,9 @@ TransferReport restore_best(Coordinator& coordinator, const CommittedSet& commit
   for (std::size_t i = 0; i < order.size(); ++i) {
     const std::string path = committed.path_of(order[i]);
     // Every rank validates; only when all succeeded does any rank write.
-    std::optional<AdapterLoad> load;
+    std::optional<CheckpointAdapters> load;
     const std::vector<RankOutcome> checked = gather_outcomes(coordinator, "validation of '" + path + "'", [&] {
-      load.emplace(prepare_adapter(CheckpointReader(path), options, module));
+      load.emplace(CheckpointReader(path), options, module);
       return std::string();
     });
     const auto failed = failures(checked);
@@ -96,14 +163,14 @@ std::optional<CheckpointInfo> resume_from(Coordinator& coordinator, const Commit
   const int world = coordinator.world_size();
   const std::string rng_name = rng_file_name(coordinator.rank(), world);
   const bool verify = options.verify_checksums;
-  std::optional<AdapterLoad> adapter;
+  std::optional<CheckpointAdapters> adapter;
   std::optional<OptimizerStateLoad> optimizer_state;
   NamedTensors rng;
   TrainingState restored;
   std::optional<CheckpointReader> checkpoint;
   const std::vector<RankOutcome> checked = gather_outcomes(coordinator, "validation of '" + path + "'", [&] {
     checkpoint.emplace(path);
-    adapter.emplace(prepare_adapter(*checkpoint, options, module, {kTrainerStateFile, rng_name}));
+    adapter.emplace(*checkpoint, options, module, std::set<std::string>{kTrainerStateFile, rng_name});
     restored = checkpoint->trainer_state(verify);
     if (optimizer != nullptr && checkpoint->lists(kOptimizerFile)) {
       optimizer_state.emplace(checkpoint->path(kOptimizerFile), *optimizer);

@@ -91,8 +91,7 @@ int run_finalize(const std::string& run_dir, std::string export_dir) {
   // Every file verified once: the exported ones as they are copied.
   const detail::CheckpointReader checkpoint(b.best->path);
   for (const auto& [name, entry] : checkpoint.manifest().files) {
-    const bool exported = name == detail::kAdapterWeightsFile || name == detail::kAdapterConfigFile;
-    checkpoint.check(name, /*full=*/!exported);
+    checkpoint.check(name, /*full=*/!detail::is_adapter_file(name));
   }
   if (export_dir.empty()) export_dir = (fs::path(run_dir) / "best_adapter").string();
   detail::export_adapter(checkpoint, export_dir);

@@ -81,9 +81,9 @@ NamedTensors adapter_tensors(torch::nn::Module& module, const LoraConfig& given,
   return out;
 }
 
-std::uint64_t adapter_digest(torch::nn::Module& module, const LoraConfig& config) {
+std::uint64_t adapter_digest(torch::nn::Module& module, const LoraConfig& config, const std::string& adapter_name) {
   detail::Xxh3Stream hash;
-  for (const auto& [name, tensor] : adapter_tensors(module, config)) {
+  for (const auto& [name, tensor] : adapter_tensors(module, config, adapter_name)) {
     hash.update(name.data(), name.size());
     const at::Tensor t = tensor.detach().to(at::kCPU).contiguous();
     const auto dtype = static_cast<std::int64_t>(t.scalar_type());

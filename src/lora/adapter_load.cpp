@@ -193,6 +193,9 @@ TransferReport AdapterLoad::apply() {
     to_arm_.clear();
   }
   TransferReport report = plan_->apply();
+  // What the adapter's layers now compute is the file's adapter.
+  const auto config = std::make_shared<const LoraConfig>(config_);
+  for (const auto& [path, layer] : armed_layers(*module_, name_)) layer->set_adapter_config(config);
   // The file's scaling and rank with its factors: the layer now computes
   // the file's adapter (checked in the constructor: none merged, ranks that
   // fit). What lies past a smaller rank is zeroed, as PEFT's hot swap does.

@@ -172,7 +172,11 @@ std::vector<std::string> arm(torch::nn::Module& module, const LoraConfig& config
     log_warn("{}: following the layer", m);
   }
   const bool first = lorakeep::adapter_names(module).empty();
-  for (const PlannedLayer& t : layers) t.layer->add_named_adapter(name, t.options);
+  const auto resolved = std::make_shared<const LoraConfig>(resolve_target_modules(module, config));
+  for (const PlannedLayer& t : layers) {
+    t.layer->add_named_adapter(name, t.options);
+    t.layer->adapter(name)->set_adapter_config(resolved);
+  }
   // The tensors' names as named_parameters() spells them.
   const std::string infix = name == kDefaultAdapter ? "." : ".lora_adapters." + name + ".";
   std::vector<std::string> trainable;
@@ -206,6 +210,17 @@ std::vector<std::string> arm(torch::nn::Module& module, const LoraConfig& config
   log_info("LoRA r={} alpha={} on {} layers; {} trainable tensors", config.r, config.lora_alpha, layers.size(),
            trainable.size());
   return trainable;
+}
+
+LoraConfig armed_config(torch::nn::Module& module, const std::string& name) {
+  for (const auto& [path, layer] : armed_layers(module, name)) {
+    if (const auto& config = layer->adapter_config()) return *config;
+  }
+  throw Error(ErrorCode::kInvalidArgument,
+              "the model's adapter '" + name +
+                  "' has no config (its layers were armed by add_adapter, not by inject_lora or a load; hint: "
+                  "arm it with inject_lora(module, config, \"" +
+                  name + "\"))");
 }
 
 }  // namespace lorakeep::detail

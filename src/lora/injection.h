@@ -68,6 +68,11 @@ PathLayers armed_layers(torch::nn::Module& module, const std::string& name = kDe
 // The LoRA layers of `module` with their paths, in module order.
 PathLayers lora_layers(torch::nn::Module& module);
 
+// The config adapter `name` was armed or last loaded with
+// (LoraLayer::adapter_config), target_modules resolved. Throws
+// Error(kInvalidArgument) when its layers have none (armed by add_adapter).
+LoraConfig armed_config(torch::nn::Module& module, const std::string& name);
+
 // "a, b, c, ... (N more)": a list of paths for a message.
 std::string list_paths(const std::vector<std::string>& paths, std::size_t limit = 30);
 
