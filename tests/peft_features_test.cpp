@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 #include <torch/optim/sgd.h>
 
+#include "lorakeep/checkpoint_manager.h"
 #include "lorakeep/lora.h"
 #include "lorakeep/merge_lora.h"
 #include "lorakeep/safetensors.h"
@@ -198,6 +199,14 @@ TEST_CASE("the feature table against the peers' PEFT: trained here, loaded there
     net->eval();
     save_adapter(dir / "named/lorakeep_adapter", *net, first);
     save_adapter(dir / "named/lorakeep_adapter", *net, second, "second");  // into its folder second/
+    {  // and a checkpoint, Trainer's layout, which holds both too
+      CheckpointOptions options;
+      options.output_dir = dir / "named/lorakeep_run";
+      CheckpointManager manager(options);
+      TrainingState state;
+      state.global_step = 10;
+      manager.save(*net, first, state);
+    }
     torch::NoGradGuard no_grad;
     named_ours["second"] = net->forward(x, ids);
     set_adapter(*net, "default");
@@ -267,7 +276,8 @@ TEST_CASE("the feature table against the peers' PEFT: trained here, loaded there
         back = std::max(back, (y - want->tensor(adapter).to(torch::kDouble)).abs().max().item<double>());
       }
       CHECK(back <= 1e-4);
-      std::printf("PEFT %s, named: lorakeep's two adapters in PEFT %.2g, merge-lora of the second vs "
+      std::printf("PEFT %s, named: lorakeep's two adapters (saved, and in a checkpoint) in PEFT %.2g, merge-lora of "
+                  "the second vs "
                   "merge_and_unload %.2g, PEFT's two adapters here %.2g (max abs differences)\n",
                   row["peft"].get<std::string>().c_str(), row["load_max_diff"].get<double>(),
                   row["merge_max_diff"].get<double>(), back);

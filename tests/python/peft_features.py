@@ -27,8 +27,9 @@ Then, where PEFT has hotswap_adapter, it hot-swaps lorakeep's hotswap/second
 output as hotswap/peft_output.safetensors, then hotswap/third (lin0 only)
 and saves hotswap/peft_output_third.safetensors. Last, two adapters in one model
 (named/): lorakeep's lorakeep_adapter/ holds the default adapter and, in
-PEFT's layout, lorakeep_adapter/second/ another; both load in PEFT
-(from_pretrained, then load_adapter by name), each active in turn gives
+PEFT's layout, lorakeep_adapter/second/ another, and so does the checkpoint
+lorakeep_run/checkpoint-10/ (Trainer's layout); both load in PEFT, from
+each (from_pretrained, then load_adapter by name), each active in turn gives
 lorakeep's output (lorakeep_output.safetensors: "default", "second"), and
 merge_and_unload() with "second" active equals lorakeep_merged/ (merge-lora
 of second/); then PEFT trains the same two (get_peft_model, add_adapter,
@@ -197,17 +198,20 @@ def named(work, base, x):
     row = {"feature": "named", "peft": peft.__version__}
     adapter = os.path.join(d, "lorakeep_adapter")
     ours = load_file(os.path.join(d, "lorakeep_output.safetensors"))
-    model = PeftModel.from_pretrained(copy.deepcopy(base), adapter).eval()
-    model.load_adapter(os.path.join(adapter, "second"), adapter_name="second")
-    # Before PEFT 0.12 a second adapter was left active in the layers only it
-    # adapts (emb, conv here); set_adapter activates one everywhere.
-    model.set_adapter("default")
+    diffs = []  # default, second; from the adapter, then from the checkpoint
+    for where in (adapter, os.path.join(d, "lorakeep_run", "checkpoint-10")):
+        model = PeftModel.from_pretrained(copy.deepcopy(base), where).eval()
+        model.load_adapter(os.path.join(where, "second"), adapter_name="second")
+        # Before PEFT 0.12 a second adapter was left active in the layers only it
+        # adapts (emb, conv here); set_adapter activates one everywhere.
+        model.set_adapter("default")
+        with torch.no_grad():
+            diffs.append(max_diff(model(*x), ours["default"]))
+            model.set_adapter("second")
+            diffs.append(max_diff(model(*x), ours["second"]))
+    row["load_max_diff"] = max(diffs)
+    row["load_diffs"] = diffs
     with torch.no_grad():
-        diffs = [max_diff(model(*x), ours["default"])]
-        model.set_adapter("second")
-        diffs.append(max_diff(model(*x), ours["second"]))
-        row["load_max_diff"] = max(diffs)
-        row["load_diffs"] = diffs  # default, second
         merged = model.merge_and_unload().state_dict()
     mine = {}
     for f in glob.glob(os.path.join(d, "lorakeep_merged", "*.safetensors")):
