@@ -429,4 +429,30 @@ TEST_CASE("a checkpoint holds every named adapter in its folder; resume and the 
   }
 }
 
+TEST_CASE("a model of named adapters only is checkpointed as PEFT saves it: no adapter in the root",
+          "[lora][named][checkpoint]") {
+  Kinds net = seeded();
+  inject_lora(*net, second_config(), "only");  // the model's first adapter: active and trained
+  perturb_adapter(*net, ".lora_adapters.only.", 0.3);
+  const auto saved = parameters_of(*net);
+  test::TempDir dir;
+  CheckpointOptions options;
+  options.output_dir = dir / "run";
+  TrainingState state;
+  state.global_step = 4;
+  {
+    CheckpointManager manager(options);
+    manager.save(*net, first_config(), state);  // the default adapter's config: unused
+  }
+  CHECK(!boost::filesystem::exists(dir / "run/checkpoint-4/adapter_config.json"));
+  CHECK(read_adapter_config(dir / "run/checkpoint-4/only").use_dora);
+  Kinds back = seeded();
+  CheckpointManager manager(options);
+  TrainingState resumed;
+  REQUIRE(manager.resume(*back, resumed));
+  CHECK(adapter_names(*back) == std::vector<std::string>{"only"});
+  CHECK(back->lin->active_adapter() == "only");
+  check_same_parameters(*back, saved);
+}
+
 }  // namespace lorakeep

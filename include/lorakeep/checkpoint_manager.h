@@ -97,7 +97,9 @@ class CheckpointManager {
   // adapter_tensors says, with nothing written), every named adapter
   // (inject_lora's adapter_name) in its folder "<name>/" with the config it
   // was armed or loaded with, as Trainer's checkpoints of a PEFT model hold
-  // them, and which adapter is active; optimizer
+  // them, and which adapter is active (a model of named adapters only, as
+  // PEFT allows, has no adapter files in the checkpoint itself, and `lora`
+  // is unused); optimizer
   // and RNG state if the options say so, trainer_state.json from `state`, and
   // the manifest last; each file fsynced, the directory renamed into place and
   // output_dir fsynced. The evaluation recorded at this step (state.last_metrics)

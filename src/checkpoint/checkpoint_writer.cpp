@@ -62,7 +62,7 @@ void write_adapter_files(const std::string& dir, const std::string& folder, cons
 // last (with the sizes and checksums of the others).
 void write_files(const std::string& dir, Manifest& manifest, const CheckpointContents& contents,
                  const TrainingState& state) {
-  write_adapter_files(dir, "", contents.adapter, contents.config, manifest);
+  if (!contents.adapter.empty()) write_adapter_files(dir, "", contents.adapter, contents.config, manifest);
   for (const CheckpointContents::Named& named : contents.named) {
     write_adapter_files(dir, named.name, named.tensors, named.config, manifest);
   }
@@ -99,9 +99,12 @@ CheckpointContents CheckpointContents::live(torch::nn::Module& module, const Lor
                                             torch::optim::Optimizer* optimizer, const CheckpointOptions& options,
                                             std::vector<NamedTensors> rng) {
   CheckpointContents c;
-  c.config = resolve_target_modules(module, lora);
-  c.adapter = adapter_tensors(module, c.config);
-  for (const std::string& name : adapter_names(module)) {
+  const std::vector<std::string> names = adapter_names(module);
+  if (names.empty() || names.front() == kDefaultAdapter) {  // else named adapters only, as PEFT allows
+    c.config = resolve_target_modules(module, lora);
+    c.adapter = adapter_tensors(module, c.config);
+  }
+  for (const std::string& name : names) {
     if (name == kDefaultAdapter) continue;
     LoraConfig config = resolve_target_modules(module, armed_config(module, name));
     NamedTensors tensors = adapter_tensors(module, config, name);

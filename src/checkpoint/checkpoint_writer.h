@@ -33,8 +33,8 @@ struct CheckpointContents {
     NamedTensors tensors;
   };
 
-  LoraConfig config;  // adapter_config.json's (its target_modules resolved against the model)
-  NamedTensors adapter;
+  LoraConfig config;           // adapter_config.json's (its target_modules resolved against the model)
+  NamedTensors adapter;        // empty: the model has named adapters only (no files in the checkpoint's root)
   std::vector<Named> named;    // in adapter_names order
   std::string active_adapter;  // with named adapters: the one the layers compute
   torch::optim::Optimizer* optimizer = nullptr;
@@ -42,9 +42,10 @@ struct CheckpointContents {
   std::vector<NamedTensors> rng;  // empty: not saved
 
   // From the live objects, nothing copied yet; what the options save; `lora`
-  // (the default adapter's) resolved (resolve_target_modules); every named
-  // adapter with its own config. Throws as adapter_tensors (a config that
-  // disagrees with the armed layers) and armed_config.
+  // (the default adapter's; unused when the model carries named adapters
+  // only) resolved (resolve_target_modules); every named adapter with its
+  // own config. Throws as adapter_tensors (a config that disagrees with the
+  // armed layers) and armed_config.
   static CheckpointContents live(torch::nn::Module& module, const LoraConfig& lora, torch::optim::Optimizer* optimizer,
                                  const CheckpointOptions& options, std::vector<NamedTensors> rng);
 

@@ -153,8 +153,10 @@ std::vector<NamedTensors> agree_on_save(Coordinator& coordinator, const Checkpoi
   const std::vector<RankOutcome> parts = gather_outcomes(coordinator, what, [&] {
     SaveProposal mine;
     mine.step = state.global_step;
-    mine.digest = adapter_digest(module, lora);
-    for (const std::string& name : adapter_names(module)) {  // the named adapters too, as the checkpoint holds them
+    // Every adapter the checkpoint will hold (CheckpointContents::live).
+    const std::vector<std::string> names = adapter_names(module);
+    if (names.empty() || names.front() == kDefaultAdapter) mine.digest = adapter_digest(module, lora);
+    for (const std::string& name : names) {
       if (name == kDefaultAdapter) continue;
       const std::uint64_t parts[] = {mine.digest, adapter_digest(module, armed_config(module, name), name)};
       mine.digest = xxh3_64(parts, sizeof parts);

@@ -69,7 +69,9 @@ class CheckpointAdapters {
     for (const auto& [name, entry] : manifest.files) {
       checkpoint.check(name, verify && read_by_loads.count(name) == 0 && read_later.count(name) == 0);
     }
-    loads_.push_back(load(checkpoint, options, "", by_tensor));
+    if (checkpoint.lists(kAdapterConfigFile) || named.empty()) {  // else named adapters only, as PEFT saves them
+      loads_.push_back(load(checkpoint, options, "", by_tensor));
+    }
     for (const std::string& folder : named) loads_.push_back(load(checkpoint, options, folder, by_tensor));
   }
 
